@@ -1,0 +1,442 @@
+//! The configuration: a TOML file, overridden by `SSEGATE_<SECTION>__<KEY>` environment
+//! variables, overridden by command-line flags.
+//!
+//! ```
+//! let cfg = ssegate::config::Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+//! assert_eq!(cfg.server.listen, "127.0.0.1:0");
+//! ```
+//!
+//! Every table denies unknown keys, so a typo is an error that names the key instead of a
+//! setting silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors while loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration; each section is a TOML table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub stream: StreamConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on; port 0 picks a free port.
+    pub listen: String,
+    /// Directory for the embedded file log and the development signing key.
+    pub data_dir: PathBuf,
+    /// How long a shutdown may take: streams are closed, in-flight publishes finish, and
+    /// whatever is still open when this runs out is cut.
+    pub shutdown_grace_ms: u64,
+    /// This node's name in `/v1/status`; defaults to the host name and port.
+    pub node_id: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./ssegate-data"),
+            shutdown_grace_ms: 10_000,
+            node_id: None,
+        }
+    }
+}
+
+/// Which log backend stores events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    /// In memory: lost on restart; for tests and throwaway runs.
+    Memory,
+    /// The embedded on-disk log in `server.data_dir` (the default).
+    File,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub kind: LogKind,
+    /// Keep at most this many events; older ones are dropped (clients resuming from before
+    /// them get `event: gap`).
+    pub retention_events: u64,
+    /// Drop events older than this many seconds (0 = no age limit).
+    pub retention_age_s: u64,
+    /// How long an idempotency key is remembered.
+    pub dedupe_window_s: u64,
+    /// Page cache of the `file` log, in MiB; recent events are read from it.
+    pub file_cache_mb: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            kind: LogKind::File,
+            retention_events: 1_000_000,
+            retention_age_s: 604_800,
+            dedupe_window_s: 300,
+            file_cache_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256/384/512 shared secret that signs client and publisher tokens.
+    pub jwt_secret: Option<String>,
+    /// Algorithms accepted with `jwt_secret` (an allow-list; `none` is never accepted).
+    pub jwt_secret_algorithms: Vec<String>,
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519) that verifies tokens.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Algorithms accepted with `jwt_public_key_file`; empty = those of the key's type
+    /// (RSA: RS256/384/512 and PS256/384/512; EC P-256: ES256; P-384: ES384; Ed25519: EdDSA).
+    pub jwt_public_key_algorithms: Vec<String>,
+    /// JWKS document of an identity provider; keys are chosen by `kid`.
+    pub jwks_url: Option<String>,
+    /// How long fetched JWKS keys are used before they are fetched again.
+    pub jwks_cache_s: u64,
+    /// A token with an unknown `kid` triggers a refetch at most this often.
+    pub jwks_min_refresh_interval_ms: u64,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// Name of the cookie that may carry the token.
+    pub cookie_name: String,
+    /// Whether `?access_token=` is accepted (tokens in URLs end up in access logs).
+    pub allow_query_token: bool,
+    /// Forward-auth: the app's endpoint that turns its own session (the request's `Cookie`
+    /// and `Authorization` headers) into `{"user", "subscribe", "ttl_s"}`.
+    pub forward_url: Option<String>,
+    /// Forward-auth calls fail (closed) after this long.
+    pub forward_timeout_ms: u64,
+    /// Longest a forward-auth answer is cached, whatever `ttl_s` it asks for.
+    pub forward_max_ttl_s: u64,
+    /// Most cached forward-auth answers.
+    pub forward_cache_entries: usize,
+    /// Grants derived from token claims, added to those of the `ssegate` claim, so tokens an
+    /// identity provider already issues work unchanged.
+    pub grants: GrantRules,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_secret_algorithms: vec!["HS256".into(), "HS384".into(), "HS512".into()],
+            jwt_public_key_file: None,
+            jwt_public_key_algorithms: Vec::new(),
+            jwks_url: None,
+            jwks_cache_s: 300,
+            jwks_min_refresh_interval_ms: 10_000,
+            issuer: None,
+            audience: None,
+            leeway_s: 5,
+            cookie_name: "ssegate_token".into(),
+            allow_query_token: true,
+            forward_url: None,
+            forward_timeout_ms: 2_000,
+            forward_max_ttl_s: 300,
+            forward_cache_entries: 10_000,
+            grants: GrantRules::default(),
+        }
+    }
+}
+
+/// Grant templates: `{sub}` is the user, `{claims.NAME}` a claim of the token (string or
+/// number; a template whose claim is missing or of another type grants nothing).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrantRules {
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest encoded event (the JSON envelope) a publisher may send; larger is `413`.
+    pub max_event_bytes: usize,
+    /// Most events in one publish request.
+    pub max_batch_events: usize,
+    /// Most channels one connection may subscribe to; more is `400`.
+    pub max_channels_per_connection: usize,
+    /// Most open streams on this node; more is `429`.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 65_536,
+            max_batch_events: 1_000,
+            max_channels_per_connection: 100,
+            max_connections: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// A comment line is sent after this long without other traffic.
+    pub heartbeat_ms: u64,
+    /// The `retry:` a client waits before reconnecting.
+    pub retry_ms: u64,
+    /// Frames queued per connection before it falls back to reading the log itself.
+    pub queue_frames: usize,
+    /// Events read from the log per step while a connection replays or catches up.
+    pub catchup_batch: usize,
+    /// Longest `timeout_ms` a long-poll may ask for.
+    pub max_poll_timeout_ms: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 15_000,
+            retry_ms: 2_000,
+            queue_frames: 1_024,
+            catchup_batch: 512,
+            max_poll_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Environment variables that override the file start with this prefix.
+pub const ENV_PREFIX: &str = "SSEGATE_";
+
+impl Config {
+    /// Parses a TOML document (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| parse_error("", e))?;
+        Self::from_table(table, "")
+    }
+
+    /// Loads the file (if any), then applies `SSEGATE_<SECTION>__<KEY>` variables from `vars`.
+    pub fn load(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let origin = format!(" in {}", path.display());
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| parse_error(&origin, e))?;
+                (table, origin)
+            }
+            None => (toml::Table::new(), String::new()),
+        };
+        apply_env(&mut table, vars)?;
+        Self::from_table(table, &origin)
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| parse_error(origin, e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.stream.heartbeat_ms == 0 {
+            return bad("stream.heartbeat_ms must be greater than 0");
+        }
+        if self.stream.queue_frames == 0 || self.stream.catchup_batch == 0 {
+            return bad("stream.queue_frames and stream.catchup_batch must be greater than 0");
+        }
+        if self.log.retention_events == 0 {
+            return bad("log.retention_events must be greater than 0");
+        }
+        if self.limits.max_event_bytes < 64 {
+            return bad("limits.max_event_bytes must be at least 64");
+        }
+        if self.limits.max_channels_per_connection == 0 || self.limits.max_batch_events == 0 {
+            return bad(
+                "limits.max_channels_per_connection and limits.max_batch_events must be greater than 0",
+            );
+        }
+        let a = &self.auth;
+        if a.jwt_public_key_file.is_some()
+            || a.jwks_url.is_some()
+            || a.forward_url.is_some()
+            || !a.grants.subscribe.is_empty()
+            || !a.grants.publish.is_empty()
+        {
+            return bad("auth.jwt_public_key_file, auth.jwks_url, auth.forward_url and auth.grants are not supported by this version yet; use auth.jwt_secret");
+        }
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.len() < 16 {
+                return bad("auth.jwt_secret must be at least 16 bytes long");
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with the secret masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        if shown.auth.jwt_secret.is_some() {
+            shown.auth.jwt_secret = Some("*".repeat(16));
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn parse_error(origin: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: e.to_string().trim().to_owned(),
+    }
+}
+
+/// Sets `table[section][key]` for every `SSEGATE_SECTION__KEY=value`; values are read as TOML
+/// (numbers, booleans, arrays) and fall back to plain strings.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in vars {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        // Variables without a section separator (e.g. SSEGATE_TEST_…) are not config.
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        if section.is_empty() || key.is_empty() {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected SSEGATE_<SECTION>__<KEY>".into(),
+            });
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("`{section}` is not a section"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cfg = Config::from_toml_str("").unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:8080");
+        assert_eq!(cfg.log.kind, LogKind::File);
+        assert_eq!(cfg.limits.max_event_bytes, 65_536);
+        assert_eq!(cfg.stream.heartbeat_ms, 15_000);
+        assert_eq!(cfg.auth.cookie_name, "ssegate_token");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = Config::from_toml_str("[server]\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+        let err = Config::from_toml_str("[srever]\n").unwrap_err();
+        assert!(err.to_string().contains("srever"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:1\"\n[log]\nkind = \"file\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            env(&[
+                ("SSEGATE_SERVER__LISTEN", "127.0.0.1:2"),
+                ("SSEGATE_LOG__KIND", "memory"),
+                ("SSEGATE_LIMITS__MAX_EVENT_BYTES", "1024"),
+                ("SSEGATE_TEST_MONGODB_URI", "ignored"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:2");
+        assert_eq!(cfg.log.kind, LogKind::Memory);
+        assert_eq!(cfg.limits.max_event_bytes, 1024);
+    }
+
+    #[test]
+    fn unknown_environment_keys_are_errors() {
+        let err = Config::load(None, env(&[("SSEGATE_SERVER__LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn nonsense_values_are_rejected() {
+        assert!(Config::from_toml_str("[stream]\nheartbeat_ms = 0\n").is_err());
+        assert!(Config::from_toml_str("[auth]\njwt_secret = \"short\"\n").is_err());
+        assert!(Config::from_toml_str("[log]\nkind = \"mongo\"\n").is_err());
+    }
+
+    #[test]
+    fn masked_output_hides_the_secret() {
+        let cfg =
+            Config::from_toml_str("[auth]\njwt_secret = \"0123456789abcdef-secret\"\n").unwrap();
+        let shown = cfg.to_toml_masked();
+        assert!(!shown.contains("0123456789abcdef-secret"));
+        assert!(Config::from_toml_str(&shown).is_ok());
+    }
+}

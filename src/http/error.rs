@@ -1,0 +1,111 @@
+//! The one error type of the HTTP API:
+//! `{"error": {"code": "snake_case_code", "message": "human sentence"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::channel::ChannelError;
+use crate::log::LogError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed or asks for something impossible.
+    BadRequest { code: &'static str, message: String },
+    /// 401: no or bad credentials.
+    Unauthorized(AuthError),
+    /// 403: the credentials do not grant these channels.
+    ForbiddenChannels {
+        action: &'static str,
+        channels: Vec<String>,
+    },
+    /// 403: the credentials lack a grant (not channel-specific).
+    Forbidden { code: &'static str, message: String },
+    /// 404.
+    NotFound { code: &'static str, message: String },
+    /// 413: too large.
+    TooLarge { code: &'static str, message: String },
+    /// 429, with `Retry-After`.
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after_s: u64,
+    },
+    /// 503: the log is unavailable; nothing was appended.
+    LogUnavailable(LogError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_channel(name: &str, e: ChannelError) -> Self {
+        let shown: String = name.chars().take(80).collect();
+        Self::bad_request("invalid_channel", format!("invalid channel {shown:?}: {e}"))
+    }
+
+    pub fn forbidden_channels(action: &'static str, channels: Vec<String>) -> Self {
+        ApiError::ForbiddenChannels { action, channels }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::BadRequest { code, message } => {
+                (StatusCode::BAD_REQUEST, code, message.clone())
+            }
+            ApiError::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            ApiError::ForbiddenChannels { action, channels } => (
+                StatusCode::FORBIDDEN,
+                "forbidden_channel",
+                format!(
+                    "your credentials do not allow you to {action} {}",
+                    channels.join(", ")
+                ),
+            ),
+            ApiError::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
+            ApiError::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message.clone()),
+            ApiError::TooLarge { code, message } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone())
+            }
+            ApiError::TooMany { code, message, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
+            }
+            ApiError::LogUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                "the event log is unavailable; nothing was appended, retry later".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::LogUnavailable(e) = &self {
+            tracing::warn!(error = %e, "request failed: log unavailable");
+        }
+        let (status, code, message) = self.parts();
+        let mut body = json!({ "error": { "code": code, "message": message } });
+        if let ApiError::ForbiddenChannels { channels, .. } = &self {
+            body["error"]["channels"] = json!(channels);
+        }
+        let mut response = (status, Json(body)).into_response();
+        let retry_after = match &self {
+            ApiError::TooMany { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::LogUnavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(s) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}

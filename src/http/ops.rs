@@ -1,0 +1,77 @@
+//! Operations endpoints: `/healthz` (alive), `/readyz` (log reachable, not shutting down),
+//! `/v1/status` (admin).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::json;
+
+use super::{authenticate, ApiError, AppState};
+
+pub(super) async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn readyz(
+    State(state): State<Arc<AppState>>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    if state.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": "shutting down" })),
+        );
+    }
+    match state.hub.log().bounds().await {
+        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": e.to_string() })),
+        ),
+    }
+}
+
+pub(super) async fn status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let principal = authenticate(&state, &headers, None)?;
+    if !principal.grants.admin {
+        return Err(ApiError::Forbidden {
+            code: "admin_required",
+            message: "this endpoint needs a token with the admin grant".into(),
+        });
+    }
+    let log = state.hub.log();
+    let bounds = log.bounds().await.map_err(ApiError::LogUnavailable)?;
+    let stats = &state.hub.stats;
+    Ok(Json(json!({
+        "node_id": state.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "connections": state.hub.connection_count(),
+        "channels": state.hub.channel_count(),
+        "log": {
+            "kind": log.kind(),
+            "head": bounds.head.to_string(),
+            "oldest": bounds.oldest.map(|p| p.to_string()),
+        },
+        "hub": {
+            "connections_opened": stats.connections_opened.load(Ordering::Relaxed),
+            "events_dispatched": stats.events_dispatched.load(Ordering::Relaxed),
+            "frames_queued": stats.frames_queued.load(Ordering::Relaxed),
+            "queue_overflows": stats.queue_overflows.load(Ordering::Relaxed),
+            "gaps": stats.gaps.load(Ordering::Relaxed),
+        },
+        "sources": [],
+    })))
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        message: "no such endpoint; see docs/api.md".into(),
+    }
+}

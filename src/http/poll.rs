@@ -1,0 +1,90 @@
+//! `GET /v1/poll`: the long-poll fallback for clients behind proxies that buffer streams.
+//! Same channels, credentials and resume position as the stream; returns as soon as an event
+//! is available after `last_event_id`, or an empty list at the timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{authenticate, check_channels, resume_position, ApiError, AppState, StreamQuery};
+use crate::hub::frame::envelope;
+use crate::log::{Event, Gap};
+
+/// Events returned by one poll at most.
+const MAX_EVENTS: usize = 1_000;
+
+pub(super) async fn poll(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<PollResponse>, ApiError> {
+    let query = StreamQuery::parse(raw.as_deref());
+    let principal = authenticate(&state, &headers, query.access_token.as_deref())?;
+    if query.channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "give at least one `channel` query parameter",
+        ));
+    }
+    let channels = check_channels(&state, &principal, &query.channels)?;
+    let timeout_ms = match query.timeout_ms.as_deref() {
+        None => 25_000,
+        Some(t) => t.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_timeout",
+                "`timeout_ms` must be a whole number of milliseconds",
+            )
+        })?,
+    }
+    .min(state.cfg.stream.max_poll_timeout_ms);
+    let log = state.hub.log();
+    let mut after = match resume_position(&headers, &query)? {
+        Some(pos) => pos,
+        None => log.bounds().await.map_err(ApiError::LogUnavailable)?.head,
+    };
+    let user = principal.user.as_str();
+    let filter = |e: &Event| channels.contains(&e.event.channel) && e.targets(user);
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut gap: Option<Gap> = None;
+    let mut events = Vec::new();
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            r = log.read(after, MAX_EVENTS, &filter, (!wait.is_zero()).then_some(wait)) => {
+                r.map_err(ApiError::LogUnavailable)?
+            }
+        };
+        gap = gap.or(read.gap);
+        after = after.max(read.next);
+        events = read.events;
+        // Nothing for us in what was scanned: scan on, or wait for more, until the deadline.
+        if !events.is_empty() || gap.is_some() || Instant::now() >= deadline {
+            break;
+        }
+    }
+    Ok(Json(PollResponse {
+        events: events.iter().map(|e| envelope(e)).collect(),
+        last_event_id: after.to_string(),
+        gap: gap.is_some(),
+        oldest_id: gap.map(|g| g.oldest.map(|p| p.to_string())),
+    }))
+}
+
+#[derive(Serialize)]
+pub(super) struct PollResponse {
+    /// Envelopes exactly as the stream's `data:` lines carry them.
+    events: Vec<Box<RawValue>>,
+    /// Where the next poll resumes (everything up to here was scanned).
+    last_event_id: String,
+    gap: bool,
+    /// With `gap`: the oldest retained event (`null` if the log is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oldest_id: Option<Option<String>>,
+}

@@ -1,0 +1,202 @@
+//! `POST /v1/publish`: one event or an array of events, appended atomically, acknowledged
+//! once durable. Every event is validated before anything is appended, so a bad request
+//! changes nothing.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::{authenticate, ApiError, AppState};
+use crate::channel::validate_channel;
+use crate::hub::frame::compact_json;
+use crate::log::{AppendItem, NewEvent};
+
+/// Longest event type and idempotency key, in bytes.
+const MAX_TYPE_BYTES: usize = 128;
+const MAX_KEY_BYTES: usize = 256;
+const MAX_USERS: usize = 1_000;
+/// Envelope bytes besides channel, type and data: `{"id":…,"time":…}` and the `id:` line.
+const ENVELOPE_OVERHEAD: usize = 128;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishEvent {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    data: Option<Box<RawValue>>,
+    id: Option<String>,
+    users: Option<Vec<String>>,
+}
+
+pub(super) async fn publish(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let principal = authenticate(&state, &headers, None)?;
+    let limits = &state.cfg.limits;
+    let body_limit = limits
+        .max_event_bytes
+        .saturating_mul(limits.max_batch_events)
+        .clamp(limits.max_event_bytes + 4096, 32 << 20);
+    let body = axum::body::to_bytes(body, body_limit)
+        .await
+        .map_err(|_| ApiError::TooLarge {
+            code: "body_too_large",
+            message: format!("the request body is larger than {body_limit} bytes"),
+        })?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8 text"))?;
+    let events: Vec<PublishEvent> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(text)
+    } else {
+        serde_json::from_str(text).map(|e| vec![e])
+    }
+    .map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not a valid event or array of events: {e}"),
+        )
+    })?;
+    if events.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "the array of events is empty",
+        ));
+    }
+    if events.len() > limits.max_batch_events {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!(
+                "{} events in one request; at most {} are allowed",
+                events.len(),
+                limits.max_batch_events
+            ),
+        ));
+    }
+    let now = crate::time::now_ms();
+    let mut items = Vec::with_capacity(events.len());
+    let mut denied = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        let item = to_item(e, i, now, limits.max_event_bytes)?;
+        for ev in &item.events {
+            if !principal.may_publish(&ev.channel) && !denied.contains(&ev.channel) {
+                denied.push(ev.channel.clone());
+            }
+        }
+        items.push(item);
+    }
+    if !denied.is_empty() {
+        return Err(ApiError::forbidden_channels("publish to", denied));
+    }
+    let appended = state
+        .hub
+        .log()
+        .append(items, now)
+        .await
+        .map_err(ApiError::LogUnavailable)?;
+    let ids: Vec<String> = appended
+        .iter()
+        .flat_map(|a| a.positions.iter().map(|p| p.to_string()))
+        .collect();
+    Ok(Json(json!({ "ids": ids })))
+}
+
+/// Validates one published event; `i` is its index in the request, for messages.
+fn to_item(
+    e: PublishEvent,
+    i: usize,
+    now: u64,
+    max_event_bytes: usize,
+) -> Result<AppendItem, ApiError> {
+    let at = |msg: String| format!("event {i}: {msg}");
+    let channels = match (e.channel, e.channels) {
+        (Some(c), None) => vec![c],
+        (None, Some(cs)) if !cs.is_empty() => cs,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                at("give either `channel` or `channels`, not both".into()),
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "missing_channel",
+                at("`channel` (or a non-empty `channels`) is required".into()),
+            ))
+        }
+    };
+    for c in &channels {
+        validate_channel(c).map_err(|err| ApiError::invalid_channel(c, err))?;
+    }
+    let kind = e.kind.unwrap_or_else(|| "message".into());
+    if kind.is_empty() || kind.len() > MAX_TYPE_BYTES || kind.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_type",
+            at(format!(
+                "`type` must be 1 to {MAX_TYPE_BYTES} bytes without control characters (no CR or LF)"
+            )),
+        ));
+    }
+    if let Some(key) = &e.id {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "invalid_id",
+                at(format!(
+                    "the idempotency `id` must be 1 to {MAX_KEY_BYTES} bytes without control characters (no CR or LF)"
+                )),
+            ));
+        }
+    }
+    if let Some(users) = &e.users {
+        if users.len() > MAX_USERS
+            || users
+                .iter()
+                .any(|u| u.is_empty() || u.len() > 256 || u.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_users",
+                at(format!(
+                    "`users` must be at most {MAX_USERS} user ids of 1 to 256 printable characters"
+                )),
+            ));
+        }
+    }
+    let data = match e.data {
+        Some(raw) if raw.get().bytes().any(|b| b.is_ascii_whitespace()) => {
+            RawValue::from_string(compact_json(raw.get())).expect("compacted JSON stays valid")
+        }
+        Some(raw) => raw,
+        None => RawValue::from_string("null".into()).expect("null is JSON"),
+    };
+    let users_len: usize = e.users.iter().flatten().map(|u| u.len() + 3).sum();
+    let mut events = Vec::with_capacity(channels.len());
+    for channel in channels {
+        let size =
+            data.get().len() + channel.len() + kind.len() * 2 + users_len + ENVELOPE_OVERHEAD;
+        if size > max_event_bytes {
+            return Err(ApiError::TooLarge {
+                code: "event_too_large",
+                message: at(format!(
+                    "the event is {size} bytes encoded; the limit is {max_event_bytes} (limits.max_event_bytes)"
+                )),
+            });
+        }
+        events.push(NewEvent {
+            channel,
+            kind: kind.clone(),
+            data: data.clone(),
+            users: e.users.clone(),
+            time_ms: now,
+        });
+    }
+    Ok(AppendItem { key: e.id, events })
+}

@@ -1,0 +1,276 @@
+//! A connection's cursor on the log: produces the bytes of one SSE stream.
+//!
+//! Three modes, one position (`pos`: everything up to it was delivered or is not for us):
+//!
+//! - **Live**: frames come from the hub's queue; frames at or before `pos` are duplicates of
+//!   what the log already gave us and are skipped. When the hub drops the connection out of
+//!   live delivery (queue full), switch to CatchUp.
+//! - **CatchUp**: read the log after `pos`, filtered by channels and user, one batch per
+//!   chunk the client takes. At the head, raise the live flag and switch to Sealing.
+//! - **Sealing**: live again, but events appended between our last read and the moment the
+//!   flag rose were not queued for us; read the log once more to the head, then go Live. Any
+//!   event both read here and queued by the hub is skipped by the `pos` check.
+//!
+//! A resume (`Last-Event-ID`) starts in Sealing: replay, then live, no gap, no duplicate.
+//!
+//! Besides, a channel added on the live connection may come with history to deliver first
+//! ([`Control::Backfill`]): read from the log in steps, sent without `id:` lines, before
+//! anything else.
+//! Memory per connection is the bounded queue plus one batch; a stalled client costs no more.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{frame, Control, Frame, Hub, Registration};
+use crate::log::{Event, Position};
+
+/// Bytes gathered into one chunk at most before handing it to the connection.
+const MAX_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Live,
+    CatchUp,
+    Sealing,
+}
+
+pub struct CursorOptions {
+    pub heartbeat: Duration,
+    pub catchup_batch: usize,
+    /// When the credentials expire: the stream ends with `closing` (`token_expired`).
+    pub expires_at: Option<Instant>,
+    /// Server shutdown: the stream ends with `closing` (`shutdown`).
+    pub shutdown: CancellationToken,
+}
+
+pub struct Cursor {
+    hub: Arc<Hub>,
+    reg: Registration,
+    rx: mpsc::Receiver<Frame>,
+    pos: Position,
+    mode: Mode,
+    opts: CursorOptions,
+    /// Bytes to send before anything else (the preamble).
+    pending: Option<Bytes>,
+    /// History of an added channel still to deliver: (channel, after, through).
+    backfill: Option<(Arc<str>, Position, Position)>,
+    done: bool,
+}
+
+impl Cursor {
+    /// A cursor for a registered connection. With `resume_from`, history after it is replayed
+    /// first; otherwise delivery starts at `head`, the log head read after registering.
+    pub fn new(
+        hub: Arc<Hub>,
+        (reg, rx): (Registration, mpsc::Receiver<Frame>),
+        start: Position,
+        replay: bool,
+        preamble: Bytes,
+        opts: CursorOptions,
+    ) -> Self {
+        Self {
+            hub,
+            reg,
+            rx,
+            pos: start,
+            mode: if replay { Mode::Sealing } else { Mode::Live },
+            opts,
+            pending: Some(preamble),
+            backfill: None,
+            done: false,
+        }
+    }
+
+    /// The next bytes of the stream; `None` when the stream is over.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(p) = self.pending.take() {
+            return Some(p);
+        }
+        loop {
+            if self.backfill.is_some() {
+                match self.read_backfill().await {
+                    Some(chunk) => return Some(chunk),
+                    None => continue,
+                }
+            }
+            if let Some(control) = self.reg.conn.take_control() {
+                match control {
+                    Control::Send(bytes) => return Some(bytes),
+                    Control::Close(reason) => return Some(self.close(reason)),
+                    Control::Backfill {
+                        channel,
+                        after,
+                        through,
+                    } => {
+                        self.backfill = Some((channel, after, through));
+                        continue;
+                    }
+                }
+            }
+            if self.opts.shutdown.is_cancelled() {
+                return Some(self.close("shutdown"));
+            }
+            if self.opts.expires_at.is_some_and(|t| t <= Instant::now()) {
+                return Some(self.close("token_expired"));
+            }
+            if self.mode != Mode::Live {
+                match self.read_log().await {
+                    Some(chunk) => return Some(chunk),
+                    None => continue,
+                }
+            }
+            if let Some(chunk) = self.drain_queue() {
+                return Some(chunk);
+            }
+            if !self.reg.conn.live.load(Ordering::Acquire) {
+                self.mode = Mode::CatchUp;
+                continue;
+            }
+            let expiry = self.opts.expires_at;
+            tokio::select! {
+                _ = self.opts.shutdown.cancelled() => {}
+                _ = sleep_until_opt(expiry) => {}
+                _ = self.reg.conn.wake.notified() => {}
+                frame = self.rx.recv() => match frame {
+                    Some(f) if f.pos > self.pos => {
+                        self.pos = f.pos;
+                        return Some(f.bytes);
+                    }
+                    Some(_) => {}
+                    None => return None,
+                },
+                _ = tokio::time::sleep(self.opts.heartbeat) => {
+                    return Some(Bytes::from_static(frame::HEARTBEAT));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, reason: &str) -> Bytes {
+        self.done = true;
+        frame::control_frame("closing", &serde_json::json!({ "reason": reason }))
+    }
+
+    /// Frames already queued, after `pos`, gathered into one chunk.
+    fn drain_queue(&mut self) -> Option<Bytes> {
+        let mut buf = BytesMut::new();
+        while buf.len() < MAX_CHUNK {
+            match self.rx.try_recv() {
+                Ok(f) if f.pos > self.pos => {
+                    self.pos = f.pos;
+                    if buf.is_empty() && self.rx.is_empty() {
+                        return Some(f.bytes);
+                    }
+                    buf.extend_from_slice(&f.bytes);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+
+    /// One catch-up step; `None` when it produced nothing to send (mode may have changed).
+    async fn read_log(&mut self) -> Option<Bytes> {
+        let conn = self.reg.conn.clone();
+        let filter = |e: &Event| conn.wants(e);
+        let batch = self.read_or_pause(self.pos, &filter).await?;
+        let mut buf = BytesMut::new();
+        if let Some(gap) = batch.gap {
+            self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+            let oldest = gap.oldest.map(|p| p.to_string());
+            buf.extend_from_slice(&frame::control_frame(
+                "gap",
+                &serde_json::json!({ "last_event_id": self.pos.to_string(), "oldest_id": oldest }),
+            ));
+        }
+        for event in &batch.events {
+            buf.extend_from_slice(&frame::event_frame(event));
+        }
+        self.pos = self.pos.max(batch.next);
+        if batch.at_head {
+            if self.mode == Mode::CatchUp {
+                conn.live.store(true, Ordering::Release);
+                self.mode = Mode::Sealing;
+            } else {
+                self.mode = Mode::Live;
+            }
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+}
+
+impl Cursor {
+    /// One step of a channel's history ([`Control::Backfill`]); `None` when it produced
+    /// nothing to send.
+    async fn read_backfill(&mut self) -> Option<Bytes> {
+        let (channel, after, through) = self.backfill.clone()?;
+        let conn = self.reg.conn.clone();
+        let filter =
+            |e: &Event| e.pos <= through && *e.event.channel == *channel && e.targets(&conn.user);
+        let batch = self.read_or_pause(after, &filter).await?;
+        let mut buf = BytesMut::new();
+        if let Some(gap) = batch.gap {
+            self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+            buf.extend_from_slice(&frame::control_frame(
+                "gap",
+                &serde_json::json!({
+                    "channel": &*channel,
+                    "last_event_id": after.to_string(),
+                    "oldest_id": gap.oldest.map(|p| p.to_string()),
+                }),
+            ));
+        }
+        // A channel removed meanwhile gets no more of its history.
+        let still_subscribed = conn.channels().iter().any(|c| **c == *channel);
+        for event in batch.events.iter().filter(|_| still_subscribed) {
+            buf.extend_from_slice(&frame::history_frame(event));
+        }
+        let next = batch.next;
+        self.backfill = (still_subscribed && next < through && !batch.at_head)
+            .then_some((channel, next, through));
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+
+    /// Reads the log after `after`; on failure, logs, pauses a moment and returns `None`.
+    async fn read_or_pause(
+        &self,
+        after: Position,
+        filter: crate::log::Filter<'_>,
+    ) -> Option<crate::log::ReadBatch> {
+        match self
+            .hub
+            .log()
+            .read(after, self.opts.catchup_batch, filter, None)
+            .await
+        {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                let conn = &self.reg.conn;
+                tracing::warn!(conn = %conn.id, error = %e, "log read failed; retrying");
+                tokio::select! {
+                    _ = self.opts.shutdown.cancelled() => {}
+                    _ = conn.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                None
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,23 @@
+//! ssegate: a real-time gateway. Services publish events; browsers receive the events they
+//! may see over Server-Sent Events; nothing acknowledged is lost.
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration (TOML file, `SSEGATE_*` environment, flags) and its defaults.
+//! - [`channel`]: channel names and grant patterns (`*`, trailing `**`, `{sub}`).
+//! - [`log`]: the ordered, durable, retained event log — the single source of truth — and its
+//!   backends (`memory`, `file`).
+//! - [`hub`]: tails the log and fans each event out to the local connections; a connection is
+//!   a cursor on the log that falls back to reading the log when it cannot keep up.
+//! - [`auth`]: who a request is (JWT) and what it may subscribe to, publish, administer.
+//! - [`http`]: the HTTP API (axum): stream, publish, subscriptions, long-poll, status.
+//! - [`server`]: wires the pieces together and runs until told to stop.
+
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod log;
+pub mod server;
+pub mod time;

@@ -1,0 +1,288 @@
+//! The event log: the single source of truth.
+//!
+//! An ordered, durable, retained sequence of events. Appending returns each event's
+//! [`Position`], which is also its SSE `id`. Guarantees every backend gives:
+//!
+//! - **Durable before acknowledged**: `append` returns only after the events are on disk (or,
+//!   for `memory`, in the process) and visible to readers.
+//! - **Atomic batches**: all events of one `append` call are stored together, in order,
+//!   with consecutive positions, or none is.
+//! - **Order**: positions strictly increase in append order; readers see the same order.
+//! - **Retention**: by count and by age; a reader asking for events after a position that
+//!   retention has dropped gets a [`Gap`] naming the oldest retained event — never silence.
+//! - **Idempotency**: an [`AppendItem`] with a key already seen within the dedupe window is
+//!   not stored again; the original positions are returned.
+//!
+//! Backends: [`memory::MemoryLog`] and [`file::FileLog`] (embedded, redb). The trait is shaped
+//! so that Redis Streams (`XADD`/`XREAD BLOCK`/`XRANGE`) and NATS JetStream can implement it:
+//! positions are two numbers (`ms-seq` for Redis), reads block with a timeout, and retention
+//! and dedupe are the backend's business.
+
+pub mod file;
+pub mod memory;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::{Config, LogKind};
+
+/// A place in the log. Clients see it as an opaque string: `"42"`, or `"1700000000000-3"` for
+/// backends whose positions have two parts. `Position::ZERO` is before every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub hi: u64,
+    pub lo: u64,
+}
+
+impl Position {
+    pub const ZERO: Position = Position { hi: 0, lo: 0 };
+
+    /// A single-number position (`memory`, `file`, JetStream sequence).
+    pub const fn seq(n: u64) -> Position {
+        Position { hi: 0, lo: n }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.hi == 0 {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.hi, self.lo)
+        }
+    }
+}
+
+/// The text is not an event id this gateway issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid event id")]
+pub struct BadPosition;
+
+impl FromStr for Position {
+    type Err = BadPosition;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = |t: &str| {
+            if t.is_empty() || t.len() > 20 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadPosition);
+            }
+            t.parse::<u64>().map_err(|_| BadPosition)
+        };
+        match s.split_once('-') {
+            None => Ok(Position::seq(digits(s)?)),
+            Some((hi, lo)) => Ok(Position {
+                hi: digits(hi)?,
+                lo: digits(lo)?,
+            }),
+        }
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// An event to append: what a publisher sent, validated, one channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub channel: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Compact JSON text (no raw newline).
+    pub data: Box<RawValue>,
+    /// When set, only these users' connections receive the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
+    /// Publish time, Unix milliseconds; retention by age uses it.
+    pub time_ms: u64,
+}
+
+impl PartialEq for NewEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.channel == other.channel
+            && self.kind == other.kind
+            && self.data.get() == other.data.get()
+            && self.users == other.users
+            && self.time_ms == other.time_ms
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub pos: Position,
+    pub event: NewEvent,
+}
+
+impl Event {
+    /// Whether a connection of `user` subscribed to `channel` may receive this event,
+    /// as far as user targeting goes.
+    pub fn targets(&self, user: &str) -> bool {
+        match &self.event.users {
+            None => true,
+            Some(users) => users.iter().any(|u| u == user),
+        }
+    }
+}
+
+/// One publish unit: events appended together under one optional idempotency key (a publish
+/// with `channels: [a, b]` is one item with two events).
+#[derive(Debug, Clone)]
+pub struct AppendItem {
+    pub key: Option<String>,
+    pub events: Vec<NewEvent>,
+}
+
+/// What became of one [`AppendItem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub positions: Vec<Position>,
+    /// The key was seen within the dedupe window: nothing was stored, `positions` are the
+    /// original ones.
+    pub duplicate: bool,
+}
+
+/// Events retention dropped between the reader's position and the oldest retained event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The oldest event still in the log (`None`: the log is empty now).
+    pub oldest: Option<Position>,
+}
+
+/// The result of one read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    /// Matching events after the requested position, in order.
+    pub events: Vec<Arc<Event>>,
+    /// The reader has seen everything up to here (the next read starts after it); at least
+    /// the requested position.
+    pub next: Position,
+    /// The read reached the head of the log as it was when the read ran.
+    pub at_head: bool,
+    /// Retention dropped events after the requested position; `events` start at the oldest.
+    pub gap: Option<Gap>,
+}
+
+/// The extent of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bounds {
+    /// Position of the newest event ever appended (`ZERO` when none).
+    pub head: Position,
+    /// Oldest retained event, if any.
+    pub oldest: Option<Position>,
+}
+
+/// Which events a read returns.
+pub type Filter<'a> = &'a (dyn Fn(&Event) -> bool + Sync);
+
+/// Filter that takes every event.
+pub fn all_events(_: &Event) -> bool {
+    true
+}
+
+/// Log failures. `Unavailable` means nothing was appended and the caller may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the log is closed")]
+    Closed,
+    #[error("corrupt log entry at {pos}: {message}")]
+    Corrupt { pos: Position, message: String },
+}
+
+/// An ordered, durable, retained event log (see the module docs for the guarantees).
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// `"memory"`, `"file"`, …
+    fn kind(&self) -> &'static str;
+
+    /// Appends all items atomically and in order; returns once they are durable. `now_ms` is
+    /// the clock for the dedupe window.
+    async fn append(&self, items: Vec<AppendItem>, now_ms: u64) -> Result<Vec<Appended>, LogError>;
+
+    /// Up to `max` events after `after` that pass `filter`. When nothing is after `after`
+    /// and `wait` is given, waits up to that long for an append first.
+    async fn read(
+        &self,
+        after: Position,
+        max: usize,
+        filter: Filter<'_>,
+        wait: Option<Duration>,
+    ) -> Result<ReadBatch, LogError>;
+
+    /// Head and oldest positions.
+    async fn bounds(&self) -> Result<Bounds, LogError>;
+
+    /// Applies retention by age as of `now_ms` (retention by count is applied on append).
+    async fn enforce_retention(&self, now_ms: u64) -> Result<(), LogError>;
+}
+
+/// Retention and dedupe settings every backend takes.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    pub retention_events: u64,
+    /// 0 = no age limit.
+    pub retention_age_ms: u64,
+    pub dedupe_window_ms: u64,
+    /// Page cache of the file backend, bytes.
+    pub file_cache_bytes: usize,
+}
+
+impl LogOptions {
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            retention_events: cfg.log.retention_events,
+            retention_age_ms: cfg.log.retention_age_s.saturating_mul(1000),
+            dedupe_window_ms: cfg.log.dedupe_window_s.saturating_mul(1000),
+            file_cache_bytes: cfg.log.file_cache_mb.saturating_mul(1 << 20),
+        }
+    }
+}
+
+/// Opens the configured backend.
+pub fn open(cfg: &Config) -> Result<Arc<dyn EventLog>, LogError> {
+    let opts = LogOptions::from_config(cfg);
+    Ok(match cfg.log.kind {
+        LogKind::Memory => Arc::new(memory::MemoryLog::new(opts)),
+        LogKind::File => Arc::new(file::FileLog::open(
+            &cfg.server.data_dir.join("log.redb"),
+            opts,
+        )?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_order() {
+        for s in ["0", "42", "1700000000000-3"] {
+            assert_eq!(s.parse::<Position>().unwrap().to_string(), s);
+        }
+        for bad in [
+            "",
+            "-",
+            "a",
+            "1-",
+            "-1",
+            "1-2-3",
+            " 1",
+            "+1",
+            "99999999999999999999999",
+        ] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?}");
+        }
+        assert!(Position::seq(9) < Position::seq(10));
+        assert!(Position::seq(u64::MAX) < "1-0".parse().unwrap());
+    }
+}

@@ -1,0 +1,144 @@
+//! Wires log, hub and HTTP together and runs until told to stop.
+//!
+//! Shutdown is a value passed in: when `shutdown` is cancelled the listener stops accepting,
+//! every stream gets `closing` (`shutdown`) and ends, long-polls return, in-flight publishes
+//! finish; whatever is still open after `server.shutdown_grace_ms` is cut, and the log says so.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::hub::{sleep_or_cancel, Hub};
+
+/// How often retention by age and the dedupe window are applied.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
+
+/// The name of the development signing key file in the data directory.
+pub const DEV_SECRET_FILE: &str = "dev-secret";
+
+/// A gateway whose log is open and ready; [`Gateway::serve`] runs it.
+pub struct Gateway {
+    cfg: Arc<Config>,
+    secret: String,
+    hub: Arc<Hub>,
+}
+
+impl Gateway {
+    /// Opens the configured log (creating the data directory) and builds the hub.
+    pub fn open(cfg: Config, secret: &str) -> anyhow::Result<Self> {
+        let log = crate::log::open(&cfg).context("cannot open the event log")?;
+        let hub = Hub::new(log, cfg.stream.queue_frames);
+        Ok(Self {
+            cfg: Arc::new(cfg),
+            secret: secret.to_owned(),
+            hub,
+        })
+    }
+
+    /// Runs the gateway on `listener` until `shutdown` is cancelled.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Gateway { cfg, secret, hub } = self;
+        let addr = listener.local_addr()?;
+        let log = hub.log().clone();
+        let tasks = TaskTracker::new();
+        tasks.spawn(hub.clone().run(shutdown.clone()));
+        {
+            let (log, shutdown) = (log.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                while !sleep_or_cancel(RETENTION_EVERY, &shutdown).await {
+                    if let Err(e) = log.enforce_retention(crate::time::now_ms()).await {
+                        tracing::warn!(error = %e, "retention pass failed");
+                    }
+                }
+            });
+        }
+        let state = Arc::new(AppState {
+            auth: Arc::new(Auth::new(&cfg.auth, &secret)),
+            hub: hub.clone(),
+            shutdown: shutdown.clone(),
+            started: Instant::now(),
+            node_id: cfg
+                .server
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port())),
+            cfg: cfg.clone(),
+        });
+        tracing::info!(%addr, log = log.kind(), "ssegate listening");
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r?,
+            _ = shutdown.cancelled() => {
+                let open = hub.connection_count();
+                tracing::info!(streams = open, "shutting down: closing streams, finishing publishes");
+                let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(r) => r?,
+                    Err(_) => tracing::warn!(
+                        ?grace,
+                        still_open = hub.connection_count(),
+                        "shutdown grace period exceeded; cutting the remaining connections"
+                    ),
+                }
+            }
+        }
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+        tracing::info!("ssegate stopped");
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "ssegate".into())
+}
+
+/// Reads the development signing key from the data directory, creating it (readable by the
+/// owner only) the first time.
+pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(DEV_SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if s.len() >= 32 {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret)
+}

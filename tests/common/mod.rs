@@ -1,0 +1,346 @@
+//! Test doubles written once: a real `ssegate` server process on a free port, a real SSE
+//! client (WHATWG parser from eventsource-stream over reqwest), and a publisher.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use ssegate::auth::{Auth, Grants};
+use ssegate::config::AuthConfig;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+/// A running `ssegate serve` process. Killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+    /// Keeps the temp dir alive (None when the caller owns the dir).
+    _tmp: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// A server on a fresh data dir with the file log; `env` pairs are config overrides
+    /// without the `SSEGATE_` prefix, e.g. `("LOG__RETENTION_EVENTS", "100")`.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let mut s = Server::start_in(&dir, env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server whose data lives in `dir`.
+    pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (format!("SSEGATE_{k}"), v.to_string()))
+            .collect();
+        let (child, url) = spawn(dir, &env);
+        Server {
+            child,
+            url,
+            dir: dir.to_owned(),
+            _tmp: None,
+            env,
+        }
+    }
+
+    /// `kill -9`, then start again on the same data dir (new port).
+    pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        let (child, url) = spawn(&self.dir, &self.env);
+        self.child = child;
+        self.url = url;
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The server's stderr so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn stream_url(&self, channels: &[&str]) -> String {
+        let q: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
+        format!("{}/v1/stream?{}", self.url, q.join("&"))
+    }
+
+    /// POSTs a publish body; returns status and JSON body.
+    pub async fn publish(&self, token: &str, body: &Value) -> (u16, Value) {
+        self.publish_raw(token, serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    pub async fn publish_raw(&self, token: &str, body: Vec<u8>) -> (u16, Value) {
+        let res = http()
+            .post(format!("{}/v1/publish", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = res.status().as_u16();
+        let body = res.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Publishes `n` events on `channel` in batches of `batch`; returns every id in order.
+    pub async fn publish_many(
+        &self,
+        token: &str,
+        channel: &str,
+        n: usize,
+        batch: usize,
+    ) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        let mut i = 0;
+        while i < n {
+            let k = batch.min(n - i);
+            let events: Vec<Value> = (i..i + k)
+                .map(|j| json!({"channel": channel, "type": "t", "data": {"n": j}}))
+                .collect();
+            let (status, body) = self.publish(token, &Value::Array(events)).await;
+            assert_eq!(status, 200, "publish failed: {body}");
+            ids.extend(
+                body["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned()),
+            );
+            i += k;
+        }
+        ids
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("server log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("SSEGATE_AUTH__JWT_SECRET", SECRET)
+        .env("SSEGATE_SERVER__SHUTDOWN_GRACE_MS", "5000")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn ssegate");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "server did not start; log:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            )
+        });
+    let url = line
+        .strip_prefix("ssegate listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// Mints a token with the test secret.
+pub fn token(sub: &str, subscribe: &[&str], publish: &[&str]) -> String {
+    token_with(sub, subscribe, publish, false, 3600)
+}
+
+pub fn token_with(
+    sub: &str,
+    subscribe: &[&str],
+    publish: &[&str],
+    admin: bool,
+    ttl_s: u64,
+) -> String {
+    let auth = Auth::new(&AuthConfig::default(), SECRET);
+    let grants = Grants {
+        subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        publish: publish.iter().map(|s| s.to_string()).collect(),
+        admin,
+    };
+    auth.mint(sub, grants, ttl_s).unwrap()
+}
+
+pub fn publisher() -> String {
+    token("publisher", &[], &["**"])
+}
+
+/// A real SSE client: reqwest streaming body through a WHATWG-conformant parser.
+pub struct Sse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
+    /// The parser's last event id so far (it persists across events, as in a browser).
+    last_id: String,
+}
+
+/// One dispatched event. `id` is empty when the event carried no `id:` line (control events:
+/// the parser's last event id did not change).
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
+impl Sse {
+    pub async fn connect(url: &str, token: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = http().get(url).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.expect("stream request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let events = res
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()));
+        Sse {
+            status,
+            headers,
+            events: Box::pin(events),
+            last_id: last_event_id.unwrap_or("").to_owned(),
+        }
+    }
+
+    /// Connects and checks the stream opened with `connected`; returns it and the
+    /// connected event's data.
+    pub async fn open(url: &str, token: &str, last_event_id: Option<&str>) -> (Sse, Value) {
+        let mut sse = Sse::connect(url, token, last_event_id).await;
+        assert_eq!(sse.status, 200, "stream refused");
+        let first = sse
+            .next(Duration::from_secs(10))
+            .await
+            .expect("connected event");
+        assert_eq!(first.event, "connected");
+        assert!(first.id.is_empty(), "control events carry no id");
+        let data = serde_json::from_str(&first.data).unwrap();
+        (sse, data)
+    }
+
+    /// The next event (any kind), or None at the timeout or the end of the stream.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Ev> {
+        match tokio::time::timeout(timeout, self.events.next()).await {
+            Ok(Some(Ok(e))) => {
+                let id = if e.id == self.last_id {
+                    String::new()
+                } else {
+                    self.last_id = e.id.clone();
+                    e.id
+                };
+                Some(Ev {
+                    id,
+                    event: e.event,
+                    data: e.data,
+                })
+            }
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            _ => None,
+        }
+    }
+
+    /// Collects `n` delivered events (those with an id), skipping control events; panics
+    /// with what it got if they do not arrive in time.
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Vec<Ev> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(e) if !e.id.is_empty() => out.push(e),
+                Some(_) => {}
+                None => panic!("got {} of {n} events before the timeout", out.len()),
+            }
+        }
+        out
+    }
+
+    /// Asserts nothing with an id arrives within `wait`.
+    pub async fn expect_quiet(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next(left).await {
+                Some(e) if !e.id.is_empty() => panic!("unexpected event {e:?}"),
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+}
+
+pub fn envelope(e: &Ev) -> Value {
+    serde_json::from_str(&e.data).expect("envelope is JSON")
+}
+
+pub fn ids(events: &[Ev]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
+}
