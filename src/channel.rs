@@ -10,6 +10,12 @@
 //! or more segments) and `{sub}` (replaced by the user id, compared literally — a user id
 //! never widens a pattern).
 //!
+//! A subscription is a channel name or a pattern of channel segments, `*` and a final `**`
+//! (no `{sub}`). A grant *covers* a subscription pattern when every channel the subscription
+//! can match is matched by that one grant ([`covers`]): segment by segment, a literal is
+//! covered by the same literal, `*` or `**`; a subscription `*` by `*` or `**`; a
+//! subscription `**` only by a grant `**` at the same place or earlier.
+//!
 //! ```
 //! use ssegate::channel::pattern_matches;
 //! assert!(pattern_matches("logs:w1:*", "logs:w1:f1", "u1"));
@@ -83,6 +89,63 @@ pub fn validate_pattern(pattern: &str) -> Result<(), ChannelError> {
         }
     }
     Ok(())
+}
+
+/// Whether the subscription is a pattern (has a `*` or `**` segment) rather than a channel.
+pub fn is_pattern(subscription: &str) -> bool {
+    subscription.split(':').any(|s| s == "*" || s == "**")
+}
+
+/// Checks what a client may subscribe to: a channel name, or a pattern of channel segments,
+/// `*` and a final `**` (`{sub}` is for grants only).
+pub fn validate_subscription(subscription: &str) -> Result<(), ChannelError> {
+    if !is_pattern(subscription) {
+        return validate_channel(subscription);
+    }
+    if subscription.len() > MAX_CHANNEL_BYTES {
+        return Err(ChannelError::TooLong);
+    }
+    if subscription.contains('{') || subscription.contains('}') {
+        return Err(ChannelError::BadChar('{'));
+    }
+    validate_pattern(subscription)
+}
+
+/// Whether one grant `pattern` (of user `sub`) covers every channel the subscription
+/// `wanted` (a channel or a subscription pattern) can match. Exact, not approximate: for a
+/// concrete channel it is [`pattern_matches`].
+pub fn covers(pattern: &str, wanted: &str, sub: &str) -> bool {
+    let mut pat = pattern.split(':').peekable();
+    let mut want = wanted.split(':').peekable();
+    loop {
+        match (pat.next(), want.next()) {
+            (None, None) => return true,
+            // A final grant `**` takes one or more segments: whatever is left of the
+            // subscription (at least this one segment, perhaps a `**`).
+            (Some("**"), Some(_)) if pat.peek().is_none() => return true,
+            // Only a grant `**` covers a subscription `**`.
+            (_, Some("**")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(_), Some("*")) => return false,
+            (Some(p), Some(c)) => {
+                let equal = if p.contains("{sub}") {
+                    segment_with_sub_equals(p, sub, c)
+                } else {
+                    p == c
+                };
+                if !equal {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a subscription (a channel or a subscription pattern) takes events of `channel`.
+pub fn subscription_matches(subscription: &str, channel: &str) -> bool {
+    subscription == channel
+        || (is_pattern(subscription) && pattern_matches(subscription, channel, ""))
 }
 
 /// Whether `pattern` (granted to user `sub`) covers the concrete `channel`.
@@ -168,7 +231,73 @@ mod tests {
         assert!(!pattern_matches("n:{sub}", "n:a", "a:b"));
     }
 
+    #[test]
+    fn coverage_of_subscription_patterns() {
+        assert!(validate_subscription("logs:w1:*").is_ok());
+        assert!(validate_subscription("logs:**").is_ok());
+        assert!(validate_subscription("logs:{sub}").is_err());
+        assert!(validate_subscription("logs:**:x").is_err());
+        assert!(covers("logs:w1:*", "logs:w1:*", "u"));
+        assert!(covers("logs:*:*", "logs:w1:*", "u"));
+        assert!(covers("logs:**", "logs:w1:*", "u"));
+        assert!(covers("logs:**", "logs:**", "u"));
+        assert!(covers("**", "a:**", "u"));
+        assert!(!covers("logs:w1:f1", "logs:w1:*", "u"));
+        assert!(!covers("logs:*:*", "logs:**", "u"));
+        assert!(!covers("logs:w1:*", "logs:**", "u"));
+        assert!(!covers("a:*:**", "a:**", "u"), "a:** also matches a:x");
+        assert!(covers("n:{sub}:*", "n:u1:*", "u1"));
+        assert!(!covers("n:{sub}:*", "n:u2:*", "u1"));
+        assert!(!covers("n:{sub}", "n:*", "u1"));
+    }
+
+    /// Channels of up to 4 segments over a two-letter alphabet: enough to decide coverage by
+    /// enumeration for patterns of up to 3 segments (a `**` needing more is still seen).
+    fn all_channels() -> Vec<String> {
+        let segs = ["a", "b"];
+        let mut out: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+        let mut last = out.clone();
+        for _ in 1..4 {
+            last = last
+                .iter()
+                .flat_map(|p| segs.iter().map(move |s| format!("{p}:{s}")))
+                .collect();
+            out.extend(last.iter().cloned());
+        }
+        out
+    }
+
+    fn pattern_strategy(allow_sub: bool) -> impl Strategy<Value = String> {
+        let seg = if allow_sub {
+            prop_oneof![Just("a"), Just("b"), Just("*"), Just("{sub}")].boxed()
+        } else {
+            prop_oneof![Just("a"), Just("b"), Just("*")].boxed()
+        };
+        (proptest::collection::vec(seg, 1..4), any::<bool>()).prop_map(|(segs, dstar)| {
+            let mut p = segs.join(":");
+            if dstar {
+                p.push_str(":**");
+            }
+            p
+        })
+    }
+
     proptest! {
+        #[test]
+        fn coverage_equals_enumerated_inclusion(
+            grant in pattern_strategy(true),
+            wanted in pattern_strategy(false),
+        ) {
+            // With user "a", {sub} is the literal "a". Channels of 4 segments distinguish
+            // every pair of these short patterns.
+            let channels = all_channels();
+            let included = channels
+                .iter()
+                .filter(|c| pattern_matches(&wanted, c, "a"))
+                .all(|c| pattern_matches(&grant, c, "a"));
+            prop_assert_eq!(covers(&grant, &wanted, "a"), included, "{} covers {}", grant, wanted);
+        }
+
         #[test]
         fn sub_substitution_equals_literal_compare(
             pre in "[a-z]{0,3}", post in "[a-z]{0,3}", sub in "[a-z0-9]{1,4}", seg in "[a-z0-9-]{1,10}"

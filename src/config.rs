@@ -38,6 +38,19 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub stream: StreamConfig,
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin access for browser apps on other origins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API with credentials
+    /// (cookies, `Authorization`). `"*"` lets any origin call it, never with credentials.
+    /// Empty: no cross-origin access.
+    pub allowed_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer, in seconds.
+    pub max_age_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +65,10 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// This node's name in `/v1/status`; defaults to the host name and port.
     pub node_id: Option<String>,
+    /// Peers (reverse proxies, load balancers) whose `X-Forwarded-For` is believed: the
+    /// client address is then the last address in it that is not one of these. Nobody else
+    /// can choose the address the per-IP limits count.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +78,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./ssegate-data"),
             shutdown_grace_ms: 10_000,
             node_id: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -116,6 +134,8 @@ pub struct AuthConfig {
     pub jwt_public_key_algorithms: Vec<String>,
     /// JWKS document of an identity provider; keys are chosen by `kid`.
     pub jwks_url: Option<String>,
+    /// Algorithms JWKS keys may verify; empty = those of each key's type (or its `alg`).
+    pub jwks_algorithms: Vec<String>,
     /// How long fetched JWKS keys are used before they are fetched again.
     pub jwks_cache_s: u64,
     /// A token with an unknown `kid` triggers a refetch at most this often.
@@ -142,6 +162,24 @@ pub struct AuthConfig {
     /// Grants derived from token claims, added to those of the `ssegate` claim, so tokens an
     /// identity provider already issues work unchanged.
     pub grants: GrantRules,
+    /// Static keys for backend publishers, presented as `Authorization: Bearer <key>`.
+    pub publisher_keys: Vec<PublisherKeyConfig>,
+}
+
+/// A publisher key: the config holds the SHA-256 of the key, never the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherKeyConfig {
+    /// Who publishes with it (the principal's name in logs and limits).
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Channel patterns it may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Whether it may use the admin API.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl Default for AuthConfig {
@@ -152,6 +190,7 @@ impl Default for AuthConfig {
             jwt_public_key_file: None,
             jwt_public_key_algorithms: Vec::new(),
             jwks_url: None,
+            jwks_algorithms: Vec::new(),
             jwks_cache_s: 300,
             jwks_min_refresh_interval_ms: 10_000,
             issuer: None,
@@ -164,6 +203,7 @@ impl Default for AuthConfig {
             forward_max_ttl_s: 300,
             forward_cache_entries: 10_000,
             grants: GrantRules::default(),
+            publisher_keys: Vec::new(),
         }
     }
 }
@@ -188,6 +228,18 @@ pub struct LimitsConfig {
     pub max_channels_per_connection: usize,
     /// Most open streams on this node; more is `429`.
     pub max_connections: usize,
+    /// Most open streams of one user on this node.
+    pub max_connections_per_user: usize,
+    /// Most open streams from one client address on this node.
+    pub max_connections_per_ip: usize,
+    /// New streams (and long-polls) per second from one client address, sustained…
+    pub connect_rate_per_ip: f64,
+    /// …and in a burst.
+    pub connect_burst_per_ip: u32,
+    /// Events per second one publisher may append, sustained (0 = no limit)…
+    pub publish_rate: f64,
+    /// …and in a burst (at least `max_batch_events`, so any valid batch can pass).
+    pub publish_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -197,6 +249,12 @@ impl Default for LimitsConfig {
             max_batch_events: 1_000,
             max_channels_per_connection: 100,
             max_connections: 100_000,
+            max_connections_per_user: 50,
+            max_connections_per_ip: 1_000,
+            connect_rate_per_ip: 20.0,
+            connect_burst_per_ip: 100,
+            publish_rate: 50_000.0,
+            publish_burst: 100_000,
         }
     }
 }
@@ -287,14 +345,36 @@ impl Config {
                 "limits.max_channels_per_connection and limits.max_batch_events must be greater than 0",
             );
         }
-        let a = &self.auth;
-        if a.jwt_public_key_file.is_some()
-            || a.jwks_url.is_some()
-            || a.forward_url.is_some()
-            || !a.grants.subscribe.is_empty()
-            || !a.grants.publish.is_empty()
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_connections_per_user == 0
+            || l.max_connections_per_ip == 0
         {
-            return bad("auth.jwt_public_key_file, auth.jwks_url, auth.forward_url and auth.grants are not supported by this version yet; use auth.jwt_secret");
+            return bad("limits.max_connections, max_connections_per_user and max_connections_per_ip must be greater than 0");
+        }
+        if !(l.connect_rate_per_ip > 0.0 && l.connect_rate_per_ip.is_finite())
+            || l.connect_burst_per_ip == 0
+        {
+            return bad(
+                "limits.connect_rate_per_ip and limits.connect_burst_per_ip must be greater than 0",
+            );
+        }
+        if !(l.publish_rate >= 0.0 && l.publish_rate.is_finite()) {
+            return bad("limits.publish_rate must be 0 (no limit) or more");
+        }
+        if l.publish_rate > 0.0 && (l.publish_burst as usize) < l.max_batch_events {
+            return bad("limits.publish_burst must be at least limits.max_batch_events, or a full batch could never pass");
+        }
+        for origin in &self.cors.allowed_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "cors.allowed_origins: {origin:?} is not an origin like \"https://app.example.com\" (scheme and host, no path) or \"*\""
+                )));
+            }
         }
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.len() < 16 {

@@ -9,7 +9,10 @@
 //!   backends (`memory`, `file`).
 //! - [`hub`]: tails the log and fans each event out to the local connections; a connection is
 //!   a cursor on the log that falls back to reading the log when it cannot keep up.
-//! - [`auth`]: who a request is (JWT) and what it may subscribe to, publish, administer.
+//! - [`auth`]: who a request is (JWT, JWKS, publisher keys, forward-auth) and what it may
+//!   subscribe to, publish, administer.
+//! - [`limits`]: connection limits and rate limits.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`http`]: the HTTP API (axum): stream, publish, subscriptions, long-poll, status.
 //! - [`server`]: wires the pieces together and runs until told to stop.
 
@@ -18,6 +21,8 @@ pub mod channel;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod time;

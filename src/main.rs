@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use ssegate::auth::{Auth, Grants};
+use ssegate::auth::{Grants, Minter};
 use ssegate::config::Config;
 use ssegate::server;
 
@@ -105,15 +105,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 cfg.server.listen = listen;
             }
-            let secret = match (&cfg.auth.jwt_secret, dev) {
-                (Some(s), _) => s.clone(),
-                (None, true) => server::dev_secret(&cfg.server.data_dir)?,
-                (None, false) => bail!(
-                    "no signing key configured: set auth.jwt_secret in the config file (or SSEGATE_AUTH__JWT_SECRET), \
-                     or run `ssegate serve --dev` for a local development setup"
-                ),
-            };
-            tokio::runtime::Runtime::new()?.block_on(serve(cfg, secret, dev))
+            if dev && cfg.auth.jwt_secret.is_none() {
+                cfg.auth.jwt_secret = Some(server::dev_secret(&cfg.server.data_dir)?);
+            }
+            tokio::runtime::Runtime::new()?.block_on(serve(cfg, dev))
         }
         Command::Publish {
             channel,
@@ -178,13 +173,16 @@ fn main() -> anyhow::Result<()> {
                     server::dev_secret(&cfg.server.data_dir)?
                 }
             };
-            let auth = Auth::new(&cfg.auth, &secret);
             let grants = Grants {
                 subscribe,
                 publish,
                 admin,
             };
-            let token = auth.mint(&sub, grants, Duration::from(ttl).as_secs())?;
+            let token = Minter::new(&secret, &cfg.auth).mint(
+                &sub,
+                grants,
+                Duration::from(ttl).as_secs(),
+            )?;
             println!("{token}");
             Ok(())
         }
@@ -197,9 +195,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(cfg: Config, secret: String, dev: bool) -> anyhow::Result<()> {
+async fn serve(cfg: Config, dev: bool) -> anyhow::Result<()> {
     // Ready before announced: the log is open when the "listening" line appears.
-    let gateway = server::Gateway::open(cfg.clone(), &secret)?;
+    let gateway = server::Gateway::open(cfg.clone())?;
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
@@ -207,8 +205,8 @@ async fn serve(cfg: Config, secret: String, dev: bool) -> anyhow::Result<()> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ssegate listening on http://{addr}")?;
-        if dev {
-            print_dev_help(&mut out, &cfg, &secret, addr)?;
+        if let (true, Some(secret)) = (dev, &cfg.auth.jwt_secret) {
+            print_dev_help(&mut out, &cfg, secret, addr)?;
         }
         out.flush()?;
     }
@@ -223,7 +221,7 @@ fn print_dev_help(
     secret: &str,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let auth = Auth::new(&cfg.auth, secret);
+    let auth = Minter::new(secret, &cfg.auth);
     let day = 24 * 3600;
     let sub_token = auth.mint(
         "dev-user",

@@ -20,6 +20,8 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::{sleep_or_cancel, Hub};
+use crate::limits::{ConnLimits, Limit, RateLimiter};
+use crate::metrics::Metrics;
 
 /// How often retention by age and the dedupe window are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
@@ -27,21 +29,43 @@ const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// The name of the development signing key file in the data directory.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
 
+/// How often rate-limiter buckets that have refilled are forgotten.
+const LIMITER_CLEANUP_EVERY: Duration = Duration::from_secs(30);
+/// Most rate-limiter buckets kept (per limiter).
+const LIMITER_MAX_KEYS: usize = 100_000;
+
 /// A gateway whose log is open and ready; [`Gateway::serve`] runs it.
 pub struct Gateway {
     cfg: Arc<Config>,
-    secret: String,
+    auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
     hub: Arc<Hub>,
 }
 
 impl Gateway {
-    /// Opens the configured log (creating the data directory) and builds the hub.
-    pub fn open(cfg: Config, secret: &str) -> anyhow::Result<Self> {
+    /// Checks the auth settings (reading key files), opens the configured log (creating the
+    /// data directory) and builds the hub. Refuses a configuration with no way to
+    /// authenticate anyone.
+    pub fn open(cfg: Config) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let auth = Auth::new(&cfg.auth, http, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("invalid auth configuration: {e}"))?;
+        if !auth.is_configured() {
+            anyhow::bail!(
+                "no way to authenticate anyone is configured: set auth.jwt_secret, auth.jwt_public_key_file, \
+                 auth.jwks_url, auth.forward_url or auth.publisher_keys (or run `ssegate serve --dev`)"
+            );
+        }
         let log = crate::log::open(&cfg).context("cannot open the event log")?;
         let hub = Hub::new(log, cfg.stream.queue_frames);
         Ok(Self {
             cfg: Arc::new(cfg),
-            secret: secret.to_owned(),
+            auth: Arc::new(auth),
+            metrics,
             hub,
         })
     }
@@ -52,7 +76,12 @@ impl Gateway {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Gateway { cfg, secret, hub } = self;
+        let Gateway {
+            cfg,
+            auth,
+            metrics,
+            hub,
+        } = self;
         let addr = listener.local_addr()?;
         let log = hub.log().clone();
         let tasks = TaskTracker::new();
@@ -67,8 +96,38 @@ impl Gateway {
                 }
             });
         }
+        if let Some(forward) = auth.forward() {
+            tasks.spawn(forward.clone().run(shutdown.clone()));
+        }
+        if let Some(jwks) = auth.jwks() {
+            let jwks = jwks.clone();
+            tasks.spawn(async move {
+                if let Err(e) = jwks.refresh().await {
+                    tracing::warn!(error = %e, "JWKS not loaded at start; tokens will trigger a fetch");
+                }
+            });
+        }
+        let limits = &cfg.limits;
         let state = Arc::new(AppState {
-            auth: Arc::new(Auth::new(&cfg.auth, &secret)),
+            auth,
+            metrics,
+            conn_limits: ConnLimits::new(
+                limits.max_connections,
+                limits.max_connections_per_user,
+                limits.max_connections_per_ip,
+            ),
+            connect_rate: RateLimiter::new(
+                Limit::ConnectRate,
+                limits.connect_rate_per_ip,
+                limits.connect_burst_per_ip,
+                LIMITER_MAX_KEYS,
+            ),
+            publish_rate: RateLimiter::new(
+                Limit::PublishRate,
+                limits.publish_rate,
+                limits.publish_burst,
+                LIMITER_MAX_KEYS,
+            ),
             hub: hub.clone(),
             shutdown: shutdown.clone(),
             started: Instant::now(),
@@ -79,8 +138,17 @@ impl Gateway {
                 .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port())),
             cfg: cfg.clone(),
         });
+        {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                while !sleep_or_cancel(LIMITER_CLEANUP_EVERY, &shutdown).await {
+                    state.connect_rate.cleanup();
+                    state.publish_rate.cleanup();
+                }
+            });
+        }
         tracing::info!(%addr, log = log.kind(), "ssegate listening");
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();

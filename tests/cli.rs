@@ -76,7 +76,7 @@ fn serve_without_a_key_refuses_to_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("no signing key configured") && err.contains("--dev"),
+        err.contains("no way to authenticate anyone is configured") && err.contains("--dev"),
         "{err}"
     );
 }

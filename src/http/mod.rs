@@ -1,6 +1,6 @@
 //! The HTTP API (axum): `GET /v1/stream`, `POST /v1/publish`,
-//! `POST /v1/connections/{id}/subscriptions`, `GET /v1/poll`, `/healthz`, `/readyz`,
-//! `/v1/status`. The contract is docs/api.md.
+//! `POST /v1/connections/{id}/subscriptions`, `GET /v1/poll`, the admin API, `/healthz`,
+//! `/readyz`, `/metrics`. The contract is docs/api.md.
 //!
 //! ```no_run
 //! # async fn f(state: std::sync::Arc<ssegate::http::AppState>) {
@@ -13,40 +13,67 @@
 //! Every error is an [`ApiError`]: a status, a stable `code` and a sentence for the user;
 //! internals never reach the client.
 
+mod admin;
 mod error;
 mod ops;
 mod poll;
 mod publish;
 mod stream;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
-use crate::auth::{Auth, AuthError, Principal};
-use crate::channel::validate_channel;
-use crate::config::Config;
+use crate::auth::forward::ForwardCreds;
+use crate::auth::{Auth, Principal, RequestCreds};
+use crate::channel::validate_subscription;
+use crate::config::{Config, CorsConfig};
 use crate::hub::Hub;
+use crate::limits::{ConnLimits, RateLimiter, Refused};
 use crate::log::Position;
+use crate::metrics::Metrics;
 
 /// What every handler shares.
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub auth: Arc<Auth>,
     pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// Open streams: in all, per user, per client address.
+    pub conn_limits: Arc<ConnLimits>,
+    /// New streams and long-polls per client address.
+    pub connect_rate: RateLimiter<IpAddr>,
+    /// Events appended per publisher.
+    pub publish_rate: RateLimiter<String>,
     /// Cancelled when the server shuts down: streams close, long-polls return.
     pub shutdown: CancellationToken,
     pub started: Instant,
     pub node_id: String,
 }
 
+impl AppState {
+    /// Counts a refusal by a limit and turns it into the `429`.
+    fn limited(&self, refused: Refused) -> ApiError {
+        self.metrics.limited(refused.limit.code());
+        ApiError::TooMany {
+            code: refused.limit.code(),
+            message: refused.limit.message().into(),
+            retry_after_s: refused.retry_after_s,
+        }
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
+    let cors = cors_layer(&state.cfg.cors);
     Router::new()
         .route("/v1/stream", get(stream::stream))
         .route("/v1/poll", get(poll::poll))
@@ -55,11 +82,61 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/connections/{id}/subscriptions",
             post(stream::subscriptions),
         )
+        .route("/v1/connections", get(admin::connections))
+        .route("/v1/users/{user}/connections", delete(admin::kick_user))
+        .route("/v1/channels", get(admin::channels))
+        .route("/v1/broadcast", post(admin::broadcast))
         .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .layer(cors)
         .with_state(state)
+}
+
+/// CORS from `[cors]`: listed origins get credentials; `*` any origin without them; none
+/// of it when the list is empty. Preflights allow `Last-Event-ID`.
+fn cors_layer(cfg: &CorsConfig) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("cache-control"),
+        ])
+        .max_age(Duration::from_secs(cfg.max_age_s));
+    if cfg.allowed_origins.iter().any(|o| o == "*") {
+        return layer.allow_origin(AllowOrigin::any());
+    }
+    let origins: Vec<HeaderValue> = cfg
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    layer
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the last
+/// address in `X-Forwarded-For` that is not a trusted proxy.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = peer.ip();
+    let trusted = &state.cfg.server.trusted_proxies;
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
 }
 
 /// The query of `/v1/stream` and `/v1/poll`; `channel` repeats, unknown parameters (cache
@@ -70,6 +147,7 @@ struct StreamQuery {
     last_event_id: Option<String>,
     access_token: Option<String>,
     timeout_ms: Option<String>,
+    session_id: Option<String>,
 }
 
 impl StreamQuery {
@@ -81,6 +159,7 @@ impl StreamQuery {
                 "last_event_id" => q.last_event_id = Some(v.into_owned()),
                 "access_token" => q.access_token = Some(v.into_owned()),
                 "timeout_ms" => q.timeout_ms = Some(v.into_owned()),
+                "session_id" => q.session_id = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -89,29 +168,71 @@ impl StreamQuery {
 }
 
 /// Authenticates a request: `Authorization: Bearer`, then the auth cookie, then
-/// `access_token` (when allowed).
-fn authenticate(
+/// `access_token` (when allowed), then forward-auth (see [`crate::auth`]).
+async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Principal, ApiError> {
+    let auth = &state.auth;
     let token = bearer(headers)
-        .or_else(|| cookie(headers, &state.auth.cookie_name))
-        .or(if state.auth.allow_query_token {
+        .or_else(|| cookie(headers, &auth.cookie_name))
+        .or(if auth.allow_query_token {
             query_token
         } else {
             None
         });
-    let Some(token) = token else {
-        if query_token.is_some() {
-            return Err(ApiError::bad_request(
-                "query_token_disabled",
-                "`access_token` in the query is disabled on this server; send the token in the Authorization header or the auth cookie",
-            ));
-        }
-        return Err(ApiError::Unauthorized(AuthError::Missing));
+    if token.is_none() && query_token.is_some() && auth.forward().is_none() {
+        return Err(ApiError::bad_request(
+            "query_token_disabled",
+            "`access_token` in the query is disabled on this server; send the token in the Authorization header or the auth cookie",
+        ));
+    }
+    let raw = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
-    state.auth.verify(token).map_err(ApiError::Unauthorized)
+    let creds = RequestCreds {
+        token,
+        forward: ForwardCreds {
+            cookie: raw(header::COOKIE),
+            authorization: raw(header::AUTHORIZATION),
+        },
+    };
+    auth.authenticate(&creds)
+        .await
+        .map_err(ApiError::Unauthorized)
+}
+
+/// Refuses principals without the admin grant.
+fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    if principal.grants.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden {
+            code: "admin_required",
+            message: "this endpoint needs credentials with the admin grant".into(),
+        })
+    }
+}
+
+/// The channels of a stream or poll request, checked (see [`check_channels`]).
+async fn subscriber(
+    state: &AppState,
+    query: &StreamQuery,
+    headers: &HeaderMap,
+) -> Result<(Principal, Vec<String>), ApiError> {
+    let principal = authenticate(state, headers, query.access_token.as_deref()).await?;
+    if query.channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "give at least one `channel` query parameter",
+        ));
+    }
+    let channels = check_channels(state, &principal, &query.channels)?;
+    Ok((principal, channels))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -146,7 +267,7 @@ fn check_channels(
 ) -> Result<Vec<String>, ApiError> {
     let mut channels: Vec<String> = Vec::with_capacity(requested.len());
     for c in requested {
-        validate_channel(c).map_err(|e| ApiError::invalid_channel(c, e))?;
+        validate_subscription(c).map_err(|e| ApiError::invalid_channel(c, e))?;
         if !channels.contains(c) {
             channels.push(c.clone());
         }

@@ -5,11 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{authenticate, ApiError, AppState};
+use super::{authenticate, require_admin, ApiError, AppState};
 
 pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
@@ -24,26 +25,40 @@ pub(super) async fn readyz(
             Json(json!({ "status": "not_ready", "reason": "shutting down" })),
         );
     }
-    match state.hub.log().bounds().await {
-        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(e) => (
+    if let Err(e) = state.hub.log().bounds().await {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not_ready", "reason": e.to_string() })),
-        ),
+        );
     }
+    if state.auth.forward().is_some_and(|f| !f.up()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "reason": "the forward-auth service cannot be reached",
+            })),
+        );
+    }
+    (StatusCode::OK, Json(json!({ "status": "ready" })))
+}
+
+pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 pub(super) async fn status(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let principal = authenticate(&state, &headers, None)?;
-    if !principal.grants.admin {
-        return Err(ApiError::Forbidden {
-            code: "admin_required",
-            message: "this endpoint needs a token with the admin grant".into(),
-        });
-    }
+    require_admin(&authenticate(&state, &headers, None).await?)?;
     let log = state.hub.log();
     let bounds = log.bounds().await.map_err(ApiError::LogUnavailable)?;
     let stats = &state.hub.stats;
@@ -64,6 +79,9 @@ pub(super) async fn status(
             "frames_queued": stats.frames_queued.load(Ordering::Relaxed),
             "queue_overflows": stats.queue_overflows.load(Ordering::Relaxed),
             "gaps": stats.gaps.load(Ordering::Relaxed),
+        },
+        "auth": {
+            "forward_auth_up": state.auth.forward().map(|f| f.up()),
         },
         "sources": [],
     })))

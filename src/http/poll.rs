@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{authenticate, check_channels, resume_position, ApiError, AppState, StreamQuery};
+use super::{client_ip, resume_position, subscriber, ApiError, AppState, StreamQuery};
+use crate::channel::subscription_matches;
 use crate::hub::frame::envelope;
 use crate::log::{Event, Gap};
 
@@ -21,18 +24,17 @@ const MAX_EVENTS: usize = 1_000;
 
 pub(super) async fn poll(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<PollResponse>, ApiError> {
     let query = StreamQuery::parse(raw.as_deref());
-    let principal = authenticate(&state, &headers, query.access_token.as_deref())?;
-    if query.channels.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_channel",
-            "give at least one `channel` query parameter",
-        ));
-    }
-    let channels = check_channels(&state, &principal, &query.channels)?;
+    let ip = client_ip(&state, peer, &headers);
+    state
+        .connect_rate
+        .check(&ip, 1)
+        .map_err(|r| state.limited(r))?;
+    let (principal, channels) = subscriber(&state, &query, &headers).await?;
     let timeout_ms = match query.timeout_ms.as_deref() {
         None => 25_000,
         Some(t) => t.parse::<u64>().map_err(|_| {
@@ -49,7 +51,12 @@ pub(super) async fn poll(
         None => log.bounds().await.map_err(ApiError::LogUnavailable)?.head,
     };
     let user = principal.user.as_str();
-    let filter = |e: &Event| channels.contains(&e.event.channel) && e.targets(user);
+    let filter = |e: &Event| {
+        e.targets(user)
+            && channels
+                .iter()
+                .any(|c| subscription_matches(c, &e.event.channel))
+    };
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let mut gap: Option<Gap> = None;
     let mut events = Vec::new();

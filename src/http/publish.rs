@@ -41,7 +41,7 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let principal = authenticate(&state, &headers, None)?;
+    let principal = authenticate(&state, &headers, None).await?;
     let limits = &state.cfg.limits;
     let body_limit = limits
         .max_event_bytes
@@ -97,6 +97,11 @@ pub(super) async fn publish(
     if !denied.is_empty() {
         return Err(ApiError::forbidden_channels("publish to", denied));
     }
+    let cost: usize = items.iter().map(|i| i.events.len()).sum();
+    state
+        .publish_rate
+        .check(&principal.user, u32::try_from(cost).unwrap_or(u32::MAX))
+        .map_err(|r| state.limited(r))?;
     let appended = state
         .hub
         .log()
@@ -108,6 +113,26 @@ pub(super) async fn publish(
         .flat_map(|a| a.positions.iter().map(|p| p.to_string()))
         .collect();
     Ok(Json(json!({ "ids": ids })))
+}
+
+/// Event types the stream uses for its own control events.
+pub const RESERVED_TYPES: [&str; 5] = ["connected", "gap", "subscribed", "unsubscribed", "closing"];
+
+/// Checks an event type: 1 to 128 bytes, no control characters (CR or LF would inject SSE
+/// fields), not one of the stream's control event types.
+pub(super) fn check_type(kind: &str) -> Result<(), String> {
+    if kind.is_empty() || kind.len() > MAX_TYPE_BYTES || kind.chars().any(char::is_control) {
+        return Err(format!(
+            "`type` must be 1 to {MAX_TYPE_BYTES} bytes without control characters (no CR or LF)"
+        ));
+    }
+    if RESERVED_TYPES.contains(&kind) {
+        return Err(format!(
+            "`type` {kind:?} is reserved for the stream's control events ({})",
+            RESERVED_TYPES.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Validates one published event; `i` is its index in the request, for messages.
@@ -138,14 +163,7 @@ fn to_item(
         validate_channel(c).map_err(|err| ApiError::invalid_channel(c, err))?;
     }
     let kind = e.kind.unwrap_or_else(|| "message".into());
-    if kind.is_empty() || kind.len() > MAX_TYPE_BYTES || kind.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_type",
-            at(format!(
-                "`type` must be 1 to {MAX_TYPE_BYTES} bytes without control characters (no CR or LF)"
-            )),
-        ));
-    }
+    check_type(&kind).map_err(|m| ApiError::bad_request("invalid_type", at(m)))?;
     if let Some(key) = &e.id {
         if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
             return Err(ApiError::bad_request(

@@ -1,11 +1,12 @@
 //! `GET /v1/stream` and `POST /v1/connections/{id}/subscriptions`.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -15,39 +16,71 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{
-    authenticate, check_channels, parse_event_id, resume_position, ApiError, AppState, StreamQuery,
+    authenticate, check_channels, client_ip, parse_event_id, resume_position, subscriber, ApiError,
+    AppState, StreamQuery,
 };
-use crate::channel::validate_channel;
-use crate::hub::{frame, ChannelChange, Cursor, CursorOptions, UpdateError};
+use crate::auth::{AuthError, Via};
+use crate::channel::validate_subscription;
+use crate::hub::{
+    frame, sleep_or_cancel, ChannelChange, Conn, ConnInfo, Control, Cursor, CursorOptions,
+    UpdateError,
+};
+
+/// Longest `session_id`, in bytes.
+const MAX_SESSION_ID_BYTES: usize = 128;
 
 pub(super) async fn stream(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let query = StreamQuery::parse(raw.as_deref());
-    let principal = authenticate(&state, &headers, query.access_token.as_deref())?;
-    if query.channels.is_empty() {
-        return Err(ApiError::bad_request(
-            "missing_channel",
-            "give at least one `channel` query parameter",
-        ));
-    }
-    let channels = check_channels(&state, &principal, &query.channels)?;
+    let ip = client_ip(&state, peer, &headers);
+    state
+        .connect_rate
+        .check(&ip, 1)
+        .map_err(|r| state.limited(r))?;
+    let (principal, channels) = subscriber(&state, &query, &headers).await?;
     let resume = resume_position(&headers, &query)?;
-    let limits = &state.cfg.limits;
-    if state.hub.connection_count() >= limits.max_connections {
-        return Err(ApiError::TooMany {
-            code: "too_many_connections",
-            message: "this server has reached its connection limit; retry later".into(),
-            retry_after_s: 5,
-        });
-    }
+    let session_id = match query.session_id.as_deref() {
+        None | Some("") => None,
+        Some(s) if s.len() <= MAX_SESSION_ID_BYTES && !s.chars().any(|c| c.is_control()) => {
+            Some(s.to_owned())
+        }
+        Some(_) => return Err(ApiError::bad_request(
+            "invalid_session_id",
+            format!(
+                "`session_id` must be 1 to {MAX_SESSION_ID_BYTES} bytes without control characters"
+            ),
+        )),
+    };
+    let permit = state
+        .conn_limits
+        .acquire(&principal.user, ip)
+        .map_err(|r| state.limited(r))?;
 
     // Register before reading the head: every event after the head is then either queued
     // for us or (if it was appended before the head read) covered by the replay.
-    let registration = state.hub.register(principal.user.clone(), &channels);
+    let mut registration = state.hub.register(
+        principal.user.clone(),
+        &channels,
+        ConnInfo {
+            ip: Some(ip),
+            opened_ms: crate::time::now_ms(),
+            session_id,
+        },
+    );
+    registration.0.hold(permit);
     let conn = registration.0.conn.clone();
+    if let Via::Forward { creds, ttl } = &principal.via {
+        tokio::spawn(recheck_session(
+            state.clone(),
+            Arc::downgrade(&conn),
+            creds.clone(),
+            *ttl,
+        ));
+    }
     let bounds = state
         .hub
         .log()
@@ -132,6 +165,46 @@ pub(super) struct SubscriptionChange {
     last_event_id: Option<String>,
 }
 
+/// Re-asks forward-auth about a live stream's session every `ttl`: a refused session, another
+/// user, or a channel no longer granted ends the stream (`closing`, `revoked`). While the
+/// service cannot be reached the check is retried every few seconds; after two `ttl`s
+/// without an answer the stream ends (`auth_unavailable`) — it fails closed, and the client
+/// reconnects (and is asked again) later.
+async fn recheck_session(
+    state: Arc<AppState>,
+    conn: Weak<Conn>,
+    creds: crate::auth::forward::ForwardCreds,
+    ttl: Duration,
+) {
+    let ttl = ttl.max(Duration::from_secs(1));
+    let mut wait = ttl;
+    let mut last_answer = Instant::now();
+    loop {
+        if sleep_or_cancel(wait, &state.shutdown).await {
+            return;
+        }
+        let Some(live) = conn.upgrade() else { return };
+        let verdict = match state.auth.recheck(&creds).await {
+            Ok(p) if p.user == live.user && live.channels().iter().all(|c| p.may_subscribe(c)) => {
+                None
+            }
+            Ok(_) | Err(AuthError::Invalid(_)) | Err(AuthError::Forbidden) => Some("revoked"),
+            Err(_) if last_answer.elapsed() >= 2 * ttl => Some("auth_unavailable"),
+            Err(_) => {
+                wait = ttl.min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if let Some(reason) = verdict {
+            tracing::info!(conn = %live.id, user = %live.user, reason, "session re-check ends the stream");
+            live.push_control(Control::Close(reason));
+            return;
+        }
+        last_answer = Instant::now();
+        wait = ttl;
+    }
+}
+
 pub(super) async fn subscriptions(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -140,7 +213,7 @@ pub(super) async fn subscriptions(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let query = StreamQuery::parse(raw.as_deref());
-    let principal = authenticate(&state, &headers, query.access_token.as_deref())?;
+    let principal = authenticate(&state, &headers, query.access_token.as_deref()).await?;
     let change: SubscriptionChange = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -158,7 +231,7 @@ pub(super) async fn subscriptions(
         })?;
     let add = check_channels(&state, &principal, &change.add)?;
     for c in &change.remove {
-        validate_channel(c).map_err(|e| ApiError::invalid_channel(c, e))?;
+        validate_subscription(c).map_err(|e| ApiError::invalid_channel(c, e))?;
     }
     let since = match change.last_event_id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => parse_event_id(id)?,

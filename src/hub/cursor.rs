@@ -215,8 +215,7 @@ impl Cursor {
     async fn read_backfill(&mut self) -> Option<Bytes> {
         let (channel, after, through) = self.backfill.clone()?;
         let conn = self.reg.conn.clone();
-        let filter =
-            |e: &Event| e.pos <= through && *e.event.channel == *channel && e.targets(&conn.user);
+        let filter = |e: &Event| e.pos <= through && conn.wants_as_history(e, &channel);
         let batch = self.read_or_pause(after, &filter).await?;
         let mut buf = BytesMut::new();
         if let Some(gap) = batch.gap {

@@ -3,7 +3,9 @@
 //! - **Encode once**: an event with recipients is encoded into one SSE frame (`Bytes`) that
 //!   every recipient's queue shares; an event with none is not encoded at all.
 //! - **Channel index**: channel → subscribed connections, so dispatch never scans every
-//!   connection.
+//!   connection. Pattern subscriptions (`logs:w1:*`) live in a second map whose patterns are
+//!   matched against each event's channel (one match per distinct pattern, not per
+//!   connection); a connection matched both ways receives the event once.
 //! - **Bounded queues, no blocking**: each connection has a queue of at most
 //!   `stream.queue_frames` frames. The dispatcher only ever `try_send`s. When a queue is full
 //!   the connection is switched out of live delivery (its `live` flag drops) and woken; its
@@ -11,13 +13,17 @@
 //!   delivery when it has caught up — no loss, no duplicate, log order. Nobody else waits.
 //! - **Order**: one dispatcher task per node dispatches events in log order, so every queue
 //!   holds frames in log order.
+//! - **Who receives what**: only connections subscribed to the event's channel (or a pattern
+//!   matching it) since before the event, and — when the event names `users` — only those
+//!   users' connections. Authorization happened when the subscription was made.
 
 mod cursor;
 pub mod frame;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorOptions};
 
+use crate::channel::{is_pattern, pattern_matches, subscription_matches};
 use crate::log::{all_events, Event, EventLog, Position};
 
 /// One encoded event in a connection's queue.
@@ -71,6 +78,11 @@ pub struct Conn {
     /// Public id (`c_…`), used by the subscriptions endpoint.
     pub id: String,
     pub user: String,
+    /// Where the stream comes from, when it was opened, and its tab session (for
+    /// one-stream-per-tab), as the admin API shows them.
+    pub info: ConnInfo,
+    /// Whether any subscription is a pattern (the catch-up filter then matches patterns).
+    has_patterns: AtomicBool,
     /// Current channels, each with the position after which its events are for this
     /// connection (`ZERO` for the channels it opened with; the log head at the moment of the
     /// change for a channel added later, so nothing published before the change arrives).
@@ -89,13 +101,42 @@ impl Conn {
         lock(&self.channels).keys().map(|c| c.to_string()).collect()
     }
 
-    /// Whether this connection is to receive `event`: subscribed to its channel since before
-    /// it, and targeted (or the event targets nobody in particular).
+    /// Whether this connection is to receive `event`: subscribed to its channel (or a
+    /// pattern matching it) since before it, and targeted (or the event targets nobody in
+    /// particular).
     pub fn wants(&self, event: &Event) -> bool {
-        lock(&self.channels)
-            .get(event.event.channel.as_str())
-            .is_some_and(|since| event.pos > *since)
+        self.wants_except(event, None)
+    }
+
+    /// [`Conn::wants`], not counting the subscription `except`.
+    fn wants_except(&self, event: &Event, except: Option<&str>) -> bool {
+        if !event.targets(&self.user) {
+            return false;
+        }
+        let channel = event.event.channel.as_str();
+        let channels = lock(&self.channels);
+        if except != Some(channel)
+            && channels
+                .get(channel)
+                .is_some_and(|since| event.pos > *since)
+        {
+            return true;
+        }
+        self.has_patterns.load(Ordering::Relaxed)
+            && channels.iter().any(|(sub, since)| {
+                event.pos > *since
+                    && except != Some(&**sub)
+                    && is_pattern(sub)
+                    && pattern_matches(sub, channel, "")
+            })
+    }
+
+    /// Whether `event` belongs to the history of the just-added `subscription`: it matches
+    /// it, is for this user, and no other subscription of the connection already took it.
+    pub(crate) fn wants_as_history(&self, event: &Event, subscription: &str) -> bool {
+        subscription_matches(subscription, &event.event.channel)
             && event.targets(&self.user)
+            && !self.wants_except(event, Some(subscription))
     }
 
     /// Queues a control item and wakes the stream.
@@ -123,12 +164,66 @@ struct Sub {
 
 type Subscribers = HashMap<u64, Sub>;
 
+/// Who is subscribed to what on this node.
+#[derive(Default)]
+struct Index {
+    /// Channel → its subscribers.
+    exact: HashMap<Arc<str>, Subscribers>,
+    /// Subscription pattern → its subscribers.
+    patterns: HashMap<Arc<str>, Subscribers>,
+}
+
+impl Index {
+    fn map(&mut self, subscription: &str) -> &mut HashMap<Arc<str>, Subscribers> {
+        if is_pattern(subscription) {
+            &mut self.patterns
+        } else {
+            &mut self.exact
+        }
+    }
+
+    fn insert(&mut self, subscription: Arc<str>, conn: &Arc<Conn>, since: Position) {
+        self.map(&subscription)
+            .entry(subscription)
+            .or_default()
+            .insert(
+                conn.key,
+                Sub {
+                    conn: conn.clone(),
+                    since,
+                },
+            );
+    }
+
+    fn remove(&mut self, subscription: &str, key: u64) {
+        let map = self.map(subscription);
+        if let Some(subs) = map.get_mut(subscription) {
+            subs.remove(&key);
+            if subs.is_empty() {
+                map.remove(subscription);
+            }
+        }
+    }
+}
+
+/// What the admin API shows about a connection besides its user and channels.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub ip: Option<IpAddr>,
+    pub opened_ms: u64,
+    /// One-stream-per-tab: a newer stream of the same user with the same session id ends
+    /// this one (`closing`, `replaced`).
+    pub session_id: Option<String>,
+}
+
 pub struct Hub {
     log: Arc<dyn EventLog>,
-    /// Channel → its subscribers on this node.
-    index: RwLock<HashMap<Arc<str>, Subscribers>>,
+    /// Channels and patterns → their subscribers on this node.
+    index: RwLock<Index>,
     /// Public connection id → connection.
     conns: RwLock<HashMap<String, Arc<Conn>>>,
+    /// (user, session id) → the newest stream of that tab.
+    sessions: Mutex<HashMap<(String, String), Weak<Conn>>>,
     next_key: AtomicU64,
     /// Every event up to here has been dispatched; updated under the index read lock.
     dispatched: Mutex<Position>,
@@ -158,6 +253,7 @@ impl Hub {
             log,
             index: RwLock::default(),
             conns: RwLock::default(),
+            sessions: Mutex::default(),
             next_key: AtomicU64::new(1),
             dispatched: Mutex::new(Position::ZERO),
             queue_frames,
@@ -173,8 +269,56 @@ impl Hub {
         self.conns.read().expect("conns lock").len()
     }
 
+    /// Distinct channels and patterns subscribed to on this node.
     pub fn channel_count(&self) -> usize {
-        self.index.read().expect("index lock").len()
+        let index = self.index.read().expect("index lock");
+        index.exact.len() + index.patterns.len()
+    }
+
+    /// Every channel and pattern subscribed to on this node, with its number of
+    /// subscribers, sorted by name.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let index = self.index.read().expect("index lock");
+        let mut out: Vec<(String, usize)> = index
+            .exact
+            .iter()
+            .chain(&index.patterns)
+            .map(|(c, subs)| (c.to_string(), subs.len()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Open connections, of one user or all.
+    pub fn connections(&self, user: Option<&str>) -> Vec<Arc<Conn>> {
+        let mut out: Vec<Arc<Conn>> = self
+            .conns
+            .read()
+            .expect("conns lock")
+            .values()
+            .filter(|c| user.is_none_or(|u| c.user == u))
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.key);
+        out
+    }
+
+    /// Ends every stream of `user` with `closing` (`reason`); returns how many.
+    pub fn close_user(&self, user: &str, reason: &'static str) -> usize {
+        let conns = self.connections(Some(user));
+        for conn in &conns {
+            conn.push_control(Control::Close(reason));
+        }
+        conns.len()
+    }
+
+    /// Sends a frame to every connection; returns how many.
+    pub fn broadcast(&self, frame: Bytes) -> usize {
+        let conns = self.conns.read().expect("conns lock");
+        for conn in conns.values() {
+            conn.push_control(Control::Send(frame.clone()));
+        }
+        conns.len()
     }
 
     pub fn connection(&self, id: &str) -> Option<Arc<Conn>> {
@@ -189,11 +333,13 @@ impl Hub {
     }
 
     /// Registers a live connection; frames dispatched from now on are queued for it. The
-    /// returned registration unregisters when dropped.
+    /// returned registration unregisters when dropped. A connection with a session id
+    /// replaces (ends) the user's previous stream with the same one.
     pub fn register(
         self: &Arc<Self>,
         user: String,
         channels: &[String],
+        info: ConnInfo,
     ) -> (Registration, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(self.queue_frames);
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +356,8 @@ impl Hub {
             key,
             id: id.clone(),
             user,
+            has_patterns: AtomicBool::new(set.keys().any(|c| is_pattern(c))),
+            info,
             channels: Mutex::new(set.clone()),
             live: AtomicBool::new(true),
             tx,
@@ -219,19 +367,20 @@ impl Hub {
         {
             let mut index = self.index.write().expect("index lock");
             for channel in set.keys() {
-                index.entry(channel.clone()).or_default().insert(
-                    key,
-                    Sub {
-                        conn: conn.clone(),
-                        since: Position::ZERO,
-                    },
-                );
+                index.insert(channel.clone(), &conn, Position::ZERO);
             }
         }
         self.conns
             .write()
             .expect("conns lock")
             .insert(id, conn.clone());
+        if let Some(session) = &conn.info.session_id {
+            let previous = lock(&self.sessions)
+                .insert((conn.user.clone(), session.clone()), Arc::downgrade(&conn));
+            if let Some(old) = previous.and_then(|w| w.upgrade()) {
+                old.push_control(Control::Close("replaced"));
+            }
+        }
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
@@ -239,6 +388,7 @@ impl Hub {
             Registration {
                 hub: self.clone(),
                 conn,
+                guards: Vec::new(),
             },
             rx,
         )
@@ -292,12 +442,7 @@ impl Hub {
         let dispatched = *lock(&self.dispatched);
         for channel in removed {
             channels.remove(channel.as_str());
-            if let Some(subs) = index.get_mut(channel.as_str()) {
-                subs.remove(&conn.key);
-                if subs.is_empty() {
-                    index.remove(channel.as_str());
-                }
-            }
+            index.remove(channel, conn.key);
         }
         for channel in &added {
             let channel: Arc<str> = Arc::from(channel.as_str());
@@ -310,28 +455,29 @@ impl Hub {
             }
             let since = change.since.max(dispatched);
             channels.insert(channel.clone(), since);
-            index.entry(channel).or_default().insert(
-                conn.key,
-                Sub {
-                    conn: conn.clone(),
-                    since,
-                },
-            );
+            index.insert(channel, conn, since);
         }
+        conn.has_patterns
+            .store(channels.keys().any(|c| is_pattern(c)), Ordering::Relaxed);
         Ok(channels.keys().map(|c| c.to_string()).collect())
     }
 
     fn unregister(&self, conn: &Conn) {
         self.conns.write().expect("conns lock").remove(&conn.id);
+        if let Some(session) = &conn.info.session_id {
+            let mut sessions = lock(&self.sessions);
+            let key = (conn.user.clone(), session.clone());
+            if sessions
+                .get(&key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), conn))
+            {
+                sessions.remove(&key);
+            }
+        }
         let channels = lock(&conn.channels);
         let mut index = self.index.write().expect("index lock");
         for channel in channels.keys() {
-            if let Some(subs) = index.get_mut(channel) {
-                subs.remove(&conn.key);
-                if subs.is_empty() {
-                    index.remove(channel);
-                }
-            }
+            index.remove(channel, conn.key);
         }
     }
 
@@ -384,33 +530,48 @@ impl Hub {
     fn dispatch(&self, events: &[Arc<Event>], next: Position) {
         let index = self.index.read().expect("index lock");
         let mut queued = 0u64;
+        // Connections already given the current event (only needed when patterns matched).
+        let mut given: HashSet<u64> = HashSet::new();
         for event in events {
-            let Some(subs) = index.get(event.event.channel.as_str()) else {
+            let channel = event.event.channel.as_str();
+            let exact = index.exact.get(channel);
+            let mut patterns = index
+                .patterns
+                .iter()
+                .filter(|(p, _)| pattern_matches(p, channel, ""))
+                .map(|(_, subs)| subs)
+                .peekable();
+            if exact.is_none() && patterns.peek().is_none() {
                 continue;
-            };
+            }
+            let dedupe = patterns.peek().is_some();
+            given.clear();
             let mut encoded: Option<Bytes> = None;
-            for Sub { conn, since } in subs.values() {
-                if event.pos <= *since
-                    || !event.targets(&conn.user)
-                    || !conn.live.load(Ordering::Acquire)
-                {
-                    continue;
-                }
-                let bytes = encoded
-                    .get_or_insert_with(|| frame::event_frame(event))
-                    .clone();
-                match conn.tx.try_send(Frame {
-                    pos: event.pos,
-                    bytes,
-                }) {
-                    Ok(()) => queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        conn.live.store(false, Ordering::Release);
-                        conn.wake.notify_one();
-                        self.stats.queue_overflows.fetch_add(1, Ordering::Relaxed);
+            for subs in exact.into_iter().chain(patterns) {
+                for (key, Sub { conn, since }) in subs {
+                    if event.pos <= *since
+                        || !event.targets(&conn.user)
+                        || !conn.live.load(Ordering::Acquire)
+                        || (dedupe && !given.insert(*key))
+                    {
+                        continue;
                     }
-                    // The stream is going away; its registration is about to be dropped.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    let bytes = encoded
+                        .get_or_insert_with(|| frame::event_frame(event))
+                        .clone();
+                    match conn.tx.try_send(Frame {
+                        pos: event.pos,
+                        bytes,
+                    }) {
+                        Ok(()) => queued += 1,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            conn.live.store(false, Ordering::Release);
+                            conn.wake.notify_one();
+                            self.stats.queue_overflows.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The stream is going away; its registration is about to be dropped.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
                 }
             }
         }
@@ -432,10 +593,19 @@ impl Hub {
     }
 }
 
-/// A connection's place in the hub; dropping it unregisters the connection.
+/// A connection's place in the hub; dropping it unregisters the connection (and drops what
+/// it holds for the stream's lifetime, such as its place in the connection limits).
 pub struct Registration {
     hub: Arc<Hub>,
     pub conn: Arc<Conn>,
+    guards: Vec<Box<dyn Send + Sync>>,
+}
+
+impl Registration {
+    /// Keeps `guard` until the connection ends.
+    pub fn hold(&mut self, guard: impl Send + Sync + 'static) {
+        self.guards.push(Box::new(guard));
+    }
 }
 
 impl Drop for Registration {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
-use ssegate::auth::{Auth, Grants};
+use ssegate::auth::{Grants, Minter};
 use ssegate::config::AuthConfig;
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
@@ -216,7 +216,7 @@ pub fn token_with(
     admin: bool,
     ttl_s: u64,
 ) -> String {
-    let auth = Auth::new(&AuthConfig::default(), SECRET);
+    let auth = Minter::new(SECRET, &AuthConfig::default());
     let grants = Grants {
         subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
         publish: publish.iter().map(|s| s.to_string()).collect(),
