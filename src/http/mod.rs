@@ -17,7 +17,7 @@ mod admin;
 mod error;
 mod ops;
 mod poll;
-mod publish;
+pub mod publish;
 mod stream;
 
 use std::net::{IpAddr, SocketAddr};

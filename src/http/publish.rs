@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use super::{authenticate, ApiError, AppState};
 use crate::channel::validate_channel;
+use crate::config::LimitsConfig;
 use crate::hub::frame::compact_json;
 use crate::log::{AppendItem, NewEvent};
 
@@ -53,7 +54,44 @@ pub(super) async fn publish(
             code: "body_too_large",
             message: format!("the request body is larger than {body_limit} bytes"),
         })?;
-    let text = std::str::from_utf8(&body)
+    let now = crate::time::now_ms();
+    let items = parse_body(&body, limits, now)?;
+    let mut denied = Vec::new();
+    for ev in items.iter().flat_map(|i| &i.events) {
+        if !principal.may_publish(&ev.channel) && !denied.contains(&ev.channel) {
+            denied.push(ev.channel.clone());
+        }
+    }
+    if !denied.is_empty() {
+        return Err(ApiError::forbidden_channels("publish to", denied));
+    }
+    let cost: usize = items.iter().map(|i| i.events.len()).sum();
+    state
+        .publish_rate
+        .check(&principal.user, u32::try_from(cost).unwrap_or(u32::MAX))
+        .map_err(|r| state.limited(r))?;
+    let appended = state
+        .hub
+        .log()
+        .append(items, now)
+        .await
+        .map_err(ApiError::LogUnavailable)?;
+    let ids: Vec<String> = appended
+        .iter()
+        .flat_map(|a| a.positions.iter().map(|p| p.to_string()))
+        .collect();
+    Ok(Json(json!({ "ids": ids })))
+}
+
+/// Parses and validates a publish body (one event or an array of them) into what the log
+/// appends; `now` is the publish time. Every event is checked before anything is returned,
+/// so a bad body yields an error and nothing else.
+pub fn parse_body(
+    body: &[u8],
+    limits: &LimitsConfig,
+    now: u64,
+) -> Result<Vec<AppendItem>, ApiError> {
+    let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8 text"))?;
     let events: Vec<PublishEvent> = if text.trim_start().starts_with('[') {
         serde_json::from_str(text)
@@ -82,37 +120,11 @@ pub(super) async fn publish(
             ),
         ));
     }
-    let now = crate::time::now_ms();
-    let mut items = Vec::with_capacity(events.len());
-    let mut denied = Vec::new();
-    for (i, e) in events.into_iter().enumerate() {
-        let item = to_item(e, i, now, limits.max_event_bytes)?;
-        for ev in &item.events {
-            if !principal.may_publish(&ev.channel) && !denied.contains(&ev.channel) {
-                denied.push(ev.channel.clone());
-            }
-        }
-        items.push(item);
-    }
-    if !denied.is_empty() {
-        return Err(ApiError::forbidden_channels("publish to", denied));
-    }
-    let cost: usize = items.iter().map(|i| i.events.len()).sum();
-    state
-        .publish_rate
-        .check(&principal.user, u32::try_from(cost).unwrap_or(u32::MAX))
-        .map_err(|r| state.limited(r))?;
-    let appended = state
-        .hub
-        .log()
-        .append(items, now)
-        .await
-        .map_err(ApiError::LogUnavailable)?;
-    let ids: Vec<String> = appended
-        .iter()
-        .flat_map(|a| a.positions.iter().map(|p| p.to_string()))
-        .collect();
-    Ok(Json(json!({ "ids": ids })))
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| to_item(e, i, now, limits.max_event_bytes))
+        .collect()
 }
 
 /// Event types the stream uses for its own control events.

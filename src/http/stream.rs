@@ -48,12 +48,14 @@ pub(super) async fn stream(
         Some(s) if s.len() <= MAX_SESSION_ID_BYTES && !s.chars().any(|c| c.is_control()) => {
             Some(s.to_owned())
         }
-        Some(_) => return Err(ApiError::bad_request(
-            "invalid_session_id",
-            format!(
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_session_id",
+                format!(
                 "`session_id` must be 1 to {MAX_SESSION_ID_BYTES} bytes without control characters"
             ),
-        )),
+            ))
+        }
     };
     let permit = state
         .conn_limits
