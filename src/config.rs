@@ -412,34 +412,38 @@ fn apply_env(
             continue;
         };
         // Variables without a section separator (e.g. SSEGATE_TEST_…) are not config.
-        let Some((section, key)) = rest.split_once("__") else {
+        if !rest.contains("__") {
             continue;
-        };
-        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        if section.is_empty() || key.is_empty() {
+        }
+        // SSEGATE_AUTH__GRANTS__SUBSCRIBE is auth.grants.subscribe.
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
                 var,
-                message: "expected SSEGATE_<SECTION>__<KEY>".into(),
+                message: "expected SSEGATE_<SECTION>__<KEY> (or deeper, __ between names)".into(),
             });
         }
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw));
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match entry {
-            toml::Value::Table(t) => {
-                t.insert(key, value);
-            }
-            _ => {
-                return Err(ConfigError::Env {
-                    var,
-                    message: format!("`{section}` is not a section"),
-                })
-            }
+        let (key, tables) = path.split_last().expect("at least two names");
+        let mut at = &mut *table;
+        for name in tables {
+            let entry = at
+                .entry(name.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{name}` is not a section"),
+                    })
+                }
+            };
         }
+        at.insert(key.clone(), value);
     }
     Ok(())
 }
@@ -488,6 +492,7 @@ mod tests {
                 ("SSEGATE_SERVER__LISTEN", "127.0.0.1:2"),
                 ("SSEGATE_LOG__KIND", "memory"),
                 ("SSEGATE_LIMITS__MAX_EVENT_BYTES", "1024"),
+                ("SSEGATE_AUTH__GRANTS__SUBSCRIBE", "[\"a:{claims.x}\"]"),
                 ("SSEGATE_TEST_MONGODB_URI", "ignored"),
                 ("OTHER", "ignored"),
             ]),
@@ -496,6 +501,7 @@ mod tests {
         assert_eq!(cfg.server.listen, "127.0.0.1:2");
         assert_eq!(cfg.log.kind, LogKind::Memory);
         assert_eq!(cfg.limits.max_event_bytes, 1024);
+        assert_eq!(cfg.auth.grants.subscribe, vec!["a:{claims.x}"]);
     }
 
     #[test]
