@@ -81,6 +81,18 @@ enum Command {
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig { file: PathBuf },
+    /// Create a publisher key for a backend service: prints the key (give it to the
+    /// service) and the `[[auth.publisher_keys]]` entry (its digest) for the config.
+    PublisherKey {
+        /// Who publishes with it.
+        #[arg(long)]
+        name: String,
+        /// Channel patterns it may publish to.
+        #[arg(long, num_args = 1.., required = true)]
+        publish: Vec<String>,
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 fn load_config(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -184,6 +196,30 @@ fn main() -> anyhow::Result<()> {
                 Duration::from(ttl).as_secs(),
             )?;
             println!("{token}");
+            Ok(())
+        }
+        Command::PublisherKey {
+            name,
+            publish,
+            admin,
+        } => {
+            for p in &publish {
+                ssegate::channel::validate_pattern(p)
+                    .with_context(|| format!("--publish {p:?}"))?;
+            }
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::thread_rng().gen();
+            let key: String = std::iter::once("sk_".to_owned())
+                .chain(bytes.iter().map(|b| format!("{b:02x}")))
+                .collect();
+            let patterns: Vec<String> = publish.iter().map(|p| format!("{p:?}")).collect();
+            println!("{key}");
+            eprintln!(
+                "\nGive the key above to the service (Authorization: Bearer <key>). Add to the config:\n\n\
+                 [[auth.publisher_keys]]\nname = {name:?}\nsha256 = \"{digest}\"\npublish = [{patterns}]\nadmin = {admin}\n",
+                digest = ssegate::auth::hex_sha256(key.as_bytes()),
+                patterns = patterns.join(", "),
+            );
             Ok(())
         }
         Command::CheckConfig { file } => {

@@ -228,3 +228,43 @@ async fn token_and_publish_commands_talk_to_a_running_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("forbidden_channel"));
 }
+
+#[tokio::test]
+async fn a_publisher_key_from_the_cli_publishes_within_its_patterns() {
+    let out = ssegate()
+        .args(["publisher-key", "--name", "etl", "--publish", "logs:**"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let help = String::from_utf8(out.stderr).unwrap();
+    let digest = help
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("config entry with the digest")
+        .to_owned();
+    assert!(
+        !help.contains(&key),
+        "the config entry holds the digest, not the key"
+    );
+    let entry = format!("[{{name = \"etl\", sha256 = \"{digest}\", publish = [\"logs:**\"]}}]");
+    let server = Server::start(&[("AUTH__PUBLISHER_KEYS", &entry)]);
+    let ok = json!({"channel": "logs:w1", "type": "t", "data": 1});
+    assert_eq!(server.publish(&key, &ok).await.0, 200);
+    let (status, body) = server
+        .publish(&key, &json!({"channel": "other:1", "type": "t"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden_channel"))
+    );
+    let (status, body) = server.publish("sk_not_a_known_key", &ok).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    // A publisher key is not a subscriber credential.
+    let sse = Sse::connect(&server.stream_url(&["logs:w1"]), &key, None).await;
+    assert_eq!(sse.status, 403);
+}
