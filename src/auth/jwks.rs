@@ -24,8 +24,11 @@ pub struct Jwks {
     /// Algorithms any JWKS key may verify (empty: those of its type).
     allowed: Vec<Algorithm>,
     keys: RwLock<Arc<Vec<Arc<Key>>>>,
-    /// Serializes fetches and remembers when the last one started and succeeded.
+    /// Serializes fetches and remembers when the last one started.
     fetch: tokio::sync::Mutex<FetchState>,
+    /// When keys were last fetched successfully; read without waiting for a fetch in
+    /// progress, so verifying with a known, fresh key never waits on the identity provider.
+    last_success: std::sync::Mutex<Option<Instant>>,
     /// Fetches attempted (the `ssegate_jwks_fetches` metric).
     fetches: prometheus_client::metrics::counter::Counter,
 }
@@ -33,7 +36,6 @@ pub struct Jwks {
 #[derive(Default)]
 struct FetchState {
     last_attempt: Option<Instant>,
-    last_success: Option<Instant>,
 }
 
 /// Why a JWKS document could not be used.
@@ -62,6 +64,7 @@ impl Jwks {
             allowed,
             keys: RwLock::new(Arc::new(Vec::new())),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
+            last_success: std::sync::Mutex::new(None),
             fetches,
         }
     }
@@ -82,19 +85,27 @@ impl Jwks {
     /// old (within the refresh rate limit).
     pub async fn keys_for(&self, kid: &str) -> Vec<Arc<Key>> {
         let found = self.find(kid);
-        let stale = {
-            let state = self.fetch.lock().await;
-            state
-                .last_success
-                .is_none_or(|t| t.elapsed() >= self.cache_for)
-        };
+        let stale = self
+            .last_success
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() >= self.cache_for);
         if !found.is_empty() && !stale {
+            return found;
+        }
+        // A known key whose cache is old is still used while someone else fetches.
+        if !found.is_empty() && self.fetch.try_lock().is_err() {
             return found;
         }
         if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "JWKS refresh failed; keeping the keys already known");
         }
-        self.find(kid)
+        let now = self.find(kid);
+        if now.is_empty() {
+            found
+        } else {
+            now
+        }
     }
 
     /// Fetches the document unless a fetch started less than `min_refresh` ago.
@@ -111,7 +122,7 @@ impl Jwks {
         let keys = self.fetch_keys().await?;
         tracing::info!(url = %self.url, keys = keys.len(), "JWKS keys loaded");
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
-        state.last_success = Some(Instant::now());
+        *self.last_success.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
 

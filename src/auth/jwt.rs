@@ -197,11 +197,15 @@ impl JwtVerifier {
         v.validate_nbf = true;
         v.required_spec_claims = ["sub".to_string(), "exp".to_string()].into_iter().collect();
         v.validate_aud = self.audience.is_some();
+        // A configured issuer or audience is required, not merely checked when present: a
+        // token the same key signed for another purpose, without these claims, must not pass.
         if let Some(aud) = &self.audience {
             v.set_audience(&[aud]);
+            v.required_spec_claims.insert("aud".to_string());
         }
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            v.required_spec_claims.insert("iss".to_string());
         }
         v
     }
@@ -243,7 +247,7 @@ impl JwtVerifier {
                 Err(e) => return Err(classify(e.kind())),
             }
         }
-        if !tried && header.kid.is_some() && self.jwks.is_some() {
+        if !tried && jwks_keys.is_empty() && header.kid.is_some() && self.jwks.is_some() {
             return Err(AuthError::Invalid("unknown key id (`kid`)".into()));
         }
         Err(last)

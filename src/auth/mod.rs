@@ -364,10 +364,16 @@ impl Auth {
         grants
             .publish
             .extend(rules::expand(&self.rules.publish, claims));
+        // `exp` was required and checked; a fractional one (allowed by RFC 7519) still ends
+        // the stream, at its whole second.
+        let expires_at = claims
+            .get("exp")
+            .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64)))
+            .ok_or_else(|| AuthError::Invalid("`exp` must be a number".into()))?;
         Ok(Principal {
             user: user.to_owned(),
             grants,
-            expires_at: claims.get("exp").and_then(Value::as_u64),
+            expires_at: Some(expires_at),
             via: Via::Jwt,
         })
     }

@@ -14,7 +14,8 @@ use crate::log::LogError;
 pub enum ApiError {
     /// 400: the request is malformed or asks for something impossible.
     BadRequest { code: &'static str, message: String },
-    /// 401: no or bad credentials.
+    /// 401: no or bad credentials (403 when forward-auth refuses the session, 503 when it
+    /// cannot decide).
     Unauthorized(AuthError),
     /// 403: the credentials do not grant these channels.
     ForbiddenChannels {
@@ -59,7 +60,15 @@ impl ApiError {
             ApiError::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, code, message.clone())
             }
-            ApiError::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            ApiError::Unauthorized(e) => {
+                let status = match e {
+                    AuthError::Forbidden => StatusCode::FORBIDDEN,
+                    // An outage is not a reason to log in again: retry later.
+                    AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                (status, e.code(), e.to_string())
+            }
             ApiError::ForbiddenChannels { action, channels } => (
                 StatusCode::FORBIDDEN,
                 "forbidden_channel",
@@ -98,6 +107,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let retry_after = match &self {
             ApiError::TooMany { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::Unauthorized(AuthError::Unavailable(_)) => Some(2),
             ApiError::LogUnavailable(_) => Some(1),
             _ => None,
         };

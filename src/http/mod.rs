@@ -29,7 +29,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
@@ -74,7 +74,7 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = cors_layer(&state.cfg.cors);
-    Router::new()
+    let router = Router::new()
         .route("/v1/stream", get(stream::stream))
         .route("/v1/poll", get(poll::poll))
         .route("/v1/publish", post(publish::publish))
@@ -90,14 +90,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found)
-        .layer(cors)
-        .with_state(state)
+        .fallback(ops::not_found);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+    .with_state(state)
 }
 
-/// CORS from `[cors]`: listed origins get credentials; `*` any origin without them; none
-/// of it when the list is empty. Preflights allow `Last-Event-ID`.
-fn cors_layer(cfg: &CorsConfig) -> CorsLayer {
+/// CORS from `[cors]`: listed origins get credentials; `*` any origin without them; no
+/// CORS headers at all when the list is empty. Preflights allow `Last-Event-ID`.
+fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
+    if cfg.allowed_origins.is_empty() {
+        return None;
+    }
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
@@ -108,16 +114,22 @@ fn cors_layer(cfg: &CorsConfig) -> CorsLayer {
         ])
         .max_age(Duration::from_secs(cfg.max_age_s));
     if cfg.allowed_origins.iter().any(|o| o == "*") {
-        return layer.allow_origin(AllowOrigin::any());
+        return Some(layer.allow_origin(AllowOrigin::any()));
     }
     let origins: Vec<HeaderValue> = cfg
         .allowed_origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o).ok())
         .collect();
-    layer
-        .allow_origin(AllowOrigin::list(origins))
-        .allow_credentials(true)
+    let listed = origins.clone();
+    Some(
+        layer
+            .allow_origin(AllowOrigin::list(origins))
+            // Only a listed origin hears that credentials are allowed.
+            .allow_credentials(AllowCredentials::predicate(move |origin, _| {
+                listed.contains(origin)
+            })),
+    )
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the last

@@ -120,8 +120,10 @@ pub(super) async fn stream(
         None => (bounds.head, false),
     };
     let expires_at = principal.expires_at.map(|exp| {
-        let now_s = crate::time::now_ms() / 1000;
-        Instant::now() + Duration::from_secs(exp.saturating_sub(now_s))
+        let left_ms = exp
+            .saturating_mul(1000)
+            .saturating_sub(crate::time::now_ms());
+        Instant::now() + Duration::from_millis(left_ms)
     });
     tracing::debug!(conn = %conn.id, user = %principal.user, ?channels, resume = ?resume, "stream opened");
     let cursor = Cursor::new(
