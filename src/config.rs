@@ -91,6 +91,10 @@ pub enum LogKind {
     Memory,
     /// The embedded on-disk log in `server.data_dir` (the default).
     File,
+    /// A Redis stream shared by every node (`log.url`, `log.stream`).
+    Redis,
+    /// A NATS JetStream stream shared by every node (`log.url`, `log.stream`).
+    Nats,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +110,16 @@ pub struct LogConfig {
     pub dedupe_window_s: u64,
     /// Page cache of the `file` log, in MiB; recent events are read from it.
     pub file_cache_mb: usize,
+    /// The Redis or NATS server: `redis://[user:password@]host:port[/db]` (`rediss://` for
+    /// TLS), `nats://[user:password@]host:port` (`tls://` for TLS).
+    pub url: Option<String>,
+    /// Name of the Redis stream key / JetStream stream (other keys of ssegate are prefixed
+    /// with it).
+    pub stream: String,
+    /// PEM file of the CA that signed the engine's TLS certificate (else the system's).
+    pub tls_ca_file: Option<PathBuf>,
+    /// NATS credentials file (`.creds`), when the server uses NKEYS/JWT auth.
+    pub nats_credentials_file: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
@@ -116,6 +130,10 @@ impl Default for LogConfig {
             retention_age_s: 604_800,
             dedupe_window_s: 300,
             file_cache_mb: 64,
+            url: None,
+            stream: "ssegate".into(),
+            tls_ca_file: None,
+            nats_credentials_file: None,
         }
     }
 }
@@ -333,6 +351,18 @@ impl Config {
         }
         if self.stream.queue_frames == 0 || self.stream.catchup_batch == 0 {
             return bad("stream.queue_frames and stream.catchup_batch must be greater than 0");
+        }
+        if matches!(self.log.kind, LogKind::Redis | LogKind::Nats) && self.log.url.is_none() {
+            return bad("log.url is required for log.kind = \"redis\" or \"nats\"");
+        }
+        if self.log.stream.is_empty()
+            || !self
+                .log
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return bad("log.stream must be letters, digits, `_` and `-`");
         }
         if self.log.retention_events == 0 {
             return bad("log.retention_events must be greater than 0");

@@ -46,7 +46,7 @@ impl Gateway {
     /// Checks the auth settings (reading key files), opens the configured log (creating the
     /// data directory) and builds the hub. Refuses a configuration with no way to
     /// authenticate anyone.
-    pub fn open(cfg: Config) -> anyhow::Result<Self> {
+    pub async fn open(cfg: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -60,7 +60,9 @@ impl Gateway {
                  auth.jwks_url, auth.forward_url or auth.publisher_keys (or run `ssegate serve --dev`)"
             );
         }
-        let log = crate::log::open(&cfg).context("cannot open the event log")?;
+        let log = crate::log::open(&cfg)
+            .await
+            .context("cannot open the event log")?;
         let hub = Hub::new(log, cfg.stream.queue_frames);
         Ok(Self {
             cfg: Arc::new(cfg),

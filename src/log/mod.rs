@@ -20,6 +20,8 @@
 
 pub mod file;
 pub mod memory;
+pub mod nats;
+pub mod redis;
 
 use std::fmt;
 use std::str::FromStr;
@@ -248,8 +250,10 @@ impl LogOptions {
     }
 }
 
-/// Opens the configured backend.
-pub fn open(cfg: &Config) -> Result<Arc<dyn EventLog>, LogError> {
+/// Opens the configured backend. A shared engine (Redis, NATS) that cannot be reached yet
+/// is not an error here: the backend reconnects in the background and reports
+/// `Unavailable` meanwhile (`/readyz` shows it).
+pub async fn open(cfg: &Config) -> Result<Arc<dyn EventLog>, LogError> {
     let opts = LogOptions::from_config(cfg);
     Ok(match cfg.log.kind {
         LogKind::Memory => Arc::new(memory::MemoryLog::new(opts)),
@@ -257,6 +261,8 @@ pub fn open(cfg: &Config) -> Result<Arc<dyn EventLog>, LogError> {
             &cfg.server.data_dir.join("log.redb"),
             opts,
         )?),
+        LogKind::Redis => redis::RedisLog::open(&cfg.log, opts).await?,
+        LogKind::Nats => nats::NatsLog::open(&cfg.log, opts).await?,
     })
 }
 
