@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -151,6 +152,12 @@ impl Gateway {
         }
         tracing::info!(%addr, log = log.kind(), "ssegate listening");
         let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        // Small frames must leave at once: no Nagle delay waiting for the peer's ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();

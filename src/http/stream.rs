@@ -73,8 +73,8 @@ pub(super) async fn stream(
             session_id,
         },
     );
-    registration.0.hold(permit);
-    let conn = registration.0.conn.clone();
+    registration.hold(permit);
+    let conn = registration.conn.clone();
     if let Via::Forward { creds, ttl } = &principal.via {
         tokio::spawn(recheck_session(
             state.clone(),

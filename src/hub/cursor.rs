@@ -18,16 +18,16 @@
 //! anything else.
 //! Memory per connection is the bounded queue plus one batch; a stalled client costs no more.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{frame, Control, Frame, Hub, Registration};
+use super::{frame, lock, Control, Frame, Hub, Registration};
 use crate::log::{Event, Position};
 
 /// Bytes gathered into one chunk at most before handing it to the connection.
@@ -52,7 +52,9 @@ pub struct CursorOptions {
 pub struct Cursor {
     hub: Arc<Hub>,
     reg: Registration,
-    rx: mpsc::Receiver<Frame>,
+    /// Frames taken from the connection's queue in one swap and not yet sent (the two
+    /// deques trade places, so a steady stream reuses their buffers).
+    taken: VecDeque<Frame>,
     pos: Position,
     mode: Mode,
     opts: CursorOptions,
@@ -68,7 +70,7 @@ impl Cursor {
     /// first; otherwise delivery starts at `head`, the log head read after registering.
     pub fn new(
         hub: Arc<Hub>,
-        (reg, rx): (Registration, mpsc::Receiver<Frame>),
+        reg: Registration,
         start: Position,
         replay: bool,
         preamble: Bytes,
@@ -77,7 +79,7 @@ impl Cursor {
         Self {
             hub,
             reg,
-            rx,
+            taken: VecDeque::new(),
             pos: start,
             mode: if replay { Mode::Sealing } else { Mode::Live },
             opts,
@@ -140,14 +142,6 @@ impl Cursor {
                 _ = self.opts.shutdown.cancelled() => {}
                 _ = sleep_until_opt(expiry) => {}
                 _ = self.reg.conn.wake.notified() => {}
-                frame = self.rx.recv() => match frame {
-                    Some(f) if f.pos > self.pos => {
-                        self.pos = f.pos;
-                        return Some(f.bytes);
-                    }
-                    Some(_) => {}
-                    None => return None,
-                },
                 _ = tokio::time::sleep(self.opts.heartbeat) => {
                     return Some(Bytes::from_static(frame::HEARTBEAT));
                 }
@@ -160,23 +154,41 @@ impl Cursor {
         frame::control_frame("closing", &serde_json::json!({ "reason": reason }))
     }
 
-    /// Frames already queued, after `pos`, gathered into one chunk.
+    /// Frames already queued, after `pos`, gathered into one chunk (a single frame is sent
+    /// as the shared `Bytes` itself, without a copy).
     fn drain_queue(&mut self) -> Option<Bytes> {
+        if self.taken.is_empty() {
+            let mut queue = lock(&self.reg.conn.queue);
+            if queue.is_empty() {
+                return None;
+            }
+            std::mem::swap(&mut *queue, &mut self.taken);
+        }
+        let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
-        while buf.len() < MAX_CHUNK {
-            match self.rx.try_recv() {
-                Ok(f) if f.pos > self.pos => {
-                    self.pos = f.pos;
-                    if buf.is_empty() && self.rx.is_empty() {
-                        return Some(f.bytes);
-                    }
+        while let Some(f) = self.taken.pop_front() {
+            if f.pos <= self.pos {
+                continue;
+            }
+            self.pos = f.pos;
+            match first.take() {
+                None if buf.is_empty() => first = Some(f.bytes),
+                None => buf.extend_from_slice(&f.bytes),
+                Some(b) => {
+                    buf.reserve(b.len() + f.bytes.len());
+                    buf.extend_from_slice(&b);
                     buf.extend_from_slice(&f.bytes);
                 }
-                Ok(_) => {}
-                Err(_) => break,
+            }
+            if buf.len() >= MAX_CHUNK {
+                break;
             }
         }
-        (!buf.is_empty()).then(|| buf.freeze())
+        // A burst grew the buffers; an idle connection should not keep them.
+        if self.taken.is_empty() && self.taken.capacity() > 64 {
+            self.taken = VecDeque::new();
+        }
+        first.or_else(|| (!buf.is_empty()).then(|| buf.freeze()))
     }
 
     /// One catch-up step; `None` when it produced nothing to send (mode may have changed).

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::{Cursor, CursorOptions};
@@ -90,7 +90,9 @@ pub struct Conn {
     /// Whether the dispatcher may queue frames for it; dropped when the queue overflows,
     /// raised again by the cursor once it has caught up from the log.
     live: AtomicBool,
-    tx: mpsc::Sender<Frame>,
+    /// Frames dispatched and not yet taken by the cursor; at most `Hub::queue_frames`. A
+    /// plain deque behind a mutex: it allocates nothing while the connection is idle.
+    queue: Mutex<VecDeque<Frame>>,
     control: Mutex<VecDeque<Control>>,
     /// Wakes the cursor: control queued, or live delivery dropped.
     wake: Notify,
@@ -340,8 +342,7 @@ impl Hub {
         user: String,
         channels: &[String],
         info: ConnInfo,
-    ) -> (Registration, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(self.queue_frames);
+    ) -> Registration {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "c_{:016x}{:08x}",
@@ -360,7 +361,7 @@ impl Hub {
             info,
             channels: Mutex::new(set.clone()),
             live: AtomicBool::new(true),
-            tx,
+            queue: Mutex::default(),
             control: Mutex::default(),
             wake: Notify::new(),
         });
@@ -384,14 +385,11 @@ impl Hub {
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
-        (
-            Registration {
-                hub: self.clone(),
-                conn,
-                guards: Vec::new(),
-            },
-            rx,
-        )
+        Registration {
+            hub: self.clone(),
+            conn,
+            guards: Vec::new(),
+        }
     }
 
     /// Adds and removes channels on a live connection.
@@ -559,18 +557,24 @@ impl Hub {
                     let bytes = encoded
                         .get_or_insert_with(|| frame::event_frame(event))
                         .clone();
-                    match conn.tx.try_send(Frame {
+                    let mut queue = lock(&conn.queue);
+                    if queue.len() >= self.queue_frames {
+                        drop(queue);
+                        conn.live.store(false, Ordering::Release);
+                        conn.wake.notify_one();
+                        self.stats.queue_overflows.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let was_empty = queue.is_empty();
+                    queue.push_back(Frame {
                         pos: event.pos,
                         bytes,
-                    }) {
-                        Ok(()) => queued += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            conn.live.store(false, Ordering::Release);
-                            conn.wake.notify_one();
-                            self.stats.queue_overflows.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // The stream is going away; its registration is about to be dropped.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    });
+                    drop(queue);
+                    queued += 1;
+                    // A non-empty queue has a wake-up pending already (Notify keeps a permit).
+                    if was_empty {
+                        conn.wake.notify_one();
                     }
                 }
             }
