@@ -479,7 +479,7 @@ async fn the_same_holds_over_real_http_streams() {
                 .collect();
             if let Some(r) = refused.first() {
                 let url = format!("{}/v1/stream?channel={r}", server.url);
-                let sse = Sse::connect(&url, &token, None).await;
+                let sse = Sse::connect(&url, &[bearer(&token)]).await;
                 assert_eq!(
                     sse.status, 403,
                     "case {n}: {} may not subscribe to {r}",
@@ -489,7 +489,7 @@ async fn the_same_holds_over_real_http_streams() {
             let mut subs: Vec<String> = exp.accepted.clone();
             subs.push(format!("z:{}", u.name));
             let refs: Vec<&str> = subs.iter().map(String::as_str).collect();
-            let (sse, _) = Sse::open(&server.stream_url(&refs), &token, None).await;
+            let (sse, _) = Sse::open(&server.stream_url(&refs), &[bearer(&token)]).await;
             streams.push((u.name, sse, exp));
         }
         let mut batch: Vec<Value> = case

@@ -2,14 +2,12 @@
 //! broadcast to every stream — each only with the admin grant.
 
 mod common;
-mod support;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{assert_error, bearer, call, Client};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -17,9 +15,9 @@ fn admin_token() -> String {
     token_with("ops", &[], &[], true, 3600)
 }
 
-async fn open(server: &Server, user: &str, channels: &[&str]) -> (Client, String) {
+async fn open(server: &Server, user: &str, channels: &[&str]) -> (Sse, String) {
     let tok = token(user, &["**"], &[]);
-    let (sse, connected) = Client::open(&server.stream_url(channels), &[bearer(&tok)]).await;
+    let (sse, connected) = Sse::open(&server.stream_url(channels), &[bearer(&tok)]).await;
     let id = connected["connection_id"].as_str().unwrap().to_owned();
     (sse, id)
 }
@@ -223,9 +221,9 @@ async fn broadcast_reaches_every_open_stream_without_an_id() {
 
     // Not stored: a stream resuming from before it does not get it.
     let tok = token("u1", &["a"], &[]);
-    let (mut resumed, _) = Client::open(
+    let (mut resumed, _) = Sse::open(
         &server.stream_url(&["a"]),
-        &[bearer(&tok), ("last-event-id", "0".into())],
+        &[bearer(&tok), last_event_id("0")],
     )
     .await;
     let replay = resumed.next_event(T).await;

@@ -29,7 +29,7 @@ use ssegate::auth::{Auth, AuthError};
 use ssegate::config::AuthConfig;
 use ssegate::metrics::Metrics;
 
-use common::{Server, Sse};
+use common::{bearer, Server, Sse};
 
 const ISS: &str = "https://idp.example.test/";
 const AUD: &str = "ssegate-tests";
@@ -1203,7 +1203,7 @@ async fn e2e_es256_public_key_file_opens_a_stream_and_bad_tokens_get_401() {
     let url = server.stream_url(&["logs:w1:f1"]);
 
     let good = sign(Algorithm::ES256, &key.encoding_key(), None, &claims());
-    let (mut sse, connected) = Sse::open(&url, &good, None).await;
+    let (mut sse, connected) = Sse::open(&url, &[bearer(&good)]).await;
     assert_eq!(connected["user"], "u1");
     let (status, body) = server
         .publish(
@@ -1270,13 +1270,13 @@ async fn e2e_jwks_rotation_opens_a_stream_with_the_new_kid_without_restart() {
     let url = server.stream_url(&["logs:w1:f1"]);
 
     let t1 = sign(Algorithm::EdDSA, &k1.encoding_key(), Some("k1"), &claims());
-    let (mut s1, connected) = Sse::open(&url, &t1, None).await;
+    let (mut s1, connected) = Sse::open(&url, &[bearer(&t1)]).await;
     assert_eq!(connected["user"], "u1");
 
     jwks.publish(json!({"keys": [k2.jwk("k2", Some("RS256"))]}));
     tokio::time::sleep(Duration::from_millis(400)).await; // past the min refresh interval
     let t2 = sign(Algorithm::RS256, &k2.encoding_key(), Some("k2"), &claims());
-    let (mut s2, connected) = Sse::open(&url, &t2, None).await;
+    let (mut s2, connected) = Sse::open(&url, &[bearer(&t2)]).await;
     assert_eq!(connected["user"], "u1");
     assert_eq!(server.pid(), pid, "same server process");
 

@@ -121,7 +121,11 @@ async fn dev_mode_works_with_no_config_and_keeps_its_key() {
     let (mut child, url, sub, publ) = start_dev(dir.path());
     assert!(dir.path().join("ssegate-data/dev-secret").exists());
     assert!(dir.path().join("ssegate-data/log.redb").exists());
-    let mut sse = Sse::connect(&format!("{url}/v1/stream?channel=demo:hello"), &sub, None).await;
+    let mut sse = Sse::connect(
+        &format!("{url}/v1/stream?channel=demo:hello"),
+        &[bearer(&sub)],
+    )
+    .await;
     assert_eq!(sse.status, 200);
     let res = http()
         .post(format!("{url}/v1/publish"))
@@ -140,8 +144,7 @@ async fn dev_mode_works_with_no_config_and_keeps_its_key() {
     let (mut child, url, _, _) = start_dev(dir.path());
     let mut sse = Sse::connect(
         &format!("{url}/v1/stream?channel=demo:hello"),
-        &sub,
-        Some("0"),
+        &[bearer(&sub), last_event_id("0")],
     )
     .await;
     assert_eq!(sse.status, 200);
@@ -155,7 +158,11 @@ async fn dev_mode_works_with_no_config_and_keeps_its_key() {
         .unwrap();
     assert!(out.status.success());
     let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let sse = Sse::connect(&format!("{url}/v1/stream?channel=demo:x"), &minted, None).await;
+    let sse = Sse::connect(
+        &format!("{url}/v1/stream?channel=demo:x"),
+        &[bearer(&minted)],
+    )
+    .await;
     assert_eq!(sse.status, 200);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -185,8 +192,7 @@ async fn token_and_publish_commands_talk_to_a_running_server() {
     let publ = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let (mut sse, _) = Sse::open(
         &server.stream_url(&["jobs:1"]),
-        &token("u", &["jobs:*"], &[]),
-        None,
+        &[bearer(&token("u", &["jobs:*"], &[]))],
     )
     .await;
     let out = ssegate()
@@ -265,6 +271,6 @@ async fn a_publisher_key_from_the_cli_publishes_within_its_patterns() {
         (401, Some("invalid_token"))
     );
     // A publisher key is not a subscriber credential.
-    let sse = Sse::connect(&server.stream_url(&["logs:w1"]), &key, None).await;
+    let sse = Sse::connect(&server.stream_url(&["logs:w1"]), &[bearer(&key)]).await;
     assert_eq!(sse.status, 403);
 }

@@ -3,12 +3,10 @@
 //! get no CORS headers; preflights allow `Last-Event-ID` (EventSource resumes with it).
 
 mod common;
-mod support;
 
 use common::*;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
-use support::{bearer, call};
 
 const APP: &str = "https://app.example";
 const EVIL: &str = "https://evil.example";

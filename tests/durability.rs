@@ -56,7 +56,11 @@ async fn every_acknowledged_publish_survives_kill_9() {
     server.kill9_and_restart();
     let sub = token("u", &["k"], &[]);
     let head: u64 = *acked.last().unwrap();
-    let (mut sse, _) = Sse::open(&server.stream_url(&["k"]), &sub, Some("0")).await;
+    let (mut sse, _) = Sse::open(
+        &server.stream_url(&["k"]),
+        &[bearer(&sub), last_event_id("0")],
+    )
+    .await;
     let got = sse.take(head as usize, Duration::from_secs(60)).await;
     let got: Vec<u64> = got.iter().map(|e| e.id.parse().unwrap()).collect();
     assert_eq!(
@@ -75,7 +79,11 @@ async fn sigterm_closes_every_stream_and_exits_zero_within_the_grace_period() {
     let sub = token("u", &["s"], &[]);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        clients.push(Sse::open(&server.stream_url(&["s"]), &sub, None).await.0);
+        clients.push(
+            Sse::open(&server.stream_url(&["s"]), &[bearer(&sub)])
+                .await
+                .0,
+        );
     }
     let ids = server.publish_many(&publisher(), "s", 5, 5).await;
     for c in &mut clients {
@@ -89,10 +97,8 @@ async fn sigterm_closes_every_stream_and_exits_zero_within_the_grace_period() {
         assert!(closing.id.is_empty());
         let data: Value = serde_json::from_str(&closing.data).unwrap();
         assert_eq!(data["reason"], "shutdown");
-        assert!(
-            c.next(Duration::from_secs(5)).await.is_none(),
-            "the stream ends after closing"
-        );
+        // The stream ends after closing.
+        c.expect_end(Duration::from_secs(5)).await;
     }
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
@@ -120,13 +126,7 @@ async fn flood(server: &Server, channel: &str, n: usize, pad: usize) -> Vec<Stri
             .collect();
         let (status, body) = server.publish(&p, &Value::Array(batch)).await;
         assert_eq!(status, 200, "{body}");
-        ids.extend(
-            body["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_owned()),
-        );
+        ids.extend(published_ids(&body));
     }
     ids
 }
@@ -166,8 +166,8 @@ async fn a_stalled_client_costs_bounded_memory_delays_nobody_and_gets_everything
     let server = Server::start(&[("LOG__FILE_CACHE_MB", "16")]);
     let sub = token("u", &["s"], &[]);
     let url = server.stream_url(&["s"]);
-    let (mut slow, _) = Sse::open(&url, &sub, None).await;
-    let (mut fast, _) = Sse::open(&url, &sub, None).await;
+    let (mut slow, _) = Sse::open(&url, &[bearer(&sub)]).await;
+    let (mut fast, _) = Sse::open(&url, &[bearer(&sub)]).await;
 
     let max_delay = Arc::new(AtomicU64::new(0));
     let fast_task = {
@@ -230,7 +230,7 @@ async fn a_stalled_client_beyond_retention_gets_gap_then_the_retained_events() {
     const N: usize = 30_000;
     let server = Server::start(&[("LOG__RETENTION_EVENTS", "2000")]);
     let sub = token("u", &["s"], &[]);
-    let (mut slow, _) = Sse::open(&server.stream_url(&["s"]), &sub, None).await;
+    let (mut slow, _) = Sse::open(&server.stream_url(&["s"]), &[bearer(&sub)]).await;
     let published = flood(&server, "s", N, 400).await;
 
     let mut before_gap = Vec::new();

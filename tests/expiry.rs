@@ -5,13 +5,11 @@
 //! exactly once, in order.
 
 mod common;
-mod support;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use support::{bearer, Client};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -23,7 +21,7 @@ async fn an_expiring_token_ends_the_stream_and_a_fresh_one_resumes_without_loss_
 
     let minted = Instant::now();
     let short = token_with("u1", &["a"], &[], false, 2);
-    let (mut sse, _) = Client::open(&url, &[bearer(&short)]).await;
+    let (mut sse, _) = Sse::open(&url, &[bearer(&short)]).await;
 
     let mut published = Vec::new();
     let first = server.publish_many(&publisher, "a", 3, 1).await;
@@ -83,8 +81,7 @@ async fn an_expiring_token_ends_the_stream_and_a_fresh_one_resumes_without_loss_
 
     // Reconnect with a fresh token where the client left off.
     let fresh = token("u1", &["a"], &[]);
-    let (mut resumed, _) =
-        Client::open(&url, &[bearer(&fresh), ("last-event-id", last.clone())]).await;
+    let (mut resumed, _) = Sse::open(&url, &[bearer(&fresh), last_event_id(&last)]).await;
     let missed = published[received.len()..].to_vec();
     let got = resumed.take(missed.len(), T).await;
     assert_eq!(ids(&got), missed, "every missed event once, in order");
@@ -101,7 +98,7 @@ async fn an_idle_stream_ends_at_expiry() {
     let server = Server::start(&[]);
     let minted = Instant::now();
     let short = token_with("u1", &["a"], &[], false, 1);
-    let (mut sse, _) = Client::open(&server.stream_url(&["a"]), &[bearer(&short)]).await;
+    let (mut sse, _) = Sse::open(&server.stream_url(&["a"]), &[bearer(&short)]).await;
     let delivered = sse
         .expect_closing("token_expired", Duration::from_secs(10))
         .await;
@@ -130,7 +127,7 @@ async fn the_stream_ends_at_exp_not_up_to_a_second_later() {
     tokio::time::sleep(Duration::from_millis((1700 - into_second) % 1000)).await;
     let short = token_with("u1", &["a"], &[], false, 1);
     let exp_ms = (wall_ms() / 1000 + 1) * 1000;
-    let (mut sse, _) = Client::open(&server.stream_url(&["a"]), &[bearer(&short)]).await;
+    let (mut sse, _) = Sse::open(&server.stream_url(&["a"]), &[bearer(&short)]).await;
     sse.expect_closing("token_expired", Duration::from_secs(10))
         .await;
     let late = wall_ms().saturating_sub(exp_ms);

@@ -7,7 +7,6 @@
 //! request presents no token of ours — here, only the app's `Cookie`.
 
 mod common;
-mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +20,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use common::*;
 use serde_json::{json, Value};
-use support::{assert_error, bearer, metric, metrics_text, Client};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -127,7 +125,7 @@ fn poll_url(server: &Server, channel: &str) -> String {
 }
 
 async fn readyz(server: &Server) -> (u16, Value) {
-    let (status, _, body) = support::get(&format!("{}/readyz", server.url), &[]).await;
+    let (status, _, body) = common::get(&format!("{}/readyz", server.url), &[]).await;
     (status, body)
 }
 
@@ -154,7 +152,7 @@ async fn the_apps_session_cookie_opens_a_stream_with_the_apps_grants() {
     let url = start_app(app.clone()).await;
     let server = Server::start(&[("AUTH__FORWARD_URL", url.as_str())]);
 
-    let (mut sse, connected) = Client::open(
+    let (mut sse, connected) = Sse::open(
         &server.stream_url(&["n:alice", "logs:w1:f1"]),
         &cookie("alice-1"),
     )
@@ -185,14 +183,14 @@ async fn the_apps_session_cookie_opens_a_stream_with_the_apps_grants() {
     assert_eq!(envelope(&got[1])["channel"], "logs:w1:f1");
 
     // A channel the app did not grant.
-    let refused = Client::connect(&server.stream_url(&["n:bob"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:bob"]), &cookie("alice-1")).await;
     assert_error(refused.status, &refused.error, 403, "forbidden_channel");
     assert_eq!(refused.error["error"]["channels"], json!(["n:bob"]));
 
     // A token of ours still wins over forward-auth, without asking the app.
     let calls = app.calls();
     let jwt = token("u9", &["n:{sub}"], &[]);
-    let (_jwt_sse, connected) = Client::open(&server.stream_url(&["n:u9"]), &[bearer(&jwt)]).await;
+    let (_jwt_sse, connected) = Sse::open(&server.stream_url(&["n:u9"]), &[bearer(&jwt)]).await;
     assert_eq!(connected["user"], "u9");
     assert_eq!(app.calls(), calls, "a JWT request does not call the app");
 }
@@ -209,11 +207,11 @@ async fn answers_are_cached_for_ttl_s_then_asked_again() {
     let first = Instant::now();
     for _ in 0..3 {
         let (status, _, body) =
-            support::get(&poll_url(&server, "n:alice"), &cookie("alice-1")).await;
+            common::get(&poll_url(&server, "n:alice"), &cookie("alice-1")).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["events"], json!([]));
     }
-    let refused = Client::connect(&server.stream_url(&["n:bob"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:bob"]), &cookie("alice-1")).await;
     assert_error(refused.status, &refused.error, 403, "forbidden_channel");
     assert!(
         first.elapsed() < Duration::from_millis(1500),
@@ -222,15 +220,15 @@ async fn answers_are_cached_for_ttl_s_then_asked_again() {
     assert_eq!(app.calls(), 1, "four requests within ttl_s, one call");
 
     // Another credential is another cache entry.
-    let (status, _, body) = support::get(&poll_url(&server, "n:x"), &cookie("nobody")).await;
+    let (status, _, body) = common::get(&poll_url(&server, "n:x"), &cookie("nobody")).await;
     assert_error(status, &body, 401, "invalid_token");
     assert_eq!(app.calls(), 2);
 
     tokio::time::sleep(Duration::from_millis(2500).saturating_sub(first.elapsed())).await;
-    let (status, _, body) = support::get(&poll_url(&server, "n:alice"), &cookie("alice-1")).await;
+    let (status, _, body) = common::get(&poll_url(&server, "n:alice"), &cookie("alice-1")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(app.calls(), 3, "after ttl_s the app is asked again");
-    let (status, _, _) = support::get(&poll_url(&server, "n:alice"), &cookie("alice-1")).await;
+    let (status, _, _) = common::get(&poll_url(&server, "n:alice"), &cookie("alice-1")).await;
     assert_eq!(status, 200);
     assert_eq!(app.calls(), 3, "and that answer is cached again");
 }
@@ -243,7 +241,7 @@ async fn a_session_the_app_refuses_is_401() {
     let url = start_app(app.clone()).await;
     let server = Server::start(&[("AUTH__FORWARD_URL", url.as_str())]);
 
-    let refused = Client::connect(&server.stream_url(&["n:alice"]), &cookie("mallory-7")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:alice"]), &cookie("mallory-7")).await;
     assert_error(refused.status, &refused.error, 401, "invalid_token");
     assert_eq!(app.calls(), 1);
     assert_eq!(
@@ -251,11 +249,11 @@ async fn a_session_the_app_refuses_is_401() {
         &[Some("session=mallory-7".to_owned())]
     );
 
-    let (status, _, body) = support::get(&poll_url(&server, "n:alice"), &cookie("mallory-8")).await;
+    let (status, _, body) = common::get(&poll_url(&server, "n:alice"), &cookie("mallory-8")).await;
     assert_error(status, &body, 401, "invalid_token");
 
     let calls = app.calls();
-    let anonymous = Client::connect(&server.stream_url(&["n:alice"]), &[]).await;
+    let anonymous = Sse::connect(&server.stream_url(&["n:alice"]), &[]).await;
     assert_error(
         anonymous.status,
         &anonymous.error,
@@ -277,7 +275,7 @@ async fn app_unreachable_is_503_auth_unavailable_at_once() {
         ("AUTH__FORWARD_TIMEOUT_MS", "300"),
     ]);
     let start = Instant::now();
-    let refused = Client::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -304,7 +302,7 @@ async fn app_slower_than_the_timeout_is_503_auth_unavailable_within_the_timeout(
         ("AUTH__FORWARD_TIMEOUT_MS", "300"),
     ]);
     let start = Instant::now();
-    let refused = Client::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     let took = start.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(app.calls(), 1, "the app was asked");
@@ -329,7 +327,7 @@ async fn readyz_follows_an_unreachable_app_and_recovers_when_it_is_back() {
     ]);
     assert_eq!(readyz(&server).await.0, 200, "ready until a call fails");
 
-    let refused = Client::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     assert_eq!(
         refused.error["error"]["code"], "auth_unavailable",
         "{}",
@@ -364,8 +362,7 @@ async fn readyz_follows_an_unreachable_app_and_recovers_when_it_is_back() {
     serve(app.clone(), listener);
     wait_ready(&server, 200, Duration::from_secs(10)).await;
     assert!(app.calls() >= 1, "the probe reached the app");
-    let (_sse, connected) =
-        Client::open(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let (_sse, connected) = Sse::open(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     assert_eq!(connected["user"], "alice");
     let m = metrics_text(&server).await;
     assert_eq!(metric(&m, "ssegate_forward_auth_up"), Some(1.0), "{m}");
@@ -382,7 +379,7 @@ async fn readyz_follows_a_slow_app_and_recovers_when_it_is_fast_again() {
         ("AUTH__FORWARD_URL", url.as_str()),
         ("AUTH__FORWARD_TIMEOUT_MS", "300"),
     ]);
-    let refused = Client::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     assert_eq!(
         refused.error["error"]["code"], "auth_unavailable",
         "{}",
@@ -392,8 +389,7 @@ async fn readyz_follows_a_slow_app_and_recovers_when_it_is_fast_again() {
 
     app.delay_ms.store(0, Ordering::SeqCst);
     wait_ready(&server, 200, Duration::from_secs(10)).await;
-    let (_sse, connected) =
-        Client::open(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let (_sse, connected) = Sse::open(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     assert_eq!(connected["user"], "alice");
 }
 
@@ -409,9 +405,8 @@ async fn a_revoked_session_ends_the_open_stream_within_ttl() {
     let server = Server::start(&[("AUTH__FORWARD_URL", url.as_str())]);
     let publisher = publisher();
 
-    let (mut alice, _) = Client::open(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
-    let (mut carol, _) =
-        Client::open(&server.stream_url(&["logs:w1:f1"]), &cookie("carol-1")).await;
+    let (mut alice, _) = Sse::open(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let (mut carol, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &cookie("carol-1")).await;
 
     // Several re-checks pass while the session is valid: the streams stay open.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -438,7 +433,7 @@ async fn a_revoked_session_ends_the_open_stream_within_ttl() {
         "ttl_s is 1 s; the stream ended {took:?} after the revocation"
     );
     // A new stream with the revoked cookie is refused.
-    let refused = Client::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
+    let refused = Sse::connect(&server.stream_url(&["n:alice"]), &cookie("alice-1")).await;
     assert_error(refused.status, &refused.error, 401, "invalid_token");
 
     // Carol's stream was not affected…

@@ -7,30 +7,28 @@
 //! ones by using different users.
 
 mod common;
-mod support;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use support::{assert_error, bearer, metric, metrics_text, retry_after, Client};
 
 const T: Duration = Duration::from_secs(10);
 
-async fn open_as(server: &Server, user: &str, channel: &str) -> Client {
+async fn open_as(server: &Server, user: &str, channel: &str) -> Sse {
     let tok = token(user, &["**"], &[]);
-    let (sse, connected) = Client::open(&server.stream_url(&[channel]), &[bearer(&tok)]).await;
+    let (sse, connected) = Sse::open(&server.stream_url(&[channel]), &[bearer(&tok)]).await;
     assert_eq!(connected["user"], user);
     sse
 }
 
-async fn connect_as(server: &Server, user: &str, channel: &str) -> Client {
+async fn connect_as(server: &Server, user: &str, channel: &str) -> Sse {
     let tok = token(user, &["**"], &[]);
-    Client::connect(&server.stream_url(&[channel]), &[bearer(&tok)]).await
+    Sse::connect(&server.stream_url(&[channel]), &[bearer(&tok)]).await
 }
 
 /// Checks a 429 with `code` and a positive `Retry-After`; returns the Retry-After.
-fn assert_429(c: &Client, code: &str) -> u64 {
+fn assert_429(c: &Sse, code: &str) -> u64 {
     assert_error(c.status, &c.error, 429, code);
     let s = retry_after(&c.headers);
     assert!(s >= 1, "Retry-After {s}");
@@ -107,7 +105,7 @@ async fn connection_rate_allows_the_burst_then_refuses() {
     let s = assert_429(&refused, "connection_rate_limited");
     assert!(s <= 20, "Retry-After {s} for a rate of one per 20 s");
     // Long-polls draw from the same bucket.
-    let (status, headers, body) = support::get(
+    let (status, headers, body) = common::get(
         &format!("{}/v1/poll?channel=a&timeout_ms=10", server.url),
         &[bearer(&token("u5", &["a"], &[]))],
     )
@@ -133,7 +131,7 @@ async fn publish_rate_allows_the_burst_per_publisher_then_refuses_and_appends_no
         ("LIMITS__PUBLISH_BURST", "4"),
         ("LIMITS__MAX_BATCH_EVENTS", "4"),
     ]);
-    let (mut sse, _) = Client::open(
+    let (mut sse, _) = Sse::open(
         &server.stream_url(&["a"]),
         &[bearer(&token("sub", &["a"], &[]))],
     )
@@ -197,14 +195,13 @@ async fn publish_rate_allows_the_burst_per_publisher_then_refuses_and_appends_no
 async fn max_channels_per_connection_is_400_above_the_limit() {
     let server = Server::start(&[("LIMITS__MAX_CHANNELS_PER_CONNECTION", "3")]);
     let tok = token("u1", &["**"], &[]);
-    let (_sse, connected) =
-        Client::open(&server.stream_url(&["a", "b", "c"]), &[bearer(&tok)]).await;
-    let refused = Client::connect(&server.stream_url(&["a", "b", "c", "d"]), &[bearer(&tok)]).await;
+    let (_sse, connected) = Sse::open(&server.stream_url(&["a", "b", "c"]), &[bearer(&tok)]).await;
+    let refused = Sse::connect(&server.stream_url(&["a", "b", "c", "d"]), &[bearer(&tok)]).await;
     assert_error(refused.status, &refused.error, 400, "too_many_channels");
 
     // Adding a fourth channel to the live connection is refused the same way.
     let id = connected["connection_id"].as_str().unwrap();
-    let (status, _, body) = support::call(
+    let (status, _, body) = call(
         reqwest::Method::POST,
         &format!("{}/v1/connections/{id}/subscriptions", server.url),
         &[bearer(&tok)],
@@ -241,10 +238,10 @@ async fn a_session_id_replaces_the_users_older_stream_of_that_session_only() {
     let u2 = token("u2", &["a"], &[]);
     let url = |session: &str| format!("{}&session_id={session}", server.stream_url(&["a"]));
 
-    let (mut old, _) = Client::open(&url("tab1"), &[bearer(&u1)]).await;
-    let (mut other_tab, _) = Client::open(&url("tab2"), &[bearer(&u1)]).await;
-    let (mut other_user, _) = Client::open(&url("tab1"), &[bearer(&u2)]).await;
-    let (mut new, _) = Client::open(&url("tab1"), &[bearer(&u1)]).await;
+    let (mut old, _) = Sse::open(&url("tab1"), &[bearer(&u1)]).await;
+    let (mut other_tab, _) = Sse::open(&url("tab2"), &[bearer(&u1)]).await;
+    let (mut other_user, _) = Sse::open(&url("tab1"), &[bearer(&u2)]).await;
+    let (mut new, _) = Sse::open(&url("tab1"), &[bearer(&u1)]).await;
 
     let delivered = old.expect_closing("replaced", T).await;
     assert!(delivered.is_empty());

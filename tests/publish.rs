@@ -39,8 +39,7 @@ async fn batches_and_multi_channel_events_get_ids_in_order() {
     assert_eq!(body["ids"], json!(["1", "2", "3", "4"]));
     let (mut sse, _) = Sse::open(
         &server.stream_url(&["c"]),
-        &token("u", &["c"], &[]),
-        Some("0"),
+        &[bearer(&token("u", &["c"], &[])), last_event_id("0")],
     )
     .await;
     let got = sse.take(1, Duration::from_secs(10)).await;
@@ -66,8 +65,7 @@ async fn the_same_idempotency_key_appends_once_and_returns_the_same_ids() {
     // A subscriber resuming from the start sees each event once.
     let (mut sse, _) = Sse::open(
         &server.stream_url(&["i"]),
-        &token("u", &["i"], &[]),
-        Some("0"),
+        &[bearer(&token("u", &["i"], &[])), last_event_id("0")],
     )
     .await;
     let got = sse.take(2, Duration::from_secs(10)).await;

@@ -15,7 +15,7 @@ async fn two_channels_in_publish_order_with_envelope_and_nothing_else() {
     let server = Server::start(&[("STREAM__HEARTBEAT_MS", "300")]);
     let sub = token("u1", &["logs:w1:*", "notifications:{sub}"], &[]);
     let url = server.stream_url(&["logs:w1:f1", "notifications:u1"]);
-    let (mut sse, connected) = Sse::open(&url, &sub, None).await;
+    let (mut sse, connected) = Sse::open(&url, &[bearer(&sub)]).await;
     assert_eq!(
         sse.headers["content-type"],
         "text/event-stream; charset=utf-8"
@@ -69,7 +69,7 @@ async fn the_first_bytes_arrive_at_once() {
     let server = Server::start(&[]);
     let sub = token("u1", &["a"], &[]);
     let start = std::time::Instant::now();
-    let (_sse, _) = Sse::open(&server.stream_url(&["a"]), &sub, None).await;
+    let (_sse, _) = Sse::open(&server.stream_url(&["a"]), &[bearer(&sub)]).await;
     // Generous bound for a shared machine: the point is "not after the first event or heartbeat".
     assert!(start.elapsed() < Duration::from_secs(5));
 }
@@ -79,7 +79,7 @@ async fn resume_case(use_query: bool) {
     let sub = token("u1", &["a:*"], &[]);
     let publisher = publisher();
     let url = server.stream_url(&["a:1", "a:2"]);
-    let (mut sse, _) = Sse::open(&url, &sub, None).await;
+    let (mut sse, _) = Sse::open(&url, &[bearer(&sub)]).await;
     server.publish_many(&publisher, "a:1", 10, 10).await;
     let first = sse.take(10, T).await;
     drop(sse);
@@ -110,9 +110,9 @@ async fn resume_case(use_query: bool) {
     }
     assert_eq!(expected.len(), 1000);
     let (mut sse, _) = if use_query {
-        Sse::open(&format!("{url}&last_event_id={last}"), &sub, None).await
+        Sse::open(&format!("{url}&last_event_id={last}"), &[bearer(&sub)]).await
     } else {
-        Sse::open(&url, &sub, Some(&last)).await
+        Sse::open(&url, &[bearer(&sub), last_event_id(&last)]).await
     };
     let replayed = sse.take(1000, T).await;
     assert_eq!(
@@ -162,7 +162,7 @@ async fn resume_while_publishing_has_no_gap_and_no_duplicate_at_the_seam() {
         ids
     });
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let (mut sse, _) = Sse::open(&url, &sub, Some(&first[0])).await;
+    let (mut sse, _) = Sse::open(&url, &[bearer(&sub), last_event_id(&first[0])]).await;
     let published = writer.await.unwrap();
     let got = sse.take(published.len(), T).await;
     assert_eq!(ids(&got), published);
@@ -175,7 +175,11 @@ async fn resume_from_an_expired_id_yields_gap_naming_the_oldest_then_the_retaine
     let sub = token("u1", &["r"], &[]);
     let publisher = publisher();
     let all = server.publish_many(&publisher, "r", 200, 40).await;
-    let (mut sse, _) = Sse::open(&server.stream_url(&["r"]), &sub, Some(&all[10])).await;
+    let (mut sse, _) = Sse::open(
+        &server.stream_url(&["r"]),
+        &[bearer(&sub), last_event_id(&all[10])],
+    )
+    .await;
     let gap = sse.next(T).await.unwrap();
     assert_eq!(gap.event, "gap");
     assert!(gap.id.is_empty());
@@ -190,7 +194,11 @@ async fn resume_from_an_expired_id_yields_gap_naming_the_oldest_then_the_retaine
 async fn an_id_from_the_future_yields_gap_then_live() {
     let server = Server::start(&[]);
     let sub = token("u1", &["f"], &[]);
-    let (mut sse, _) = Sse::open(&server.stream_url(&["f"]), &sub, Some("999999")).await;
+    let (mut sse, _) = Sse::open(
+        &server.stream_url(&["f"]),
+        &[bearer(&sub), last_event_id("999999")],
+    )
+    .await;
     let gap = sse.next(T).await.unwrap();
     assert_eq!(gap.event, "gap");
     let live = server.publish_many(&publisher(), "f", 3, 3).await;
@@ -202,7 +210,7 @@ async fn channels_added_and_removed_on_a_live_connection() {
     let server = Server::start(&[]);
     let sub = token("u1", &["d:*"], &[]);
     let publisher = publisher();
-    let (mut sse, connected) = Sse::open(&server.stream_url(&["d:1"]), &sub, None).await;
+    let (mut sse, connected) = Sse::open(&server.stream_url(&["d:1"]), &[bearer(&sub)]).await;
     let conn_id = connected["connection_id"].as_str().unwrap().to_owned();
     let subs_url = format!("{}/v1/connections/{conn_id}/subscriptions", server.url);
 
@@ -284,7 +292,7 @@ async fn a_channel_added_with_last_event_id_gets_its_history_first_without_movin
     let sub = token("u1", &["h:*"], &[]);
     let publisher = publisher();
     let history = server.publish_many(&publisher, "h:2", 5, 5).await;
-    let (mut sse, connected) = Sse::open(&server.stream_url(&["h:1"]), &sub, None).await;
+    let (mut sse, connected) = Sse::open(&server.stream_url(&["h:1"]), &[bearer(&sub)]).await;
     let on_first = server.publish_many(&publisher, "h:1", 2, 2).await;
     assert_eq!(ids(&sse.take(2, T).await), on_first);
     let conn_id = connected["connection_id"].as_str().unwrap();
@@ -341,7 +349,7 @@ async fn events_published_just_before_a_channel_is_added_are_never_delivered() {
     let server = Server::start(&[]);
     let sub = token("u1", &["r:*"], &[]);
     let publisher = publisher();
-    let (mut sse, connected) = Sse::open(&server.stream_url(&["r:base"]), &sub, None).await;
+    let (mut sse, connected) = Sse::open(&server.stream_url(&["r:base"]), &[bearer(&sub)]).await;
     let conn_id = connected["connection_id"].as_str().unwrap();
     for round in 0..20 {
         let channel = format!("r:{round}");

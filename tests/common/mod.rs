@@ -1,14 +1,20 @@
 //! Test doubles written once: a real `ssegate` server process on a free port, a real SSE
-//! client (WHATWG parser from eventsource-stream over reqwest), and a publisher.
+//! client (WHATWG parser from eventsource-stream over reqwest) that sends any headers and
+//! tells an event, the end of a stream and a timeout apart, a publisher, plain HTTP calls
+//! that return status, headers and JSON, a check of the JSON error shape, and `/metrics`
+//! helpers.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
+use reqwest::header::HeaderMap;
+use reqwest::Method;
 use serde_json::{json, Value};
 use ssegate::auth::{Grants, Minter};
 use ssegate::config::AuthConfig;
@@ -134,13 +140,7 @@ impl Server {
                 .collect();
             let (status, body) = self.publish(token, &Value::Array(events)).await;
             assert_eq!(status, 200, "publish failed: {body}");
-            ids.extend(
-                body["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_str().unwrap().to_owned()),
-            );
+            ids.extend(published_ids(&body));
             i += k;
         }
         ids
@@ -229,11 +229,24 @@ pub fn publisher() -> String {
     token("publisher", &[], &["**"])
 }
 
-/// A real SSE client: reqwest streaming body through a WHATWG-conformant parser.
+/// `Authorization: Bearer <token>` as a header pair.
+pub fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+/// `Last-Event-ID: <id>` as a header pair (the client's parser starts from this id).
+pub fn last_event_id(id: &str) -> (&'static str, String) {
+    ("last-event-id", id.to_owned())
+}
+
+/// A real SSE client: reqwest streaming body through a WHATWG-conformant parser, with any
+/// request headers (bearer token, an app's cookie, `Origin`, `Last-Event-ID`, …).
 pub struct Sse {
     pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
+    pub headers: HeaderMap,
+    /// The JSON body when the stream was refused (status other than 200), else `Null`.
+    pub error: Value,
+    events: Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
     /// The parser's last event id so far (it persists across events, as in a browser).
     last_id: String,
 }
@@ -247,15 +260,40 @@ pub struct Ev {
     pub data: String,
 }
 
+/// What a stream produced next.
+#[derive(Debug)]
+pub enum Next {
+    Event(Ev),
+    /// The server ended the response body.
+    End,
+    Timeout,
+}
+
 impl Sse {
-    pub async fn connect(url: &str, token: &str, last_event_id: Option<&str>) -> Sse {
-        let mut req = http().get(url).bearer_auth(token);
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
+    /// Sends `GET url` with `headers`; a non-200 answer's JSON body lands in `error` (and the
+    /// stream then has no events).
+    pub async fn connect(url: &str, headers: &[(&str, String)]) -> Sse {
+        let mut req = http().get(url);
+        let mut last_id = String::new();
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("last-event-id") {
+                last_id = v.clone();
+            }
+            req = req.header(*k, v);
         }
         let res = req.send().await.expect("stream request");
         let status = res.status().as_u16();
         let headers = res.headers().clone();
+        if status != 200 {
+            let error = res.json::<Value>().await.unwrap_or(Value::Null);
+            return Sse {
+                status,
+                headers,
+                error,
+                events: Box::pin(futures::stream::empty()),
+                last_id,
+            };
+        }
         let events = res
             .bytes_stream()
             .eventsource()
@@ -263,44 +301,61 @@ impl Sse {
         Sse {
             status,
             headers,
+            error: Value::Null,
             events: Box::pin(events),
-            last_id: last_event_id.unwrap_or("").to_owned(),
+            last_id,
         }
     }
 
-    /// Connects and checks the stream opened with `connected`; returns it and the
+    /// Connects, checks `200` and the `connected` event; returns the stream and the
     /// connected event's data.
-    pub async fn open(url: &str, token: &str, last_event_id: Option<&str>) -> (Sse, Value) {
-        let mut sse = Sse::connect(url, token, last_event_id).await;
-        assert_eq!(sse.status, 200, "stream refused");
-        let first = sse
-            .next(Duration::from_secs(10))
-            .await
-            .expect("connected event");
-        assert_eq!(first.event, "connected");
+    pub async fn open(url: &str, headers: &[(&str, String)]) -> (Sse, Value) {
+        let mut sse = Sse::connect(url, headers).await;
+        assert_eq!(sse.status, 200, "stream refused: {}", sse.error);
+        let first = sse.next_event(Duration::from_secs(10)).await;
+        assert_eq!(first.event, "connected", "{first:?}");
         assert!(first.id.is_empty(), "control events carry no id");
-        let data = serde_json::from_str(&first.data).unwrap();
+        let data = serde_json::from_str(&first.data).expect("connected data is JSON");
         (sse, data)
     }
 
-    /// The next event (any kind), or None at the timeout or the end of the stream.
-    pub async fn next(&mut self, timeout: Duration) -> Option<Ev> {
+    /// The next event (any kind), the end of the stream, or a timeout.
+    pub async fn next_or_end(&mut self, timeout: Duration) -> Next {
         match tokio::time::timeout(timeout, self.events.next()).await {
+            Err(_) => Next::Timeout,
+            Ok(None) => Next::End,
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
             Ok(Some(Ok(e))) => {
+                // The parser's last event id persists across events (as in a browser): an
+                // event without an `id:` line repeats the previous one.
                 let id = if e.id == self.last_id {
                     String::new()
                 } else {
                     self.last_id = e.id.clone();
                     e.id
                 };
-                Some(Ev {
+                Next::Event(Ev {
                     id,
                     event: e.event,
                     data: e.data,
                 })
             }
-            Ok(Some(Err(e))) => panic!("stream error: {e}"),
-            _ => None,
+        }
+    }
+
+    /// The next event (any kind), or None at the timeout or the end of the stream.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Ev> {
+        match self.next_or_end(timeout).await {
+            Next::Event(e) => Some(e),
+            Next::End | Next::Timeout => None,
+        }
+    }
+
+    /// The next event; panics at the end of the stream or the timeout.
+    pub async fn next_event(&mut self, timeout: Duration) -> Ev {
+        match self.next_or_end(timeout).await {
+            Next::Event(e) => e,
+            other => panic!("expected an event, got {other:?}"),
         }
     }
 
@@ -311,16 +366,17 @@ impl Sse {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(e) if !e.id.is_empty() => out.push(e),
-                Some(_) => {}
-                None => panic!("got {} of {n} events before the timeout", out.len()),
+            match self.next_or_end(left).await {
+                Next::Event(e) if !e.id.is_empty() => out.push(e),
+                Next::Event(_) => {}
+                other => panic!("got {} of {n} events, then {other:?}", out.len()),
             }
         }
         out
     }
 
-    /// Asserts nothing with an id arrives within `wait`.
+    /// Asserts nothing with an id arrives within `wait` (control events and the end of the
+    /// stream are fine).
     pub async fn expect_quiet(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -335,6 +391,55 @@ impl Sse {
             }
         }
     }
+
+    /// Checks nothing but heartbeats (no event at all, and no end) arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self.next_or_end(wait).await {
+            Next::Timeout => {}
+            other => panic!("expected nothing, got {other:?}"),
+        }
+    }
+
+    /// Checks the server ends the stream (no more events) within `timeout`.
+    pub async fn expect_end(&mut self, timeout: Duration) {
+        match self.next_or_end(timeout).await {
+            Next::End => {}
+            other => panic!("expected the stream to end, got {other:?}"),
+        }
+    }
+
+    /// Reads until `event: closing`, checks its reason, then checks the stream ends.
+    /// Returns the delivered events (with an id) that came before the closing.
+    pub async fn expect_closing(&mut self, reason: &str, timeout: Duration) -> Vec<Ev> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delivered = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_or_end(left).await {
+                Next::Event(e) if e.event == "closing" => {
+                    assert!(e.id.is_empty(), "closing carries no id: {e:?}");
+                    let data: Value = serde_json::from_str(&e.data).expect("closing data");
+                    assert_eq!(data["reason"], reason, "closing data: {data}");
+                    break;
+                }
+                Next::Event(e) if !e.id.is_empty() => delivered.push(e),
+                Next::Event(_) => {}
+                other => panic!("expected `closing` ({reason}), got {other:?}"),
+            }
+        }
+        self.expect_end(Duration::from_secs(5)).await;
+        delivered
+    }
+}
+
+/// The `ids` of a successful publish response, in order.
+pub fn published_ids(body: &Value) -> Vec<String> {
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
 }
 
 pub fn envelope(e: &Ev) -> Value {
@@ -343,4 +448,72 @@ pub fn envelope(e: &Ev) -> Value {
 
 pub fn ids(events: &[Ev]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
+}
+
+/// Sends a request; returns status, headers and the JSON body (`Null` when not JSON).
+pub async fn call(
+    method: Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<&Value>,
+) -> (u16, HeaderMap, Value) {
+    let mut req = http().request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// `GET url` with `headers`; returns status, headers and the JSON body.
+pub async fn get(url: &str, headers: &[(&str, String)]) -> (u16, HeaderMap, Value) {
+    call(Method::GET, url, headers, None).await
+}
+
+/// Checks a refusal: the status, and `{"error": {"code": code, "message": "…"}}`.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "unexpected status; body: {body}");
+    assert_eq!(body["error"]["code"], want_code, "unexpected code: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "the error has a message: {body}"
+    );
+}
+
+/// The `Retry-After` header in seconds; panics when it is missing or not a number.
+pub fn retry_after(headers: &HeaderMap) -> u64 {
+    headers
+        .get("retry-after")
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After is whole seconds")
+}
+
+/// The value of one sample (`name{labels} value`) in Prometheus text.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `GET /metrics` as text.
+pub async fn metrics_text(server: &Server) -> String {
+    http()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body")
 }
