@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`http`]: the HTTP API (axum): stream, publish, subscriptions, long-poll, status.
 //! - [`server`]: wires the pieces together and runs until told to stop.
+//! - [`throttle`]: rate-limited logging for failures that repeat during an outage.
 
 pub mod auth;
 pub mod channel;
@@ -25,4 +26,5 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod throttle;
 pub mod time;

@@ -92,9 +92,12 @@ impl Gateway {
         {
             let (log, shutdown) = (log.clone(), shutdown.clone());
             tasks.spawn(async move {
+                let throttle = crate::throttle::Throttle::new(Duration::from_secs(60));
                 while !sleep_or_cancel(RETENTION_EVERY, &shutdown).await {
                     if let Err(e) = log.enforce_retention(crate::time::now_ms()).await {
-                        tracing::warn!(error = %e, "retention pass failed");
+                        if let Some(suppressed) = throttle.allow() {
+                            tracing::warn!(error = %e, suppressed, "retention pass failed");
+                        }
                     }
                 }
             });

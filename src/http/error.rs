@@ -6,9 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use std::time::Duration;
+
 use crate::auth::AuthError;
 use crate::channel::ChannelError;
 use crate::log::LogError;
+use crate::throttle::Throttle;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -88,7 +91,7 @@ impl ApiError {
             ApiError::LogUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "log_unavailable",
-                "the event log is unavailable; nothing was appended, retry later".into(),
+                "the event log is unavailable and the publish was not acknowledged; retry later (with the same idempotency `id`, so a publish that did get through is not appended twice)".into(),
             ),
         }
     }
@@ -97,7 +100,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::LogUnavailable(e) = &self {
-            tracing::warn!(error = %e, "request failed: log unavailable");
+            static THROTTLE: Throttle = Throttle::new(Duration::from_secs(10));
+            if let Some(suppressed) = THROTTLE.allow() {
+                tracing::warn!(error = %e, suppressed, "requests fail: log unavailable");
+            }
         }
         let (status, code, message) = self.parts();
         let mut body = json!({ "error": { "code": code, "message": message } });

@@ -267,7 +267,9 @@ impl Cursor {
             Ok(batch) => Some(batch),
             Err(e) => {
                 let conn = &self.reg.conn;
-                tracing::warn!(conn = %conn.id, error = %e, "log read failed; retrying");
+                if let Some(suppressed) = self.hub.read_errors.allow() {
+                    tracing::warn!(error = %e, suppressed, "connections cannot read the log; retrying");
+                }
                 tokio::select! {
                     _ = self.opts.shutdown.cancelled() => {}
                     _ = conn.wake.notified() => {}

@@ -231,6 +231,8 @@ pub struct Hub {
     dispatched: Mutex<Position>,
     queue_frames: usize,
     pub stats: Stats,
+    /// Log read failures of connections (catch-up, history): logged once per minute.
+    read_errors: crate::throttle::Throttle,
 }
 
 /// A change of a live connection's channels (see [`Hub::update`]).
@@ -260,6 +262,7 @@ impl Hub {
             dispatched: Mutex::new(Position::ZERO),
             queue_frames,
             stats: Stats::default(),
+            read_errors: crate::throttle::Throttle::new(Duration::from_secs(60)),
         })
     }
 
@@ -501,6 +504,9 @@ impl Hub {
             };
             match read {
                 Ok(batch) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "hub reads the log again");
+                    }
                     failures = 0;
                     if batch.gap.is_some() {
                         // The dispatcher itself fell behind retention: every connection must
@@ -514,7 +520,9 @@ impl Hub {
                 Err(e) => {
                     failures += 1;
                     let backoff = backoff_with_jitter(failures);
-                    tracing::warn!(error = %e, ?backoff, "hub cannot read the log; retrying");
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::warn!(error = %e, failures, ?backoff, "hub cannot read the log; retrying");
+                    }
                     if sleep_or_cancel(backoff, &shutdown).await {
                         return;
                     }

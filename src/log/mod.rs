@@ -199,6 +199,9 @@ pub enum LogError {
     Closed,
     #[error("corrupt log entry at {pos}: {message}")]
     Corrupt { pos: Position, message: String },
+    /// The backend's settings cannot work (bad URL, unreadable CA file, …).
+    #[error("invalid log configuration: {0}")]
+    Config(String),
 }
 
 /// An ordered, durable, retained event log (see the module docs for the guarantees).
