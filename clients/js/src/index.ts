@@ -1,0 +1,33 @@
+/**
+ * `@ssegate/client`: the browser client of ssegate. One multiplexed Server-Sent-Events stream
+ * (per origin, shared by all tabs), resumed by `Last-Event-ID`, with backoff, token refresh,
+ * long-poll fallback and a connection state for the UI. No runtime dependencies.
+ *
+ * ```ts
+ * import { createClient } from "@ssegate/client";
+ * const rt = createClient({ url: "https://rt.example.com", getToken: () => auth.token() });
+ * const off = rt.subscribe("logs:w1:f1", (e) => console.log(e.type, e.data));
+ * rt.onState((s) => console.log(s.status));
+ * ```
+ */
+export { createClient } from "./client.js";
+export { RealtimeError } from "./errors.js";
+export { EventStreamParser, type SseMessage } from "./parser.js";
+export { Backoff, type BackoffOptions } from "./backoff.js";
+export { subscriptionMatches, subscriptionProblem } from "./channels.js";
+export type {
+  BroadcastChannelLike,
+  BroadcastMessage,
+  ClientOptions,
+  ConnectionState,
+  ConnectionStatus,
+  Environment,
+  GapInfo,
+  HiddenTabPolicy,
+  LocksLike,
+  RealtimeClient,
+  RealtimeEvent,
+  SubscribeOptions,
+  TokenReason,
+  Unsubscribe,
+} from "./types.js";

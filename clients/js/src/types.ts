@@ -1,0 +1,207 @@
+/** Public types of `@ssegate/client`. */
+
+import type { RealtimeError } from "./errors.js";
+
+/** One event as the gateway delivers it: the envelope of `docs/api.md`. */
+export interface RealtimeEvent<T = unknown> {
+  /** Log position: opaque, compare only for equality. */
+  id: string;
+  /** The concrete channel (also when the subscription was a pattern). */
+  channel: string;
+  /** The event type given by the publisher (`message` by default). */
+  type: string;
+  /** Publish time, RFC 3339 UTC with milliseconds. */
+  time: string;
+  /** The published JSON. */
+  data: T;
+}
+
+/** An admin broadcast (`POST /v1/broadcast`): not stored, no id, no channel. */
+export interface BroadcastMessage<T = unknown> {
+  type: string;
+  time: string;
+  data: T;
+}
+
+/**
+ * Events between `lastEventId` and `oldestId` were dropped by retention (or the resume
+ * position was unknown to the log): refetch the state. `channel` is set when only one channel's
+ * history is concerned.
+ */
+export interface GapInfo {
+  lastEventId: string;
+  oldestId: string | null;
+  channel?: string;
+}
+
+/**
+ * The connection as the UI should show it.
+ *
+ * - `idle`: nothing subscribed, no connection.
+ * - `connecting`: first connection attempt (or after `reconnect()`).
+ * - `connected`: events flow; `transport` says whether by stream or by long-polling.
+ * - `reconnecting`: the connection broke or was refused for now; the next attempt is in
+ *   `delayMs` (`reason` is an error code: `network`, `eof`, `shutdown`, `too_many_connections`…).
+ * - `offline`: the browser is offline (`network`) or the tab is hidden and the
+ *   hidden-tab policy paused the stream (`hidden`). Comes back by itself.
+ * - `unauthorized`: credentials refused (`reason`: the gateway's code, e.g. `token_expired`,
+ *   `invalid_token`, `missing_credentials`, `forbidden`). Waits for `reconnect()`.
+ * - `closed`: stopped: `client` (`close()`), `no_content` (the server answered 204: stop for
+ *   good), `kicked` (an admin ended the user's streams), `replaced` (another stream took over
+ *   this session). Only `client` is final; the others wait for `reconnect()`.
+ */
+export type ConnectionState =
+  | { status: "idle" }
+  | { status: "connecting" }
+  | { status: "connected"; transport: "stream" | "poll" }
+  | { status: "reconnecting"; reason: string; attempt: number; delayMs: number }
+  | { status: "offline"; reason: "network" | "hidden" }
+  | { status: "unauthorized"; reason: string }
+  | { status: "closed"; reason: "client" | "no_content" | "kicked" | "replaced" };
+
+export type ConnectionStatus = ConnectionState["status"];
+
+/** Why `getToken` is being asked. */
+export type TokenReason =
+  /** Before a (re)connect. */
+  | "connect"
+  /** The server ended the stream with `closing` `token_expired`: get a fresh one. */
+  | "expired"
+  /** The server answered 401: the cached token is bad, get a fresh one. */
+  | "unauthorized";
+
+/** `hiddenTabPolicy`: keep streaming in a hidden tab, or pause after `hiddenPauseAfterMs`. */
+export type HiddenTabPolicy = "keep" | "pause";
+
+/** The subset of `LockManager` the client uses (Web Locks API). */
+export interface LocksLike {
+  request(
+    name: string,
+    options: { signal?: AbortSignal },
+    callback: (lock: unknown) => Promise<unknown>,
+  ): Promise<unknown>;
+}
+
+/** The subset of `BroadcastChannel` the client uses. */
+export interface BroadcastChannelLike {
+  postMessage(message: unknown): void;
+  close(): void;
+  onmessage: ((event: { data: unknown }) => void) | null;
+}
+
+/**
+ * What the client listens to for `online`/`offline`, `visibilitychange` and `pagehide`: a
+ * `window`-like event target plus the document's visibility. Injected in tests.
+ */
+export interface Environment {
+  addEventListener(type: string, listener: () => void): void;
+  removeEventListener(type: string, listener: () => void): void;
+  /** `navigator.onLine`. */
+  isOnline(): boolean;
+  /** `document.visibilityState === "hidden"`. */
+  isHidden(): boolean;
+}
+
+export interface ClientOptions {
+  /** Base URL of the gateway, e.g. `https://rt.example.com` or `/realtime` (no trailing `/v1`). */
+  url: string;
+  /**
+   * Returns the bearer token (sent as `Authorization: Bearer`). Called before every connect,
+   * after `closing` `token_expired`, and after a 401. Return `null` to send none.
+   */
+  getToken?: (reason: TokenReason) => string | null | undefined | Promise<string | null | undefined>;
+  /**
+   * Send cookies to another origin (`credentials: "include"`): cookie auth or forward-auth.
+   * Default: true when no `getToken` is given. Same-origin requests always send cookies.
+   */
+  withCredentials?: boolean;
+  /**
+   * One stream for all tabs of this origin (Web Locks leader election + BroadcastChannel).
+   * Default: true when `navigator.locks` and `BroadcastChannel` exist.
+   */
+  shareAcrossTabs?: boolean;
+  /**
+   * Tabs share a stream only with tabs of the same key (default: the URL). Put the user id in
+   * it when different tabs may be signed in as different users.
+   */
+  shareKey?: string;
+  /** `keep` (default) or `pause`: close the stream after `hiddenPauseAfterMs` hidden. */
+  hiddenTabPolicy?: HiddenTabPolicy;
+  /** How long a tab must be hidden before `pause` applies. Default 30000. */
+  hiddenPauseAfterMs?: number;
+  /**
+   * No `connected` event within this long after a stream request: a proxy is buffering the
+   * stream, so long-poll instead. Default 5000; 0 turns long-polling off.
+   */
+  pollFallbackAfterMs?: number;
+  /** While long-polling, try streaming again this often. Default 60000. */
+  streamRetryAfterMs?: number;
+  /** `timeout_ms` of each long-poll. Default 25000. */
+  pollTimeoutMs?: number;
+  /** Reconnect backoff window bounds. Defaults 1000 and 30000. */
+  minRetryMs?: number;
+  maxRetryMs?: number;
+  /** Extra headers sent with every request. */
+  headers?: Record<string, string>;
+  /** `fetch` to use (default: the global one). */
+  fetch?: typeof fetch;
+  /** Random source in [0, 1) for jitter (default `Math.random`). */
+  random?: () => number;
+  /** Web Locks implementation (default `navigator.locks`). */
+  locks?: LocksLike;
+  /** BroadcastChannel factory (default `new BroadcastChannel(name)`). */
+  broadcastChannel?: (name: string) => BroadcastChannelLike;
+  /** Online/visibility source (default: `window`, `navigator`, `document`). */
+  environment?: Environment | null;
+  /**
+   * Where to resume from: the id of the last event the app already has (e.g. from the state it
+   * loaded over REST), so the stream starts right after it. Default: from now.
+   */
+  lastEventId?: string;
+  /** A state listener registered at once (same as `onState`). */
+  onStateChange?: (state: ConnectionState) => void;
+  /** Called with errors thrown by handlers and other unexpected errors (default console.error). */
+  onUnexpectedError?: (error: unknown) => void;
+}
+
+export interface SubscribeOptions {
+  /**
+   * The gateway refused this subscription (403 `forbidden_channel`, 400 `invalid_channel`…).
+   * The handler stays registered but receives nothing until it unsubscribes and subscribes
+   * again.
+   */
+  onError?: (error: RealtimeError) => void;
+  /** A gap concerning this subscription (the whole stream's, or this channel's history). */
+  onGap?: (gap: GapInfo) => void;
+}
+
+export type Unsubscribe = () => void;
+
+export interface RealtimeClient {
+  /**
+   * Receive the events of a channel or pattern. Subscriptions are reference-counted: the
+   * gateway sees one subscription per distinct channel however many handlers there are.
+   */
+  subscribe<T = unknown>(
+    channel: string,
+    handler: (event: RealtimeEvent<T>) => void,
+    options?: SubscribeOptions,
+  ): Unsubscribe;
+  /** The current connection state (a new object on each change). */
+  readonly state: ConnectionState;
+  /** Listen to state changes; returns a function that stops listening. */
+  onState(listener: (state: ConnectionState) => void): Unsubscribe;
+  /** Listen to gaps (refetch state when one comes). */
+  onGap(listener: (gap: GapInfo) => void): Unsubscribe;
+  /** Listen to admin broadcasts. */
+  onBroadcast(listener: (message: BroadcastMessage) => void): Unsubscribe;
+  /** The resume position: the id of the last event received ("" before any). */
+  readonly lastEventId: string;
+  /** Whether this tab holds the shared stream (always true without cross-tab sharing). */
+  readonly isLeader: boolean;
+  /** Connect again now (after `unauthorized` or `closed`, or to skip a backoff delay). */
+  reconnect(): void;
+  /** Close the stream, drop every subscription and listener. Final. */
+  close(): void;
+  readonly closed: boolean;
+}
