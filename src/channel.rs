@@ -3,9 +3,9 @@
 //! A channel is `:`-separated segments, e.g. `logs:w1:f1`. Each segment is non-empty and made
 //! of ASCII letters, digits and `_ - . @ = + / ~ ! $ % & ,`; the whole name is at most
 //! [`MAX_CHANNEL_BYTES`] bytes. Whitespace, control characters, quotes and the pattern
-//! characters `*`, `{`, `}` can never appear in a channel, so a name is safe in a URL query,
-//! a JSON string and an SSE line (in a URL query it must still be percent-encoded: `&`, `%`,
-//! `+` and `=` are allowed characters).
+//! characters `*`, `{`, `}` can never appear in a channel, so a name is safe in a JSON string
+//! and an SSE line (in a URL query it must still be percent-encoded: `&`, `%`, `+` and `=` are
+//! allowed characters).
 //!
 //! A grant pattern uses the same segments plus: `*` (exactly one segment), a final `**` (one
 //! or more segments) and `{sub}` (replaced by the user id, compared literally — a user id
