@@ -97,6 +97,18 @@ impl ApiError {
     }
 }
 
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::TooLarge(message) => ApiError::TooLarge {
+                code: "batch_too_large",
+                message,
+            },
+            other => ApiError::LogUnavailable(other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::LogUnavailable(e) = &self {

@@ -60,7 +60,7 @@ pub(super) async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&authenticate(&state, &headers, None).await?)?;
     let log = state.hub.log();
-    let bounds = log.bounds().await.map_err(ApiError::LogUnavailable)?;
+    let bounds = log.bounds().await.map_err(ApiError::from)?;
     let stats = &state.hub.stats;
     Ok(Json(json!({
         "node_id": state.node_id,

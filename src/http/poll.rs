@@ -48,7 +48,7 @@ pub(super) async fn poll(
     let log = state.hub.log();
     let mut after = match resume_position(&headers, &query)? {
         Some(pos) => pos,
-        None => log.bounds().await.map_err(ApiError::LogUnavailable)?.head,
+        None => log.bounds().await.map_err(ApiError::from)?.head,
     };
     let user = principal.user.as_str();
     let filter = |e: &Event| {
@@ -65,7 +65,7 @@ pub(super) async fn poll(
         let read = tokio::select! {
             _ = state.shutdown.cancelled() => break,
             r = log.read(after, MAX_EVENTS, &filter, (!wait.is_zero()).then_some(wait)) => {
-                r.map_err(ApiError::LogUnavailable)?
+                r.map_err(ApiError::from)?
             }
         };
         gap = gap.or(read.gap);

@@ -75,7 +75,7 @@ pub(super) async fn publish(
         .log()
         .append(items, now)
         .await
-        .map_err(ApiError::LogUnavailable)?;
+        .map_err(ApiError::from)?;
     let ids: Vec<String> = appended
         .iter()
         .flat_map(|a| a.positions.iter().map(|p| p.to_string()))

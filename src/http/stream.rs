@@ -83,12 +83,7 @@ pub(super) async fn stream(
             *ttl,
         ));
     }
-    let bounds = state
-        .hub
-        .log()
-        .bounds()
-        .await
-        .map_err(ApiError::LogUnavailable)?;
+    let bounds = state.hub.log().bounds().await.map_err(ApiError::from)?;
     let mut preamble = BytesMut::new();
     preamble.extend_from_slice(b": ok\n\n");
     preamble.extend_from_slice(format!("retry: {}\n\n", state.cfg.stream.retry_ms).as_bytes());
@@ -239,15 +234,7 @@ pub(super) async fn subscriptions(
     }
     let since = match change.last_event_id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => parse_event_id(id)?,
-        _ => {
-            state
-                .hub
-                .log()
-                .bounds()
-                .await
-                .map_err(ApiError::LogUnavailable)?
-                .head
-        }
+        _ => state.hub.log().bounds().await.map_err(ApiError::from)?.head,
     };
     let channels = state
         .hub

@@ -199,6 +199,10 @@ pub enum LogError {
     Closed,
     #[error("corrupt log entry at {pos}: {message}")]
     Corrupt { pos: Position, message: String },
+    /// The append is larger than the backend can store in one atomic write (NATS
+    /// `max_payload`); nothing was appended.
+    #[error("{0}")]
+    TooLarge(String),
     /// The backend's settings cannot work (bad URL, unreadable CA file, …).
     #[error("invalid log configuration: {0}")]
     Config(String),

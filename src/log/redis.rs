@@ -977,7 +977,7 @@ mod tests {
             ..LogConfig::default()
         };
         let message = |c: &LogConfig| match client(c) {
-            Err(LogError::Unavailable(m)) => m,
+            Err(LogError::Config(m)) => m,
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("accepted"),
         };

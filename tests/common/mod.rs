@@ -266,6 +266,8 @@ pub enum Next {
     Event(Ev),
     /// The server ended the response body.
     End,
+    /// The connection broke (e.g. the server process died).
+    Broken(String),
     Timeout,
 }
 
@@ -324,7 +326,7 @@ impl Sse {
         match tokio::time::timeout(timeout, self.events.next()).await {
             Err(_) => Next::Timeout,
             Ok(None) => Next::End,
-            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(Some(Err(e))) => Next::Broken(e),
             Ok(Some(Ok(e))) => {
                 // The parser's last event id persists across events (as in a browser): an
                 // event without an `id:` line repeats the previous one.
@@ -348,6 +350,7 @@ impl Sse {
         match self.next_or_end(timeout).await {
             Next::Event(e) => Some(e),
             Next::End | Next::Timeout => None,
+            Next::Broken(e) => panic!("stream error: {e}"),
         }
     }
 
