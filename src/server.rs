@@ -7,6 +7,7 @@
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,13 @@ impl Gateway {
     /// data directory) and builds the hub. Refuses a configuration with no way to
     /// authenticate anyone.
     pub async fn open(cfg: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        let log = crate::log::open(&cfg)
+            .await
+            .context("cannot open the event log")?;
+        let hub = Hub::new(log, cfg.stream.queue_frames);
+        metrics.register_hub(hub.clone());
+        let metrics = Arc::new(metrics);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -61,10 +68,6 @@ impl Gateway {
                  auth.jwks_url, auth.forward_url or auth.publisher_keys (or run `ssegate serve --dev`)"
             );
         }
-        let log = crate::log::open(&cfg)
-            .await
-            .context("cannot open the event log")?;
-        let hub = Hub::new(log, cfg.stream.queue_frames);
         Ok(Self {
             cfg: Arc::new(cfg),
             auth: Arc::new(auth),
@@ -89,19 +92,7 @@ impl Gateway {
         let log = hub.log().clone();
         let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run(shutdown.clone()));
-        {
-            let (log, shutdown) = (log.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let throttle = crate::throttle::Throttle::new(Duration::from_secs(60));
-                while !sleep_or_cancel(RETENTION_EVERY, &shutdown).await {
-                    if let Err(e) = log.enforce_retention(crate::time::now_ms()).await {
-                        if let Some(suppressed) = throttle.allow() {
-                            tracing::warn!(error = %e, suppressed, "retention pass failed");
-                        }
-                    }
-                }
-            });
-        }
+        tasks.spawn(maintain_log(hub.clone(), shutdown.clone()));
         if let Some(forward) = auth.forward() {
             tasks.spawn(forward.clone().run(shutdown.clone()));
         }
@@ -185,6 +176,34 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
         tracing::info!("ssegate stopped");
         Ok(())
+    }
+}
+
+/// Every second: checks the log answers (the `ssegate_log_up` gauge; a recovery is counted
+/// and logged), and applies retention by age and the dedupe window.
+async fn maintain_log(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let log = hub.log().clone();
+    let stats = &hub.stats;
+    let throttle = crate::throttle::Throttle::new(Duration::from_secs(60));
+    while !sleep_or_cancel(RETENTION_EVERY, &shutdown).await {
+        let up = log.bounds().await.is_ok();
+        let was_up = stats.log_up.swap(up, Ordering::Relaxed);
+        match (was_up, up) {
+            (true, false) => tracing::warn!(log = log.kind(), "the log does not answer"),
+            (false, true) => {
+                stats.log_recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(log = log.kind(), "the log answers again");
+            }
+            _ => {}
+        }
+        if !up {
+            continue;
+        }
+        if let Err(e) = log.enforce_retention(crate::time::now_ms()).await {
+            if let Some(suppressed) = throttle.allow() {
+                tracing::warn!(error = %e, suppressed, "retention pass failed");
+            }
+        }
     }
 }
 

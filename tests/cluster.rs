@@ -300,6 +300,13 @@ async fn engine_restart(kind: Kind) {
     }
     assert!(refused > 0);
     assert!(saw_not_ready, "{kind:?}: /readyz reported the outage");
+    let text = metrics_text(&n1).await;
+    assert_eq!(
+        metric(&text, "ssegate_log_up"),
+        Some(0.0),
+        "{kind:?}: metrics say the log is down"
+    );
+    assert!(metric(&text, "ssegate_log_read_failures_total").unwrap_or(0.0) >= 1.0);
     e.restart();
     // After: publishes work again (retry while the node reconnects), readiness returns.
     let deadline = tokio::time::Instant::now() + T;
@@ -337,6 +344,10 @@ async fn engine_restart(kind: Kind) {
         );
         s.expect_quiet(Duration::from_millis(300)).await;
     }
+    // By now the dispatcher has read the log again.
+    let text = metrics_text(&n1).await;
+    assert_eq!(metric(&text, "ssegate_log_up"), Some(1.0));
+    assert!(metric(&text, "ssegate_log_recoveries_total").unwrap_or(0.0) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

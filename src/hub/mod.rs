@@ -69,6 +69,12 @@ pub struct Stats {
     /// Times a connection's queue was full and it switched to reading the log.
     pub queue_overflows: AtomicU64,
     pub gaps: AtomicU64,
+    /// Whether the log answered the last health check (every second).
+    pub log_up: AtomicBool,
+    /// Failed reads of the dispatcher (each retried with backoff).
+    pub log_read_failures: AtomicU64,
+    /// Times the log answered a health check again after failing one.
+    pub log_recoveries: AtomicU64,
 }
 
 /// A live connection as the hub sees it.
@@ -244,6 +250,15 @@ pub struct ChannelChange<'a> {
     pub since: Position,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("log", &self.log.kind())
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a subscription change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -261,7 +276,10 @@ impl Hub {
             next_key: AtomicU64::new(1),
             dispatched: Mutex::new(Position::ZERO),
             queue_frames,
-            stats: Stats::default(),
+            stats: Stats {
+                log_up: AtomicBool::new(true),
+                ..Stats::default()
+            },
             read_errors: crate::throttle::Throttle::new(Duration::from_secs(60)),
         })
     }
@@ -519,6 +537,7 @@ impl Hub {
                 }
                 Err(e) => {
                     failures += 1;
+                    self.stats.log_read_failures.fetch_add(1, Ordering::Relaxed);
                     let backoff = backoff_with_jitter(failures);
                     if failures == 1 || failures % 20 == 0 {
                         tracing::warn!(error = %e, failures, ?backoff, "hub cannot read the log; retrying");
