@@ -7,7 +7,9 @@
 //!    `Last-Event-ID` and get every acknowledged event exactly once, in order;
 //! 3. the engine stops for a few seconds during a publish loop: nothing is acknowledged
 //!    while it is down, every acknowledged event is delivered, open streams recover without
-//!    reconnecting, and `/readyz` reflects the outage.
+//!    reconnecting, and `/readyz` reflects the outage;
+//! 4. an idempotency key repeated on two nodes appends once;
+//! 5. retention on the shared log yields an exact `gap` on resume, on any node.
 
 mod common;
 mod engines;
@@ -358,4 +360,95 @@ async fn redis_restart_loses_nothing_and_streams_recover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_loses_nothing_and_streams_recover() {
     engine_restart(Kind::Nats).await;
+}
+
+async fn idempotency_across_nodes(kind: Kind) {
+    let e = engine(kind);
+    let url = engine_url(kind, &e);
+    let a = node(kind, &url, "dedupe");
+    let b = node(kind, &url, "dedupe");
+    let p = publisher();
+    let body = json!({"channel": "c", "type": "t", "data": 1, "id": "order-42"});
+    let (sa, ra) = a.publish(&p, &body).await;
+    let (sb, rb) = b.publish(&p, &body).await;
+    assert_eq!((sa, sb), (200, 200));
+    assert_eq!(
+        ra["ids"], rb["ids"],
+        "{kind:?}: the same key on two nodes, the same ids"
+    );
+    // Appended once: a reader from the start sees exactly one event before the next one.
+    let next = publish_one(&b.url, &p, 2).await.unwrap();
+    let sub = token("u", &["c"], &[]);
+    let (mut sse, _) = Sse::open(&a.stream_url(&["c"]), &[bearer(&sub), last_event_id("0")]).await;
+    let got = ids(&sse.take(2, T).await);
+    assert_eq!(got, vec![ra["ids"][0].as_str().unwrap().to_owned(), next]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_an_idempotency_key_repeated_on_two_nodes_appends_once() {
+    idempotency_across_nodes(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_an_idempotency_key_repeated_on_two_nodes_appends_once() {
+    idempotency_across_nodes(Kind::Nats).await;
+}
+
+async fn retention_gap_on_resume(kind: Kind) {
+    let e = engine(kind);
+    let url = engine_url(kind, &e);
+    let kind_name = match kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    let env = [
+        ("LOG__KIND", kind_name),
+        ("LOG__URL", url.as_str()),
+        ("LOG__STREAM", "retention"),
+        ("LOG__RETENTION_EVENTS", "5"),
+    ];
+    let a = Server::start(&env);
+    let b = Server::start(&env);
+    let p = publisher();
+    let mut all = Vec::new();
+    for i in 0..20 {
+        let target = if i % 2 == 0 { &a.url } else { &b.url };
+        all.push(publish_one(target, &p, i).await.unwrap());
+    }
+    let sub = token("u", &["c"], &[]);
+    let (mut sse, _) = Sse::open(
+        &b.stream_url(&["c"]),
+        &[bearer(&sub), last_event_id(&all[2])],
+    )
+    .await;
+    let gap = sse.next_event(T).await;
+    assert_eq!(gap.event, "gap", "{kind:?}");
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["last_event_id"], all[2]);
+    assert_eq!(
+        data["oldest_id"], all[15],
+        "{kind:?}: the oldest retained event"
+    );
+    assert_eq!(ids(&sse.take(5, T).await), all[15..].to_vec());
+    // Resuming from a retained id: no gap.
+    let (mut sse, _) = Sse::open(
+        &a.stream_url(&["c"]),
+        &[bearer(&sub), last_event_id(&all[16])],
+    )
+    .await;
+    let first = sse.next_event(T).await;
+    assert_eq!(
+        (first.event.as_str(), first.id.as_str()),
+        ("t", all[17].as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_retention_on_the_shared_log_yields_an_exact_gap() {
+    retention_gap_on_resume(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_retention_on_the_shared_log_yields_an_exact_gap() {
+    retention_gap_on_resume(Kind::Nats).await;
 }
