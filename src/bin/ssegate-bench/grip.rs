@@ -28,8 +28,16 @@ async fn hold(Path(channel): Path<String>) -> impl IntoResponse {
 
 pub async fn serve(listen: &str) -> anyhow::Result<()> {
     let addr = crate::wire::Url::parse(&format!("http://{listen}"))?.addr;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("grip backend listening on http://{}", listener.local_addr()?);
+    // A long accept queue: pushpin's zurl opens many backend connections at once during a
+    // connection storm (tokio's default of 128 made it answer 502).
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
+    eprintln!(
+        "grip backend listening on http://{}",
+        listener.local_addr()?
+    );
     let app = Router::new().route("/stream/{channel}", get(hold));
     axum::serve(listener, app).await?;
     Ok(())

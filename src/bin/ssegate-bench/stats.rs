@@ -104,7 +104,11 @@ pub fn with_descendants(roots: &[u32]) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some((ppid, _)) = stat_fields(pid) {
@@ -151,6 +155,81 @@ pub fn self_usage() -> (f64, u64) {
     (cpu, status_kb(pid, "status", "VmHWM:"))
 }
 
+/// The whole machine (all cores) during the run, measured by process 0: what else ran.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineStats {
+    pub cores: usize,
+    pub loadavg_start: f64,
+    pub loadavg_end: f64,
+    /// CPU seconds all processes of the machine used during the run.
+    pub busy_cpu_s: f64,
+    pub wall_s: f64,
+    /// busy − server − generator, % of one core (filled in by merge when the server was
+    /// measured).
+    pub other_cpu_pct: Option<f64>,
+    /// TcpExt ListenOverflows during the run (this network namespace): connection attempts
+    /// dropped because a server's accept queue was full; each costs the client a SYN
+    /// retransmission (1 s).
+    pub listen_overflows: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineSample {
+    listen_overflows: u64,
+    busy_ticks: u64,
+    loadavg: f64,
+    cores: usize,
+}
+
+pub fn machine_sample() -> MachineSample {
+    let mut m = MachineSample::default();
+    if let Ok(text) = std::fs::read_to_string("/proc/stat") {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("cpu ") {
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                m.busy_ticks = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+            } else if line.starts_with("cpu") {
+                m.cores += 1;
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/netstat") {
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        if let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+            m.listen_overflows = names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == "ListenOverflows")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/loadavg") {
+        m.loadavg = text
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0);
+    }
+    m
+}
+
+pub fn machine_stats(a: MachineSample, b: MachineSample, wall_s: f64) -> MachineStats {
+    MachineStats {
+        cores: b.cores,
+        loadavg_start: a.loadavg,
+        loadavg_end: b.loadavg,
+        busy_cpu_s: b.busy_ticks.saturating_sub(a.busy_ticks) as f64 / CLK_TCK,
+        wall_s,
+        other_cpu_pct: None,
+        listen_overflows: b.listen_overflows.saturating_sub(a.listen_overflows),
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConnectStats {
     /// Seconds from the start of the connect phase until the last connection was established.
@@ -179,6 +258,8 @@ pub struct PublishStats {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeliveryStats {
     pub deliveries: u64,
+    /// `data:` lines without a timestamp (control events such as ssegate's `connected`).
+    pub other_events: u64,
     /// Acknowledged events × subscribers of their channel.
     pub expected: u64,
     pub missing: u64,
@@ -254,6 +335,8 @@ pub struct Report {
     /// Measured by process 0 only.
     pub server: Option<ServerStats>,
     pub generator: GeneratorStats,
+    /// Measured by process 0 only.
+    pub machine: Option<MachineStats>,
     pub resume: Option<ResumeStats>,
     pub errors: BTreeMap<String, u64>,
     pub error_total: u64,
@@ -305,12 +388,16 @@ pub fn merge(parts: Vec<Report>) -> anyhow::Result<Report> {
         m.publish.target_rate += p.publish.target_rate;
         m.publish.duration_s = m.publish.duration_s.max(p.publish.duration_s);
         m.delivery.deliveries += p.delivery.deliveries;
+        m.delivery.other_events += p.delivery.other_events;
         m.delivery.expected += p.delivery.expected;
         m.delivery.missing += p.delivery.missing;
         m.delivery.duration_s = m.delivery.duration_s.max(p.delivery.duration_s);
         if p.proc_index == Some(0) || m.server.is_none() {
             if let Some(s) = &p.server {
                 m.server = Some(s.clone());
+            }
+            if let Some(s) = &p.machine {
+                m.machine = Some(s.clone());
             }
         }
         m.generator.processes += p.generator.processes.max(1);
@@ -346,10 +433,23 @@ pub fn merge(parts: Vec<Report>) -> anyhow::Result<Report> {
     if let Some(s) = &mut m.server {
         if m.connected > 0 {
             let c = m.connected as f64;
-            s.rss_per_conn_bytes =
-                Some(round((s.connected.rss_kb as f64 - s.before.rss_kb as f64) * 1024.0 / c, 1));
-            s.pss_per_conn_bytes =
-                Some(round((s.connected.pss_kb as f64 - s.before.pss_kb as f64) * 1024.0 / c, 1));
+            s.rss_per_conn_bytes = Some(round(
+                (s.connected.rss_kb as f64 - s.before.rss_kb as f64) * 1024.0 / c,
+                1,
+            ));
+            s.pss_per_conn_bytes = Some(round(
+                (s.connected.pss_kb as f64 - s.before.pss_kb as f64) * 1024.0 / c,
+                1,
+            ));
+        }
+    }
+    if let (Some(mach), Some(sv)) = (&mut m.machine, &m.server) {
+        if mach.wall_s > 0.0 {
+            let server_cpu = sv.after.cpu_s - sv.before.cpu_s;
+            mach.other_cpu_pct = Some(round(
+                (mach.busy_cpu_s - server_cpu - m.generator.cpu_s) / mach.wall_s * 100.0,
+                1,
+            ));
         }
     }
     m.generator.wall_s = round(gen_wall, 3);
@@ -382,7 +482,10 @@ pub fn summary(r: &Report) -> String {
     if r.connect.duration_s > 0.0 {
         s += &format!(
             " in {:.2} s ({:.0} conn/s, ttfb p50 {} µs p99 {} µs)",
-            r.connect.duration_s, r.connect.rate_per_s, r.connect.ttfb_us.p50, r.connect.ttfb_us.p99
+            r.connect.duration_s,
+            r.connect.rate_per_s,
+            r.connect.ttfb_us.p50,
+            r.connect.ttfb_us.p99
         );
     }
     if r.publish.requests > 0 {
@@ -430,10 +533,16 @@ pub fn summary(r: &Report) -> String {
         match (rs.supported, rs.ms) {
             (false, _) => s += &format!("\n  resume: not supported: {}", rs.note),
             (true, Some(ms)) => {
-                s += &format!("\n  resume: {} of {} events in {ms:.1} ms", rs.received, rs.events)
+                s += &format!(
+                    "\n  resume: {} of {} events in {ms:.1} ms",
+                    rs.received, rs.events
+                )
             }
             (true, None) => {
-                s += &format!("\n  resume: only {} of {} events arrived", rs.received, rs.events)
+                s += &format!(
+                    "\n  resume: only {} of {} events arrived",
+                    rs.received, rs.events
+                )
             }
         }
     }
@@ -441,6 +550,28 @@ pub fn summary(r: &Report) -> String {
         "\n  generator: {:.2} CPU s over {:.2} s ({:.0}%), peak RSS {} KiB",
         r.generator.cpu_s, r.generator.wall_s, r.generator.cpu_pct, r.generator.max_rss_kb
     );
+    if let Some(mc) = &r.machine {
+        s += &format!(
+            "\n  machine: load {:.1} → {:.1}, all processes {:.0}% CPU of {} cores{}",
+            mc.loadavg_start,
+            mc.loadavg_end,
+            if mc.wall_s > 0.0 {
+                mc.busy_cpu_s / mc.wall_s * 100.0
+            } else {
+                0.0
+            },
+            mc.cores,
+            mc.other_cpu_pct
+                .map(|o| format!(", others than server and generator {o:.0}%"))
+                .unwrap_or_default()
+        );
+        if mc.listen_overflows > 0 {
+            s += &format!(
+                "\n  {} connection attempts dropped by a full accept queue (ListenOverflows)",
+                mc.listen_overflows
+            );
+        }
+    }
     if r.error_total > 0 {
         s += &format!("\n  errors: {:?}", r.errors);
     }
@@ -496,26 +627,150 @@ fn rows() -> Vec<Row> {
         (r.delivery.latency_us.count > 0).then_some(&r.delivery.latency_us)
     }
     vec![
-        Row { scenario: "fanout", metric: "deliveries/s", better: Better::Higher, get: |r| Some(r.delivery.per_s), fmt: thousands },
-        Row { scenario: "fanout", metric: "events acked/s", better: Better::Higher, get: |r| Some(r.publish.acked_per_s), fmt: thousands },
-        Row { scenario: "fanout", metric: "latency p99", better: Better::Lower, get: |r| lat(r).map(|p| p.p99 as f64), fmt: ms },
-        Row { scenario: "fanout", metric: "missing deliveries", better: Better::None, get: |r| Some(r.delivery.missing as f64), fmt: thousands },
-        Row { scenario: "fanout", metric: "server CPU %", better: Better::None, get: |r| r.server.as_ref().map(|s| s.cpu_phase_pct), fmt: |v| format!("{v:.0}%") },
-        Row { scenario: "channels", metric: "latency p50", better: Better::Lower, get: |r| lat(r).map(|p| p.p50 as f64), fmt: ms },
-        Row { scenario: "channels", metric: "latency p90", better: Better::Lower, get: |r| lat(r).map(|p| p.p90 as f64), fmt: ms },
-        Row { scenario: "channels", metric: "latency p99", better: Better::Lower, get: |r| lat(r).map(|p| p.p99 as f64), fmt: ms },
-        Row { scenario: "channels", metric: "latency p99.9", better: Better::Lower, get: |r| lat(r).map(|p| p.p999 as f64), fmt: ms },
-        Row { scenario: "channels", metric: "latency max", better: Better::Lower, get: |r| lat(r).map(|p| p.max as f64), fmt: ms },
-        Row { scenario: "channels", metric: "deliveries/s", better: Better::Higher, get: |r| Some(r.delivery.per_s), fmt: thousands },
-        Row { scenario: "channels", metric: "missing deliveries", better: Better::None, get: |r| Some(r.delivery.missing as f64), fmt: thousands },
-        Row { scenario: "channels", metric: "server CPU %", better: Better::None, get: |r| r.server.as_ref().map(|s| s.cpu_phase_pct), fmt: |v| format!("{v:.0}%") },
-        Row { scenario: "idle", metric: "RSS per connection", better: Better::Lower, get: |r| r.server.as_ref().and_then(|s| s.rss_per_conn_bytes), fmt: |v| format!("{:.2} KiB", v / 1024.0) },
-        Row { scenario: "idle", metric: "PSS per connection", better: Better::Lower, get: |r| r.server.as_ref().and_then(|s| s.pss_per_conn_bytes), fmt: |v| format!("{:.2} KiB", v / 1024.0) },
-        Row { scenario: "idle", metric: "server RSS with all", better: Better::None, get: |r| r.server.as_ref().map(|s| s.connected.rss_kb as f64 * 1024.0), fmt: |v| format!("{:.1} MiB", v / 1048576.0) },
-        Row { scenario: "storm", metric: "connections/s", better: Better::Higher, get: |r| Some(r.connect.rate_per_s), fmt: thousands },
-        Row { scenario: "storm", metric: "time to first byte p99", better: Better::Lower, get: |r| (r.connect.ttfb_us.count > 0).then_some(r.connect.ttfb_us.p99 as f64), fmt: ms },
-        Row { scenario: "storm", metric: "server CPU s (connecting)", better: Better::Lower, get: |r| r.server.as_ref().map(|s| s.cpu_connect_s), fmt: |v| format!("{v:.2} s") },
-        Row { scenario: "resume", metric: "time to all missed events", better: Better::Lower, get: |r| r.resume.as_ref().and_then(|x| x.ms).map(|ms| ms * 1000.0), fmt: ms },
+        Row {
+            scenario: "fanout",
+            metric: "deliveries/s",
+            better: Better::Higher,
+            get: |r| Some(r.delivery.per_s),
+            fmt: thousands,
+        },
+        Row {
+            scenario: "fanout",
+            metric: "events acked/s",
+            better: Better::Higher,
+            get: |r| Some(r.publish.acked_per_s),
+            fmt: thousands,
+        },
+        Row {
+            scenario: "fanout",
+            metric: "latency p99",
+            better: Better::Lower,
+            get: |r| lat(r).map(|p| p.p99 as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "fanout",
+            metric: "missing deliveries",
+            better: Better::None,
+            get: |r| Some(r.delivery.missing as f64),
+            fmt: thousands,
+        },
+        Row {
+            scenario: "fanout",
+            metric: "server CPU %",
+            better: Better::None,
+            get: |r| r.server.as_ref().map(|s| s.cpu_phase_pct),
+            fmt: |v| format!("{v:.0}%"),
+        },
+        Row {
+            scenario: "channels",
+            metric: "latency p50",
+            better: Better::Lower,
+            get: |r| lat(r).map(|p| p.p50 as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "channels",
+            metric: "latency p90",
+            better: Better::Lower,
+            get: |r| lat(r).map(|p| p.p90 as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "channels",
+            metric: "latency p99",
+            better: Better::Lower,
+            get: |r| lat(r).map(|p| p.p99 as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "channels",
+            metric: "latency p99.9",
+            better: Better::Lower,
+            get: |r| lat(r).map(|p| p.p999 as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "channels",
+            metric: "latency max",
+            better: Better::Lower,
+            get: |r| lat(r).map(|p| p.max as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "channels",
+            metric: "deliveries/s",
+            better: Better::Higher,
+            get: |r| Some(r.delivery.per_s),
+            fmt: thousands,
+        },
+        Row {
+            scenario: "channels",
+            metric: "missing deliveries",
+            better: Better::None,
+            get: |r| Some(r.delivery.missing as f64),
+            fmt: thousands,
+        },
+        Row {
+            scenario: "channels",
+            metric: "server CPU %",
+            better: Better::None,
+            get: |r| r.server.as_ref().map(|s| s.cpu_phase_pct),
+            fmt: |v| format!("{v:.0}%"),
+        },
+        Row {
+            scenario: "idle",
+            metric: "RSS per connection",
+            better: Better::Lower,
+            get: |r| r.server.as_ref().and_then(|s| s.rss_per_conn_bytes),
+            fmt: |v| format!("{:.2} KiB", v / 1024.0),
+        },
+        Row {
+            scenario: "idle",
+            metric: "PSS per connection",
+            better: Better::Lower,
+            get: |r| r.server.as_ref().and_then(|s| s.pss_per_conn_bytes),
+            fmt: |v| format!("{:.2} KiB", v / 1024.0),
+        },
+        Row {
+            scenario: "idle",
+            metric: "server RSS with all",
+            better: Better::None,
+            get: |r| {
+                r.server
+                    .as_ref()
+                    .map(|s| s.connected.rss_kb as f64 * 1024.0)
+            },
+            fmt: |v| format!("{:.1} MiB", v / 1048576.0),
+        },
+        Row {
+            scenario: "storm",
+            metric: "connections/s",
+            better: Better::Higher,
+            get: |r| Some(r.connect.rate_per_s),
+            fmt: thousands,
+        },
+        Row {
+            scenario: "storm",
+            metric: "time to first byte p99",
+            better: Better::Lower,
+            get: |r| (r.connect.ttfb_us.count > 0).then_some(r.connect.ttfb_us.p99 as f64),
+            fmt: ms,
+        },
+        Row {
+            scenario: "storm",
+            metric: "server CPU s (connecting)",
+            better: Better::Lower,
+            get: |r| r.server.as_ref().map(|s| s.cpu_connect_s),
+            fmt: |v| format!("{v:.2} s"),
+        },
+        Row {
+            scenario: "resume",
+            metric: "time to all missed events",
+            better: Better::Lower,
+            get: |r| r.resume.as_ref().and_then(|x| x.ms).map(|ms| ms * 1000.0),
+            fmt: ms,
+        },
     ]
 }
 
@@ -556,93 +811,122 @@ pub fn table(reports: &[Report]) -> String {
         out += "---:|";
     }
     out += "---:|---|\n";
-    let mut scenarios_done: Vec<&str> = Vec::new();
-    for row in rows() {
-        if !reports.iter().any(|r| r.scenario == row.scenario) {
+    let all_rows = rows();
+    for scenario in ["fanout", "channels", "idle", "storm", "resume"] {
+        if !reports.iter().any(|r| r.scenario == scenario) {
             continue;
         }
-        let values: Vec<Option<f64>> = targets
-            .iter()
-            .map(|t| find(t, row.scenario).and_then(|r| (row.get)(r)))
-            .collect();
-        let best = match row.better {
-            Better::Higher => values.iter().flatten().copied().fold(None, |a: Option<f64>, v| {
-                Some(a.map_or(v, |a| a.max(v)))
-            }),
-            Better::Lower => values.iter().flatten().copied().fold(None, |a: Option<f64>, v| {
-                Some(a.map_or(v, |a| a.min(v)))
-            }),
-            Better::None => None,
-        };
-        out += &format!("| {} | {} |", row.scenario, row.metric);
-        for (t, v) in targets.iter().zip(&values) {
-            match (v, best) {
-                (Some(v), Some(b)) if b > 0.0 => {
-                    out += &format!(" {} ({:.2}× best) |", (row.fmt)(*v), v / b)
-                }
-                (Some(v), _) => out += &format!(" {} |", (row.fmt)(*v)),
-                (None, _) => {
-                    let cell = find(t, row.scenario)
-                        .map(|r| cell_missing(r, &row))
-                        .unwrap_or_else(|| "not run".into());
-                    out += &format!(" {cell} |");
-                }
-            }
+        for row in all_rows.iter().filter(|r| r.scenario == scenario) {
+            out += &metric_row(row, &targets, &find);
         }
-        // ssegate ÷ best peer.
-        let sse = targets.iter().position(|t| t == "ssegate").and_then(|i| values[i]);
-        let peer_best = targets
-            .iter()
-            .zip(&values)
-            .filter(|(t, _)| t.as_str() != "ssegate")
-            .filter_map(|(_, v)| *v)
-            .fold(None, |a: Option<f64>, v| {
-                Some(match (a, row.better) {
-                    (None, _) => v,
-                    (Some(a), Better::Lower) => a.min(v),
-                    (Some(a), _) => a.max(v),
-                })
+        out += &extra_row(scenario, "errors", &targets, &find, |r| {
+            if r.error_total == 0 {
+                return "0".into();
+            }
+            let kinds: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            format!("{} ({})", r.error_total, kinds.join(", "))
+        });
+        out += &extra_row(scenario, "generator CPU", &targets, &find, |r| {
+            format!(
+                "{:.0}% ({} proc)",
+                r.generator.cpu_pct, r.generator.processes
+            )
+        });
+        if scenario != "resume" {
+            out += &extra_row(scenario, "accept queue overflows", &targets, &find, |r| {
+                r.machine
+                    .as_ref()
+                    .map(|m| thousands(m.listen_overflows as f64))
+                    .unwrap_or_else(|| "—".into())
             });
-        match (sse, peer_best, row.better) {
-            (Some(s), Some(p), Better::Higher | Better::Lower) if p > 0.0 => {
-                out += &format!(" {:.2}× |", s / p)
-            }
-            _ => out += " — |",
         }
-        out += &format!(" {} |\n", goal(row.scenario, row.metric, &|t, s| find(t, s)));
-        if !scenarios_done.contains(&row.scenario) {
-            scenarios_done.push(row.scenario);
+        out += &extra_row(scenario, "other processes' CPU", &targets, &find, |r| {
+            r.machine
+                .as_ref()
+                .and_then(|m| m.other_cpu_pct)
+                .map(|o| format!("{o:.0}%"))
+                .unwrap_or_else(|| "—".into())
+        });
+    }
+    out
+}
+
+fn extra_row<'a>(
+    scenario: &str,
+    metric: &str,
+    targets: &[String],
+    find: &Find<'a>,
+    cell: impl Fn(&Report) -> String,
+) -> String {
+    let mut out = format!("| {scenario} | {metric} |");
+    for t in targets {
+        match find(t, scenario) {
+            Some(r) => out += &format!(" {} |", cell(r)),
+            None => out += " not run |",
         }
     }
-    // Errors and generator CPU per scenario.
-    for s in scenarios_done {
-        out += &format!("| {s} | errors |");
-        for t in &targets {
-            match find(t, s) {
-                Some(r) if r.error_total == 0 => out += " 0 |",
-                Some(r) => {
-                    let kinds: Vec<String> =
-                        r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                    out += &format!(" {} ({}) |", r.error_total, kinds.join(", "));
-                }
-                None => out += " not run |",
+    out += " — | |\n";
+    out
+}
+
+fn metric_row<'a>(row: &Row, targets: &[String], find: &Find<'a>) -> String {
+    let mut out = String::new();
+    let values: Vec<Option<f64>> = targets
+        .iter()
+        .map(|t| find(t, row.scenario).and_then(|r| (row.get)(r)))
+        .collect();
+    let best = match row.better {
+        Better::Higher => values
+            .iter()
+            .flatten()
+            .copied()
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v)))),
+        Better::Lower => values
+            .iter()
+            .flatten()
+            .copied()
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.min(v)))),
+        Better::None => None,
+    };
+    out += &format!("| {} | {} |", row.scenario, row.metric);
+    for (t, v) in targets.iter().zip(&values) {
+        match (v, best) {
+            (Some(v), Some(b)) if b > 0.0 => {
+                out += &format!(" {} ({:.2}× best) |", (row.fmt)(*v), v / b)
+            }
+            (Some(v), _) => out += &format!(" {} |", (row.fmt)(*v)),
+            (None, _) => {
+                let cell = find(t, row.scenario)
+                    .map(|r| cell_missing(r, row))
+                    .unwrap_or_else(|| "not run".into());
+                out += &format!(" {cell} |");
             }
         }
-        out += " — | |\n";
-        out += &format!("| {s} | generator CPU |");
-        for t in &targets {
-            match find(t, s) {
-                Some(r) => {
-                    out += &format!(
-                        " {:.0}% ({} proc) |",
-                        r.generator.cpu_pct, r.generator.processes
-                    )
-                }
-                None => out += " not run |",
-            }
-        }
-        out += " — | |\n";
     }
+    // ssegate ÷ best peer.
+    let sse = targets
+        .iter()
+        .position(|t| t == "ssegate")
+        .and_then(|i| values[i]);
+    let peer_best = targets
+        .iter()
+        .zip(&values)
+        .filter(|(t, _)| t.as_str() != "ssegate")
+        .filter_map(|(_, v)| *v)
+        .fold(None, |a: Option<f64>, v| {
+            Some(match (a, row.better) {
+                (None, _) => v,
+                (Some(a), Better::Lower) => a.min(v),
+                (Some(a), _) => a.max(v),
+            })
+        });
+    match (sse, peer_best, row.better) {
+        (Some(s), Some(p), Better::Higher | Better::Lower) if p > 0.0 => {
+            out += &format!(" {:.2}× |", s / p)
+        }
+        _ => out += " — |",
+    }
+    out += &format!(" {} |\n", goal(row.scenario, row.metric, find));
     out
 }
 
@@ -678,10 +962,12 @@ fn goal<'a>(scenario: &str, metric: &str, find: &Find<'a>) -> String {
             }
             _ => "≤ 5 ms and ≤ nchan: no figure".into(),
         },
-        ("idle", "RSS per connection") => match sse.and_then(|s| s.server.as_ref()?.rss_per_conn_bytes) {
-            Some(b) => format!("≤ 4 KiB: {} ({:.2} KiB)", verdict(b <= 4096.0), b / 1024.0),
-            None => "≤ 4 KiB: no figure".into(),
-        },
+        ("idle", "RSS per connection") => {
+            match sse.and_then(|s| s.server.as_ref()?.rss_per_conn_bytes) {
+                Some(b) => format!("≤ 4 KiB: {} ({:.2} KiB)", verdict(b <= 4096.0), b / 1024.0),
+                None => "≤ 4 KiB: no figure".into(),
+            }
+        }
         ("storm", "connections/s") => match sse {
             Some(s) if s.connect.rate_per_s > 0.0 => format!(
                 "≥ 10,000/s incl. JWT: {} ({}/s)",
@@ -691,13 +977,21 @@ fn goal<'a>(scenario: &str, metric: &str, find: &Find<'a>) -> String {
             _ => "≥ 10,000/s: no figure".into(),
         },
         ("resume", "time to all missed events") => match sse.and_then(|s| s.resume.as_ref()) {
+            Some(rs) if rs.events < 10_000 => format!(
+                "10,000 events ≤ 100 ms: n/a at this scale ({} events{})",
+                thousands(rs.events as f64),
+                rs.ms.map(|m| format!(" in {m:.1} ms")).unwrap_or_default()
+            ),
             Some(rs) => match rs.ms {
                 Some(m) if rs.received >= rs.events => format!(
                     "{} events ≤ 100 ms: {} ({m:.1} ms)",
                     thousands(rs.events as f64),
                     verdict(m <= 100.0 && rs.events >= 10_000)
                 ),
-                _ => format!("≤ 100 ms: **missed** ({}/{} arrived)", rs.received, rs.events),
+                _ => format!(
+                    "≤ 100 ms: **missed** ({}/{} arrived)",
+                    rs.received, rs.events
+                ),
             },
             None => "≤ 100 ms: no figure".into(),
         },
