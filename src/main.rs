@@ -234,7 +234,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: Config, dev: bool) -> anyhow::Result<()> {
     // Ready before announced: the log is open when the "listening" line appears.
     let gateway = server::Gateway::open(cfg.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+    let listener = server::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;

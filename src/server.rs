@@ -4,15 +4,12 @@
 //! every stream gets `closing` (`shutdown`) and ends, long-polls return, in-flight publishes
 //! finish; whatever is still open after `server.shutdown_grace_ms` is cut, and the log says so.
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -145,33 +142,22 @@ impl Gateway {
             });
         }
         tracing::info!(%addr, log = log.kind(), "ssegate listening");
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        // Small frames must leave at once: no Nagle delay waiting for the peer's ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+        let watch_shutdown = {
+            let (hub, shutdown) = (hub.clone(), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                hub.close_all("shutdown");
+                tracing::info!(
+                    streams = hub.connection_count(),
+                    "shutting down: closing streams, finishing publishes"
+                );
             }
-        });
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
-        tokio::pin!(serve);
-        tokio::select! {
-            r = &mut serve => r?,
-            _ = shutdown.cancelled() => {
-                let open = hub.connection_count();
-                tracing::info!(streams = open, "shutting down: closing streams, finishing publishes");
-                let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
-                match tokio::time::timeout(grace, &mut serve).await {
-                    Ok(r) => r?,
-                    Err(_) => tracing::warn!(
-                        ?grace,
-                        still_open = hub.connection_count(),
-                        "shutdown grace period exceeded; cutting the remaining connections"
-                    ),
-                }
-            }
-        }
+        };
+        tokio::join!(
+            crate::http::serve::serve(listener, router(state.clone()), shutdown.clone(), grace),
+            watch_shutdown,
+        );
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
         tracing::info!("ssegate stopped");
@@ -213,6 +199,32 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "ssegate".into())
+}
+
+/// Pending connections the kernel queues before `accept` (a connect storm must not find the
+/// queue full: dropped SYNs are retried only after a second).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listener (`host:port`; port 0 picks a free port) with a long accept queue and
+/// `SO_REUSEADDR`.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
 }
 
 /// Reads the development signing key from the data directory, creating it (readable by the

@@ -18,6 +18,7 @@ mod error;
 mod ops;
 mod poll;
 pub mod publish;
+pub mod serve;
 mod stream;
 
 use std::net::{IpAddr, SocketAddr};

@@ -137,13 +137,19 @@ impl Cursor {
                 self.mode = Mode::CatchUp;
                 continue;
             }
-            let expiry = self.opts.expires_at;
+            // One timer for both the heartbeat and the credentials' expiry; a shutdown wakes
+            // the connection through the hub (`Hub::close_all`), so no future waits on it here.
+            let heartbeat_at = Instant::now() + self.opts.heartbeat;
+            let deadline = self
+                .opts
+                .expires_at
+                .map_or(heartbeat_at, |e| e.min(heartbeat_at));
             tokio::select! {
-                _ = self.opts.shutdown.cancelled() => {}
-                _ = sleep_until_opt(expiry) => {}
                 _ = self.reg.conn.wake.notified() => {}
-                _ = tokio::time::sleep(self.opts.heartbeat) => {
-                    return Some(Bytes::from_static(frame::HEARTBEAT));
+                _ = tokio::time::sleep_until(deadline) => {
+                    if deadline == heartbeat_at {
+                        return Some(Bytes::from_static(frame::HEARTBEAT));
+                    }
                 }
             }
         }
@@ -278,12 +284,5 @@ impl Cursor {
                 None
             }
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

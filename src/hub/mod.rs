@@ -20,7 +20,7 @@
 mod cursor;
 pub mod frame;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -92,7 +92,7 @@ pub struct Conn {
     /// Current channels, each with the position after which its events are for this
     /// connection (`ZERO` for the channels it opened with; the log head at the moment of the
     /// change for a channel added later, so nothing published before the change arrives).
-    channels: Mutex<BTreeMap<Arc<str>, Position>>,
+    channels: Mutex<Subscriptions>,
     /// Whether the dispatcher may queue frames for it; dropped when the queue overflows,
     /// raised again by the cursor once it has caught up from the log.
     live: AtomicBool,
@@ -211,6 +211,51 @@ impl Index {
                 map.remove(subscription);
             }
         }
+    }
+}
+
+/// A connection's subscriptions (channels or patterns), sorted by name, each with the
+/// position after which its events are for the connection. A sorted vector: a connection
+/// has one or a few, and a map node would cost more than all of them.
+#[derive(Debug, Clone, Default)]
+struct Subscriptions(Vec<(Arc<str>, Position)>);
+
+impl Subscriptions {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Position> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    fn insert(&mut self, name: Arc<str>, since: Position) {
+        match self.find(&name) {
+            Ok(i) => self.0[i].1 = since,
+            Err(i) => self.0.insert(i, (name, since)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter().map(|(n, _)| n)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Position)> {
+        self.0.iter().map(|(n, p)| (n, p))
     }
 }
 
@@ -370,10 +415,10 @@ impl Hub {
             rand::thread_rng().gen::<u64>(),
             key as u32
         );
-        let set: BTreeMap<Arc<str>, Position> = channels
-            .iter()
-            .map(|c| (Arc::from(c.as_str()), Position::ZERO))
-            .collect();
+        let mut set = Subscriptions::default();
+        for c in channels {
+            set.insert(Arc::from(c.as_str()), Position::ZERO);
+        }
         let conn = Arc::new(Conn {
             key,
             id: id.clone(),

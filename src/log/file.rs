@@ -7,11 +7,15 @@
 //! nothing that was acknowledged; an append that fails to commit is reported to every
 //! request in its group, none of which was stored.
 //!
-//! Reads run on the blocking pool against a read transaction (a consistent snapshot).
+//! Recent events stay in memory too (the *tail*: the newest committed events, bounded by
+//! bytes, a quarter of `log.file_cache_mb`), so the hub following the head, a slow client
+//! catching up and a short resume read them without touching the file or decoding JSON.
+//! Older reads run on the blocking pool against a read transaction (a consistent snapshot).
 
 // redb's error type is large; it only travels the cold failure path inside the writer.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions, NewEvent,
-    Position, ReadBatch,
+    scan_into, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions,
+    NewEvent, Position, ReadBatch,
 };
 
 /// Position (sequence) → JSON-encoded [`NewEvent`].
@@ -77,6 +81,8 @@ pub struct FileLog {
     state: Arc<Mutex<State>>,
     /// Head after each commit, for readers waiting for new events.
     head: watch::Receiver<Position>,
+    /// The newest committed events, contiguous, ending at the head.
+    tail: Arc<Mutex<Tail>>,
     /// To the writer thread; the thread ends when this is dropped.
     writer: mpsc::UnboundedSender<Cmd>,
     /// The writer thread, joined on drop so the file is closed when the log is gone (a
@@ -135,11 +141,16 @@ impl FileLog {
         let state = Arc::new(Mutex::new(state));
         let (head_tx, head) = watch::channel(Position::seq(state_of(&state).last_seq));
         let (writer, rx) = mpsc::unbounded_channel();
+        let tail = Arc::new(Mutex::new(Tail {
+            max_bytes: opts.file_cache_bytes / 4,
+            ..Tail::default()
+        }));
         let writer_state = Writer {
             db: db.clone(),
             opts,
             state: state.clone(),
             head: head_tx,
+            tail: tail.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("ssegate-log-writer".into())
@@ -149,6 +160,7 @@ impl FileLog {
             db,
             state,
             head,
+            tail,
             writer,
             thread: Some(thread),
         })
@@ -175,6 +187,41 @@ struct Writer {
     opts: LogOptions,
     state: Arc<Mutex<State>>,
     head: watch::Sender<Position>,
+    tail: Arc<Mutex<Tail>>,
+}
+
+/// The newest committed events in memory: contiguous positions ending at the head, at most
+/// `max_bytes` (approximately) of them.
+#[derive(Default)]
+struct Tail {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, event: Arc<Event>) {
+        self.bytes += event.event.approx_bytes();
+        self.events.push_back(event);
+    }
+
+    /// Drops what retention removed (positions up to `trimmed_through`) and what exceeds the
+    /// byte bound.
+    fn trim(&mut self, trimmed_through: u64) {
+        while let Some(front) = self.events.front() {
+            if front.pos.lo > trimmed_through && self.bytes <= self.max_bytes {
+                break;
+            }
+            self.bytes -= front.event.approx_bytes();
+            self.events.pop_front();
+        }
+    }
+
+    /// Index of the first event after `after`, if the tail holds every event after it.
+    fn start_after(&self, after: Position) -> Option<usize> {
+        let first = self.events.front()?.pos.lo;
+        (after.hi == 0 && after.lo + 1 >= first).then(|| (after.lo + 1 - first) as usize)
+    }
 }
 
 impl Writer {
@@ -189,8 +236,18 @@ impl Writer {
                 }
             }
             let mut state = state_of(&self.state);
-            match self.commit_group(&mut group, &mut state) {
+            let mut committed = Vec::new();
+            match self.commit_group(&mut group, &mut state, &mut committed) {
                 Ok(results) => {
+                    // Into the tail before the head moves: a reader woken by the new head
+                    // finds the events in memory.
+                    {
+                        let mut tail = lock(&self.tail);
+                        for event in committed {
+                            tail.push(event);
+                        }
+                        tail.trim(state.trimmed_through);
+                    }
                     *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
                     self.head.send_if_modified(|h| {
                         std::mem::replace(h, Position::seq(state.last_seq)) != *h
@@ -215,6 +272,7 @@ impl Writer {
         &self,
         group: &mut [Cmd],
         state: &mut State,
+        committed: &mut Vec<Arc<Event>>,
     ) -> Result<Vec<Vec<Appended>>, redb::Error> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
@@ -235,9 +293,12 @@ impl Writer {
                                 item,
                                 *now_ms,
                                 state,
-                                &mut events,
-                                &mut keys,
-                                &mut expiry,
+                                Tables {
+                                    events: &mut events,
+                                    keys: &mut keys,
+                                    expiry: &mut expiry,
+                                },
+                                committed,
                             )?);
                         }
                         results.push(out);
@@ -281,10 +342,14 @@ impl Writer {
         item: AppendItem,
         now_ms: u64,
         state: &mut State,
-        events: &mut redb::Table<u64, &[u8]>,
-        keys: &mut redb::Table<&str, &[u8]>,
-        expiry: &mut redb::Table<(u64, &str), ()>,
+        tables: Tables<'_, '_>,
+        committed: &mut Vec<Arc<Event>>,
     ) -> Result<Appended, redb::Error> {
+        let Tables {
+            events,
+            keys,
+            expiry,
+        } = tables;
         if let Some(key) = &item.key {
             if let Some(found) = keys.get(key.as_str())? {
                 if let Ok(entry) = serde_json::from_slice::<KeyEntry>(found.value()) {
@@ -296,11 +361,13 @@ impl Writer {
             }
         }
         let mut positions = Vec::with_capacity(item.events.len());
-        for event in &item.events {
+        for event in item.events {
             state.last_seq += 1;
-            let bytes = serde_json::to_vec(event).expect("events serialize");
+            let pos = Position::seq(state.last_seq);
+            let bytes = serde_json::to_vec(&event).expect("events serialize");
             events.insert(state.last_seq, bytes.as_slice())?;
-            positions.push(Position::seq(state.last_seq));
+            positions.push(pos);
+            committed.push(Arc::new(Event { pos, event }));
         }
         if let (Some(key), true) = (&item.key, self.opts.dedupe_window_ms > 0) {
             let exp = now_ms.saturating_add(self.opts.dedupe_window_ms);
@@ -317,6 +384,17 @@ impl Writer {
             duplicate: false,
         })
     }
+}
+
+/// The tables an append writes.
+struct Tables<'a, 't> {
+    events: &'a mut redb::Table<'t, u64, &'static [u8]>,
+    keys: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+    expiry: &'a mut redb::Table<'t, (u64, &'static str), ()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn reply_of(cmd: Cmd) -> oneshot::Sender<Result<Vec<Appended>, LogError>> {
@@ -383,6 +461,19 @@ impl EventLog for FileLog {
         if after.hi != 0 || after.lo >= state.last_seq {
             batch.at_head = true;
             return Ok(batch);
+        }
+        if after.lo >= state.trimmed_through {
+            let tail = lock(&self.tail);
+            if let Some(start) = tail.start_after(after) {
+                scan_into(
+                    tail.events.range(start..),
+                    &mut batch,
+                    max,
+                    MAX_SCAN,
+                    filter,
+                );
+                return Ok(batch);
+            }
         }
         let scan = max.clamp(1, MAX_SCAN);
         let db = self.db.clone();

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{
-    AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions, Position,
-    ReadBatch,
+    scan_into, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions,
+    Position, ReadBatch,
 };
 
 /// Events scanned per read at most, whatever the filter keeps; bounds the time the lock is held.
@@ -143,18 +143,7 @@ impl EventLog for MemoryLog {
         } else {
             (after.lo - inner.trimmed_through) as usize
         };
-        let mut scanned = 0;
-        for event in inner.events.range(start..) {
-            if batch.events.len() >= max || scanned >= MAX_SCAN {
-                break;
-            }
-            scanned += 1;
-            batch.next = event.pos;
-            if filter(event) {
-                batch.events.push(event.clone());
-            }
-        }
-        batch.at_head = start + scanned >= inner.events.len();
+        scan_into(inner.events.range(start..), &mut batch, max, MAX_SCAN, filter);
         Ok(batch)
     }
 

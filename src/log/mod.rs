@@ -235,6 +235,46 @@ pub trait EventLog: Send + Sync + 'static {
     async fn enforce_retention(&self, now_ms: u64) -> Result<(), LogError>;
 }
 
+/// Scans `events` (in log order, after the requested position) into `batch`: the ones passing
+/// `filter`, at most `max` of them, looking at no more than `max_scan`; `batch.next` becomes
+/// the last one looked at and `batch.at_head` whether the scan reached the end. Shared by
+/// the in-memory stores (the memory log, the file log's recent-events cache).
+pub(crate) fn scan_into<'a>(
+    events: impl ExactSizeIterator<Item = &'a Arc<Event>>,
+    batch: &mut ReadBatch,
+    max: usize,
+    max_scan: usize,
+    filter: Filter<'_>,
+) {
+    let total = events.len();
+    let mut scanned = 0;
+    for event in events {
+        if batch.events.len() >= max || scanned >= max_scan {
+            break;
+        }
+        scanned += 1;
+        batch.next = event.pos;
+        if filter(event) {
+            batch.events.push(event.clone());
+        }
+    }
+    batch.at_head = scanned >= total;
+}
+
+impl NewEvent {
+    /// Roughly the memory the event takes, for byte-bounded caches.
+    pub fn approx_bytes(&self) -> usize {
+        self.data.get().len()
+            + self.channel.len()
+            + self.kind.len()
+            + self
+                .users
+                .as_ref()
+                .map_or(0, |u| u.iter().map(|s| s.len() + 24).sum())
+            + 96
+    }
+}
+
 /// Retention and dedupe settings every backend takes.
 #[derive(Debug, Clone, Copy)]
 pub struct LogOptions {
