@@ -143,7 +143,13 @@ impl EventLog for MemoryLog {
         } else {
             (after.lo - inner.trimmed_through) as usize
         };
-        scan_into(inner.events.range(start..), &mut batch, max, MAX_SCAN, filter);
+        scan_into(
+            inner.events.range(start..),
+            &mut batch,
+            max,
+            MAX_SCAN,
+            filter,
+        );
         Ok(batch)
     }
 
