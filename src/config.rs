@@ -39,6 +39,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub stream: StreamConfig,
     pub cors: CorsConfig,
+    /// Watchers that turn database changes and messages into events (`[[sources]]`).
+    pub sources: Vec<crate::source::SourceConfig>,
 }
 
 /// Cross-origin access for browser apps on other origins.
@@ -374,6 +376,16 @@ impl Config {
             return bad(
                 "limits.max_channels_per_connection and limits.max_batch_events must be greater than 0",
             );
+        }
+        let mut names = std::collections::HashSet::new();
+        for source in &self.sources {
+            source.validate().map_err(ConfigError::Invalid)?;
+            if !names.insert(&source.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two sources are named {:?}",
+                    source.name
+                )));
+            }
         }
         let l = &self.limits;
         if l.max_connections == 0

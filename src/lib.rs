@@ -15,6 +15,8 @@
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`http`]: the HTTP API (axum): stream, publish, subscriptions, long-poll, status.
 //! - [`server`]: wires the pieces together and runs until told to stop.
+//! - [`source`]: watchers inside the gateway that turn database changes and messages into
+//!   events (PostgreSQL, MongoDB, Redis, NATS, Dapr), with checkpoints.
 //! - [`throttle`]: rate-limited logging for failures that repeat during an outage.
 
 pub mod auth;
@@ -26,5 +28,6 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod source;
 pub mod throttle;
 pub mod time;

@@ -21,6 +21,7 @@ use crate::http::{router, AppState};
 use crate::hub::{sleep_or_cancel, Hub};
 use crate::limits::{ConnLimits, Limit, RateLimiter};
 use crate::metrics::Metrics;
+use crate::source::Sources;
 
 /// How often retention by age and the dedupe window are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
@@ -101,8 +102,19 @@ impl Gateway {
                 }
             });
         }
+        let sources = Arc::new(
+            Sources::new(
+                &cfg.sources,
+                hub.log().clone(),
+                cfg.server.data_dir.join("sources"),
+                shutdown.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("invalid sources: {e}"))?,
+        );
+        sources.start_auto();
         let limits = &cfg.limits;
         let state = Arc::new(AppState {
+            sources,
             auth,
             metrics,
             conn_limits: ConnLimits::new(

@@ -120,3 +120,34 @@ pub(super) async fn broadcast(
         .broadcast(frame::control_frame(&b.kind, &envelope));
     Ok(Json(json!({ "connections": connections })))
 }
+
+/// `POST /v1/sources/{name}/start` and `…/stop`.
+pub(super) async fn source_control(
+    State(state): State<Arc<AppState>>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state, &headers).await?;
+    let unknown = |e: crate::source::ControlError| ApiError::NotFound {
+        code: "source_not_found",
+        message: e.to_string(),
+    };
+    match action.as_str() {
+        "start" => state.sources.start(&name).map_err(unknown)?,
+        "stop" => state.sources.stop(&name).await.map_err(unknown)?,
+        _ => {
+            return Err(ApiError::NotFound {
+                code: "not_found",
+                message: "use /v1/sources/{name}/start or /v1/sources/{name}/stop".into(),
+            })
+        }
+    }
+    tracing::info!(source = %name, %action, "admin source control");
+    let status = state
+        .sources
+        .status()
+        .into_iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap_or(Value::Null);
+    Ok(Json(status))
+}

@@ -49,6 +49,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    /// The sources of this node (`/v1/sources/{name}/start|stop`, `/v1/status`).
+    pub sources: Arc<crate::source::Sources>,
     /// Open streams: in all, per user, per client address.
     pub conn_limits: Arc<ConnLimits>,
     /// New streams and long-polls per client address.
@@ -87,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/users/{user}/connections", delete(admin::kick_user))
         .route("/v1/channels", get(admin::channels))
         .route("/v1/broadcast", post(admin::broadcast))
+        .route("/v1/sources/{name}/{action}", post(admin::source_control))
         .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -83,7 +83,7 @@ pub(super) async fn status(
         "auth": {
             "forward_auth_up": state.auth.forward().map(|f| f.up()),
         },
-        "sources": [],
+        "sources": state.sources.status(),
     })))
 }
 
