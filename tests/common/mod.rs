@@ -29,6 +29,8 @@ pub struct Server {
     /// Keeps the temp dir alive (None when the caller owns the dir).
     _tmp: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
+    /// A config file given with `--config` (kept for restarts).
+    config: Option<PathBuf>,
 }
 
 impl Server {
@@ -44,24 +46,40 @@ impl Server {
 
     /// A server whose data lives in `dir`.
     pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::launch(dir, env, None)
+    }
+
+    /// A server started with `--config` on a file holding `toml` (for what environment
+    /// variables cannot say, like `[[sources]]`), on a fresh data dir.
+    pub fn start_with_config(toml: &str, env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("ssegate.toml");
+        std::fs::write(&path, toml).expect("config file");
+        let mut s = Server::launch(tmp.path(), env, Some(path));
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn launch(dir: &Path, env: &[(&str, &str)], config: Option<PathBuf>) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (format!("SSEGATE_{k}"), v.to_string()))
             .collect();
-        let (child, url) = spawn(dir, &env);
+        let (child, url) = spawn(dir, &env, config.as_deref());
         Server {
             child,
             url,
             dir: dir.to_owned(),
             _tmp: None,
             env,
+            config,
         }
     }
 
     /// `kill -9`, then start again on the same data dir (new port).
     pub fn kill9_and_restart(&mut self) {
         self.kill9();
-        let (child, url) = spawn(&self.dir, &self.env);
+        let (child, url) = spawn(&self.dir, &self.env, self.config.as_deref());
         self.child = child;
         self.url = url;
     }
@@ -154,15 +172,19 @@ impl Drop for Server {
     }
 }
 
-fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, String) {
+fn spawn(dir: &Path, env: &[(String, String)], config: Option<&Path>) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("server.log"))
         .expect("server log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ssegate"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(dir.join("data"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .env("SSEGATE_AUTH__JWT_SECRET", SECRET)
         .env("SSEGATE_SERVER__SHUTDOWN_GRACE_MS", "5000")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
