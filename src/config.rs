@@ -71,6 +71,29 @@ pub struct ServerConfig {
     /// client address is then the last address in it that is not one of these. Nobody else
     /// can choose the address the per-IP limits count.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// PEM certificate chain; with `tls_key_file`, the listener speaks TLS (HTTP/2 and
+    /// HTTP/1.1 by ALPN). Reloaded on SIGHUP and when the file changes.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// A separate plain-HTTP listener for `/metrics` (and `/healthz`, `/readyz`), e.g. on an
+    /// internal interface; `/metrics` stays on the main listener too.
+    pub metrics_listen: Option<String>,
+    /// On drain (SIGTERM or `POST /v1/admin/drain`), streams get `closing` spread evenly over
+    /// this window (at most half of `shutdown_grace_ms`), so a fleet of clients does not
+    /// reconnect elsewhere all at once.
+    pub drain_window_ms: u64,
+    /// Log format on stderr: `pretty` (for people) or `json` (one object per line).
+    pub log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +104,11 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             node_id: None,
             trusted_proxies: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            metrics_listen: None,
+            drain_window_ms: 5_000,
+            log_format: LogFormat::Pretty,
         }
     }
 }
@@ -376,6 +404,9 @@ impl Config {
             return bad(
                 "limits.max_channels_per_connection and limits.max_batch_events must be greater than 0",
             );
+        }
+        if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
+            return bad("server.tls_cert_file and server.tls_key_file go together");
         }
         let mut names = std::collections::HashSet::new();
         for source in &self.sources {

@@ -112,8 +112,8 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             dev,
         } => {
-            init_tracing();
             let mut cfg = load_config(config.as_deref(), data_dir)?;
+            init_tracing(cfg.server.log_format);
             if let Some(listen) = listen {
                 cfg.server.listen = listen;
             }
@@ -306,11 +306,14 @@ async fn on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_tracing() {
+fn init_tracing(format: ssegate::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        ssegate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        ssegate::config::LogFormat::Pretty => builder.init(),
+    }
 }

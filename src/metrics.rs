@@ -31,6 +31,8 @@ pub struct Metrics {
     pub forward_auth_calls: Family<Labels, Counter>,
     /// JWKS documents fetched.
     pub jwks_fetches: Counter,
+    /// Events appended through this node's publish API (duplicates not counted).
+    pub events_published: Counter,
 }
 
 impl Default for Metrics {
@@ -67,7 +69,14 @@ impl Default for Metrics {
             "JWKS documents fetched",
             jwks_fetches.clone(),
         );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Events appended through this node's publish API (idempotent repeats not counted)",
+            events_published.clone(),
+        );
         Self {
+            events_published,
             registry,
             auth_failures,
             rate_limited,
@@ -84,10 +93,22 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Shows the hub's counters (read at scrape time).
+    /// Shows the hub's counters (read at scrape time) and its latency histogram.
     pub fn register_hub(&mut self, hub: Arc<crate::hub::Hub>) {
+        self.registry.register_with_unit(
+            "delivery_latency",
+            "Time from publish to live dispatch to this node's connections, per event",
+            prometheus_client::registry::Unit::Seconds,
+            hub.stats.delivery_latency.clone(),
+        );
         self.registry
             .register_collector(Box::new(HubCollector { hub }));
+    }
+
+    /// Shows the sources' state (read at scrape time).
+    pub fn register_sources(&mut self, sources: Arc<crate::source::Sources>) {
+        self.registry
+            .register_collector(Box::new(SourcesCollector { sources }));
     }
 
     pub fn auth_failure(&self, reason: &'static str) {
@@ -119,7 +140,22 @@ struct HubCollector {
 impl Collector for HubCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.hub.stats;
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "events_delivered",
+                "Event frames written to connections (live, caught up or replayed)",
+                s.events_delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "catchup_entries",
+                "Times a connection switched to reading the log after its queue overflowed",
+                s.catchup_entries.load(Ordering::Relaxed),
+            ),
+            (
+                "resumes",
+                "Streams opened with a resume position (Last-Event-ID)",
+                s.resumes.load(Ordering::Relaxed),
+            ),
             (
                 "connections_opened",
                 "Streams opened",
@@ -180,6 +216,94 @@ impl Collector for HubCollector {
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let closed = s.closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut family = encoder.encode_descriptor(
+            "connections_closed",
+            "Streams closed, by reason (client_gone: the client went away)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, n) in closed {
+            let labels = [("reason", reason)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The sources' state and progress, read on each scrape (labelled by source name: a handful,
+/// from the configuration).
+struct SourcesCollector {
+    sources: Arc<crate::source::Sources>,
+}
+
+impl std::fmt::Debug for SourcesCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourcesCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for SourcesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = crate::time::now_ms();
+        let rows: Vec<_> = self.sources.each().collect();
+        {
+            let mut up = encoder.encode_descriptor(
+                "source_running",
+                "1 while the source runs, 0 when stopped, failed or backing off",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (name, kind, status) in &rows {
+                let labels = [
+                    ("source", *name),
+                    ("type", *kind),
+                    ("state", status.state()),
+                ];
+                ConstGauge::new(i64::from(status.state() == "running"))
+                    .encode(up.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut events = encoder.encode_descriptor(
+                "source_events",
+                "Events appended by the source",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (name, _, status) in &rows {
+                let labels = [("source", *name)];
+                ConstCounter::new(status.events.load(Ordering::Relaxed))
+                    .encode(events.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut skipped = encoder.encode_descriptor(
+                "source_skipped",
+                "Changes skipped because no valid channel could be built from them",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (name, _, status) in &rows {
+                let labels = [("source", *name)];
+                ConstCounter::new(status.skipped.load(Ordering::Relaxed))
+                    .encode(skipped.encode_family(&labels)?)?;
+            }
+        }
+        let mut age = encoder.encode_descriptor(
+            "source_last_change_age_seconds",
+            "Seconds since the source last appended a change (its lag when changes keep coming)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, _, status) in &rows {
+            let last = status.last_change_ms.load(Ordering::Relaxed);
+            if last > 0 {
+                let labels = [("source", *name)];
+                ConstGauge::new(now.saturating_sub(last) as f64 / 1000.0)
+                    .encode(age.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -40,6 +40,9 @@ pub struct Gateway {
     auth: Arc<Auth>,
     metrics: Arc<Metrics>,
     hub: Arc<Hub>,
+    sources: Arc<Sources>,
+    /// Stops the sources; cancelled when `serve`'s shutdown is.
+    sources_stop: CancellationToken,
 }
 
 impl Gateway {
@@ -53,6 +56,17 @@ impl Gateway {
             .context("cannot open the event log")?;
         let hub = Hub::new(log, cfg.stream.queue_frames);
         metrics.register_hub(hub.clone());
+        let sources_stop = CancellationToken::new();
+        let sources = Arc::new(
+            Sources::new(
+                &cfg.sources,
+                hub.log().clone(),
+                cfg.server.data_dir.join("sources"),
+                sources_stop.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("invalid sources: {e}"))?,
+        );
+        metrics.register_sources(sources.clone());
         let metrics = Arc::new(metrics);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -71,20 +85,27 @@ impl Gateway {
             auth: Arc::new(auth),
             metrics,
             hub,
+            sources,
+            sources_stop,
         })
     }
 
-    /// Runs the gateway on `listener` until `shutdown` is cancelled.
+    /// Runs the gateway on `listener` until `signal` is cancelled (SIGTERM, SIGINT) or an
+    /// admin asks for a drain; then drains (see the module docs) and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
-        shutdown: CancellationToken,
+        signal: CancellationToken,
     ) -> anyhow::Result<()> {
+        // Cancelled at the end of the drain: stop accepting, close what is left.
+        let shutdown = CancellationToken::new();
         let Gateway {
             cfg,
             auth,
             metrics,
             hub,
+            sources,
+            sources_stop,
         } = self;
         let addr = listener.local_addr()?;
         let log = hub.log().clone();
@@ -102,15 +123,13 @@ impl Gateway {
                 }
             });
         }
-        let sources = Arc::new(
-            Sources::new(
-                &cfg.sources,
-                hub.log().clone(),
-                cfg.server.data_dir.join("sources"),
-                shutdown.clone(),
-            )
-            .map_err(|e| anyhow::anyhow!("invalid sources: {e}"))?,
-        );
+        {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                shutdown.cancelled().await;
+                sources_stop.cancel();
+            });
+        }
         sources.start_auto();
         let limits = &cfg.limits;
         let state = Arc::new(AppState {
@@ -136,6 +155,8 @@ impl Gateway {
             ),
             hub: hub.clone(),
             shutdown: shutdown.clone(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            drain_request: CancellationToken::new(),
             started: Instant::now(),
             node_id: cfg
                 .server
@@ -155,6 +176,29 @@ impl Gateway {
         }
         tracing::info!(%addr, log = log.kind(), "ssegate listening");
         let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+        let window = Duration::from_millis(cfg.server.drain_window_ms).min(grace / 2);
+        tasks.spawn(drain(state.clone(), signal, window, shutdown.clone()));
+        let tls = match (&cfg.server.tls_cert_file, &cfg.server.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let tls = crate::http::tls::Tls::load(cert, key).map_err(|e| anyhow::anyhow!(e))?;
+                tasks.spawn(tls.clone().watch(shutdown.clone()));
+                Some(tls)
+            }
+            _ => None,
+        };
+        if let Some(addr) = &cfg.server.metrics_listen {
+            let metrics_listener = bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
+            tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+            tasks.spawn(crate::http::serve::serve(
+                metrics_listener,
+                crate::http::ops_router(state.clone()),
+                shutdown.clone(),
+                grace,
+                None,
+            ));
+        }
         let watch_shutdown = {
             let (hub, shutdown) = (hub.clone(), shutdown.clone());
             async move {
@@ -167,7 +211,13 @@ impl Gateway {
             }
         };
         tokio::join!(
-            crate::http::serve::serve(listener, router(state.clone()), shutdown.clone(), grace),
+            crate::http::serve::serve(
+                listener,
+                router(state.clone()),
+                shutdown.clone(),
+                grace,
+                tls
+            ),
             watch_shutdown,
         );
         tasks.close();
@@ -175,6 +225,40 @@ impl Gateway {
         tracing::info!("ssegate stopped");
         Ok(())
     }
+}
+
+/// Waits for a signal or a drain request, then drains: `/readyz` turns not ready at once, the
+/// open streams get `closing` (`shutdown`) spread evenly over `window`, and then `shutdown` is
+/// cancelled (the listener stops, whatever is left closes, in-flight requests finish).
+async fn drain(
+    state: Arc<AppState>,
+    signal: CancellationToken,
+    window: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        _ = signal.cancelled() => {}
+        _ = state.drain_request.cancelled() => {}
+        _ = shutdown.cancelled() => return,
+    }
+    state.draining.store(true, Ordering::SeqCst);
+    let conns = state.hub.connections(None);
+    tracing::info!(
+        streams = conns.len(),
+        window_ms = window.as_millis() as u64,
+        "draining: not ready; closing streams over the window"
+    );
+    // The first tenth of the window lets health checks see "not ready" before any client is
+    // sent away (it would otherwise come straight back here); the rest spreads the closings.
+    let start = tokio::time::Instant::now() + window / 10;
+    let spread = window - window / 10;
+    let n = conns.len().max(1) as u32;
+    for (i, conn) in conns.iter().enumerate() {
+        tokio::time::sleep_until(start + spread * i as u32 / n).await;
+        conn.push_control(crate::hub::Control::Close("shutdown"));
+    }
+    tokio::time::sleep_until(start + spread).await;
+    shutdown.cancel();
 }
 
 /// Every second: checks the log answers (the `ssegate_log_up` gauge; a recovery is counted

@@ -151,3 +151,21 @@ pub(super) async fn source_control(
         .unwrap_or(Value::Null);
     Ok(Json(status))
 }
+
+/// `POST /v1/admin/drain`: starts the drain this node does on SIGTERM (`/readyz` not ready,
+/// streams closed over `server.drain_window_ms`, then the process exits).
+pub(super) async fn drain(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    admin(&state, &headers).await?;
+    tracing::info!("admin requested a drain");
+    state.drain_request.cancel();
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({
+            "draining": true,
+            "window_ms": state.cfg.server.drain_window_ms.min(state.cfg.server.shutdown_grace_ms / 2),
+        })),
+    ))
+}

@@ -20,6 +20,7 @@ mod poll;
 pub mod publish;
 pub mod serve;
 mod stream;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -59,6 +60,11 @@ pub struct AppState {
     pub publish_rate: RateLimiter<String>,
     /// Cancelled when the server shuts down: streams close, long-polls return.
     pub shutdown: CancellationToken,
+    /// Set when a drain starts: `/readyz` answers not ready, new streams are told to come
+    /// back (elsewhere) with `closing`.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// `POST /v1/admin/drain` cancels it.
+    pub drain_request: CancellationToken,
     pub started: Instant,
     pub node_id: String,
 }
@@ -75,6 +81,10 @@ impl AppState {
     }
 }
 
+/// Routes answered before the API's: `ssegate demo` puts its web app and `/demo/*` here,
+/// once, before it starts; `ssegate serve` never does.
+pub static DEMO_ROUTES: std::sync::OnceLock<Router> = std::sync::OnceLock::new();
+
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = cors_layer(&state.cfg.cors);
     let router = Router::new()
@@ -90,16 +100,66 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/channels", get(admin::channels))
         .route("/v1/broadcast", post(admin::broadcast))
         .route("/v1/sources/{name}/{action}", post(admin::source_control))
+        .route("/v1/admin/drain", post(admin::drain))
         .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found);
-    match cors {
+    let router = router.layer(axum::middleware::from_fn(request_id));
+    let api = match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
-    .with_state(state)
+    .with_state(state);
+    match DEMO_ROUTES.get() {
+        Some(demo) => demo.clone().fallback_service(api),
+        None => api,
+    }
+}
+
+/// Gives every request an id (the client's `X-Request-Id` when it sent a sane one, else a
+/// new one), returns it in `X-Request-Id`, and runs the request in a span carrying it, so
+/// every log line of the request (the stream's open and close lines too) names it.
+async fn request_id(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let name = HeaderName::from_static("x-request-id");
+    let id = req
+        .headers()
+        .get(&name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            use rand::Rng;
+            format!("{:016x}", rand::thread_rng().gen::<u64>())
+        });
+    let value = HeaderValue::from_str(&id).expect("checked or generated ASCII");
+    req.headers_mut().insert(name.clone(), value.clone());
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = next.run(req).instrument(span).await;
+    response.headers_mut().insert(name, value);
+    response
+}
+
+/// The operations endpoints alone (`/metrics`, `/healthz`, `/readyz`), for
+/// `server.metrics_listen`.
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
 }
 
 /// CORS from `[cors]`: listed origins get credentials; `*` any origin without them; no

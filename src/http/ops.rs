@@ -19,7 +19,7 @@ pub(super) async fn healthz() -> Json<serde_json::Value> {
 pub(super) async fn readyz(
     State(state): State<Arc<AppState>>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() || state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not_ready", "reason": "shutting down" })),

@@ -76,6 +76,12 @@ pub(super) async fn publish(
         .append(items, now)
         .await
         .map_err(ApiError::from)?;
+    let fresh: usize = appended
+        .iter()
+        .filter(|a| !a.duplicate)
+        .map(|a| a.positions.len())
+        .sum();
+    state.metrics.events_published.inc_by(fresh as u64);
     let ids: Vec<String> = appended
         .iter()
         .flat_map(|a| a.positions.iter().map(|p| p.to_string()))

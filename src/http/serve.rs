@@ -22,15 +22,17 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, Version};
 use axum::Router;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use super::tls::Tls;
 
 /// Largest request head read here; larger heads go to hyper (which refuses them properly).
 const MAX_HEAD: usize = 16 * 1024;
@@ -41,14 +43,16 @@ const MAX_HEADERS: usize = 48;
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, lets hyper finish its
 /// connections gracefully and waits for the streams to end (they end by themselves on
-/// shutdown, with `closing`), up to `grace`.
+/// shutdown, with `closing`), up to `grace`. With `tls`, every connection is TLS (HTTP/2 or
+/// HTTP/1.1 by ALPN).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
+    tls: Option<Arc<Tls>>,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = GracefulShutdown::new();
     let streams = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -66,16 +70,36 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let (router, graceful2) = (router.clone(), graceful.clone());
-        streams.spawn(async move { connection(tcp, peer, router, &graceful2).await });
+        let (router, watcher) = (router.clone(), graceful.watcher());
+        match &tls {
+            None => {
+                streams.spawn(connection(tcp, peer, router, watcher));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                streams.spawn(async move {
+                    let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp));
+                    let tls = match handshake.await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        hyper_connection(tls, Bytes::new(), peer, router, watcher).await
+                    } else {
+                        connection(tls, peer, router, watcher).await
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     streams.close();
     let drain = async {
-        // GracefulShutdown needs to own itself; the accept loop is the last other holder.
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            graceful.shutdown().await;
-        }
+        graceful.shutdown().await;
         streams.wait().await;
     };
     if tokio::time::timeout(grace, drain).await.is_err() {
@@ -86,31 +110,32 @@ pub async fn serve(
     }
 }
 
+/// What a connection runs on: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// One accepted connection: a stream is served here, anything else by hyper.
 ///
 /// The future of a stream connection lives as long as the stream, so what only the first
 /// steps need (the head buffer, the router call, hyper's connection) is boxed and freed once
 /// done: what stays is the socket, the body and the pump.
-async fn connection(
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    graceful: &GracefulShutdown,
-) {
-    let first = Box::pin(first_request(&mut tcp, peer, router.clone())).await;
+async fn connection<I: Io>(mut io: I, peer: SocketAddr, router: Router, watcher: Watcher) {
+    let first = Box::pin(first_request(&mut io, peer, router.clone())).await;
     let (head, body) = match first {
         First::Answer { head, body } => (head, body),
         First::Other(prefix) => {
-            return Box::pin(hyper_connection(tcp, prefix, peer, router, graceful)).await
+            return Box::pin(hyper_connection(io, prefix, peer, router, watcher)).await
         }
         First::Done => return,
     };
+    // A stream is not one of hyper's connections: it ends on shutdown by itself.
+    drop(watcher);
     let result = async {
-        tcp.write_all(&head).await?;
+        io.write_all(&head).await?;
         drop(head);
         match body {
-            Some(body) => pump(&mut tcp, body).await,
-            None => tcp.shutdown().await,
+            Some(body) => pump(io, body).await,
+            None => io.shutdown().await,
         }
     }
     .await;
@@ -129,9 +154,9 @@ enum First {
     Done,
 }
 
-async fn first_request(tcp: &mut TcpStream, peer: SocketAddr, router: Router) -> First {
+async fn first_request<I: Io>(io: &mut I, peer: SocketAddr, router: Router) -> First {
     let mut buf = BytesMut::with_capacity(2048);
-    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(tcp, &mut buf)).await;
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(io, &mut buf)).await;
     let mut request = match head {
         Ok(Ok(Some(req))) => req,
         Ok(Ok(None)) => return First::Other(buf.freeze()),
@@ -168,7 +193,7 @@ async fn first_request(tcp: &mut TcpStream, peer: SocketAddr, router: Router) ->
 
 /// Reads until a complete request head is buffered. `Some(request)` for a stream request
 /// (`GET /v1/stream…` without a body), `None` for anything else (the bytes stay in `buf`).
-async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Request<Body>>> {
+async fn read_head<I: Io>(io: &mut I, buf: &mut BytesMut) -> io::Result<Option<Request<Body>>> {
     loop {
         match parse_stream_request(buf) {
             Parsed::Stream(req) => return Ok(Some(*req)),
@@ -177,7 +202,7 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option
             Parsed::Partial => {}
         }
         buf.reserve(2048);
-        if tokio::io::AsyncReadExt::read_buf(tcp, buf).await? == 0 {
+        if tokio::io::AsyncReadExt::read_buf(io, buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -264,32 +289,23 @@ fn response_head(response: Response<Body>) -> (Bytes, Result<Body, Body>) {
     (head.freeze(), if streaming { Ok(body) } else { Err(body) })
 }
 
-/// Copies the body's chunks to the socket as they come, and ends when the body ends or the
+/// Copies the body's chunks to the connection as they come, and ends when the body ends or the
 /// client closes its side (or sends anything: a stream takes no request after it).
-async fn pump(tcp: &mut TcpStream, mut body: Body) -> io::Result<()> {
+async fn pump<I: Io>(io: I, mut body: Body) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut probe = [0u8; 16];
     loop {
         tokio::select! {
             biased;
-            ready = tcp.readable() => {
-                ready?;
-                let mut probe = [0u8; 64];
-                match tcp.try_read(&mut probe) {
-                    Ok(_) => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
+            _ = rd.read(&mut probe) => return Ok(()),
             frame = body.frame() => match frame {
                 Some(Ok(frame)) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let n = tcp.write(data.chunk()).await?;
-                            data.advance(n);
-                        }
+                    if let Ok(data) = frame.into_data() {
+                        wr.write_all(&data).await?;
                     }
                 }
                 Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return tcp.shutdown().await,
+                None => return wr.shutdown().await,
             }
         }
     }
@@ -297,12 +313,12 @@ async fn pump(tcp: &mut TcpStream, mut body: Body) -> io::Result<()> {
 
 /// Hands a connection to hyper (HTTP/1.1 with keep-alive, or HTTP/2 prior knowledge), with
 /// the bytes this module already read put back in front.
-async fn hyper_connection(
-    tcp: TcpStream,
+async fn hyper_connection<I: Io>(
+    io: I,
     prefix: Bytes,
     peer: SocketAddr,
     router: Router,
-    graceful: &GracefulShutdown,
+    watcher: Watcher,
 ) {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let mut req = req.map(Body::new);
@@ -310,23 +326,23 @@ async fn hyper_connection(
         let router = router.clone();
         async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
     });
-    let io = TokioIo::new(Prefixed { prefix, inner: tcp });
+    let io = TokioIo::new(Prefixed { prefix, inner: io });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    if let Err(e) = graceful.watch(conn).await {
+    if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
-/// A socket whose first bytes were already read: they are read again first.
-struct Prefixed {
+/// A connection whose first bytes were already read: they are read again first.
+struct Prefixed<I> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: I,
 }
 
-impl AsyncRead for Prefixed {
+impl<I: Io> AsyncRead for Prefixed<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -341,7 +357,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<I: Io> AsyncWrite for Prefixed<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

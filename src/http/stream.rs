@@ -57,6 +57,11 @@ pub(super) async fn stream(
             ))
         }
     };
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        // A native EventSource gives up for good on a 5xx: tell it to come back (to another
+        // node, now that this one is not ready).
+        return Ok(come_back_later(&state));
+    }
     let permit = state
         .conn_limits
         .acquire(&principal.user, ip)
@@ -96,6 +101,13 @@ pub(super) async fn stream(
             "heartbeat_ms": state.cfg.stream.heartbeat_ms,
         }),
     ));
+    if resume.is_some() {
+        state
+            .hub
+            .stats
+            .resumes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let (start, replay) = match resume {
         Some(pos) if pos > bounds.head => {
             // An id from the future: another log, or one that lost its data. Say so, and
@@ -120,7 +132,7 @@ pub(super) async fn stream(
             .saturating_sub(crate::time::now_ms());
         Instant::now() + Duration::from_millis(left_ms)
     });
-    tracing::debug!(conn = %conn.id, user = %principal.user, ?channels, resume = ?resume, "stream opened");
+    tracing::info!(conn = %conn.id, user = %principal.user, ip = %ip, channels = channels.len(), resume = ?resume.map(|p| p.to_string()), "stream opened");
     let cursor = Cursor::new(
         state.hub.clone(),
         registration,
@@ -162,6 +174,30 @@ pub(super) struct SubscriptionChange {
     remove: Vec<String>,
     #[serde(default)]
     last_event_id: Option<String>,
+}
+
+/// `200` with `retry:` and `closing` (`shutdown`), then the end: the client reconnects after
+/// `retry` (to another node, behind a load balancer) and resumes.
+fn come_back_later(state: &AppState) -> Response {
+    let body = format!(
+        ": draining\n\nretry: {}\n\n{}",
+        state.cfg.stream.retry_ms,
+        String::from_utf8_lossy(&frame::control_frame(
+            "closing",
+            &json!({ "reason": "shutdown" })
+        ))
+    );
+    let mut response = Response::new(Body::from(body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    response
 }
 
 /// Re-asks forward-auth about a live stream's session every `ttl`: a refused session, another

@@ -135,6 +135,10 @@ impl Cursor {
             }
             if !self.reg.conn.live.load(Ordering::Acquire) {
                 self.mode = Mode::CatchUp;
+                self.hub
+                    .stats
+                    .catchup_entries
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             // One timer for both the heartbeat and the credentials' expiry; a shutdown wakes
@@ -155,8 +159,20 @@ impl Cursor {
         }
     }
 
-    fn close(&mut self, reason: &str) -> Bytes {
+    fn count_delivered(&self, frames: usize) {
+        if frames > 0 {
+            let n = frames as u64;
+            self.reg.conn.delivered.fetch_add(n, Ordering::Relaxed);
+            self.hub
+                .stats
+                .events_delivered
+                .fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn close(&mut self, reason: &'static str) -> Bytes {
         self.done = true;
+        *super::lock(&self.reg.conn.close_reason) = Some(reason);
         frame::control_frame("closing", &serde_json::json!({ "reason": reason }))
     }
 
@@ -172,11 +188,13 @@ impl Cursor {
         }
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
+        let mut frames = 0;
         while let Some(f) = self.taken.pop_front() {
             if f.pos <= self.pos {
                 continue;
             }
             self.pos = f.pos;
+            frames += 1;
             match first.take() {
                 None if buf.is_empty() => first = Some(f.bytes),
                 None => buf.extend_from_slice(&f.bytes),
@@ -194,6 +212,7 @@ impl Cursor {
         if self.taken.is_empty() && self.taken.capacity() > 64 {
             self.taken = VecDeque::new();
         }
+        self.count_delivered(frames);
         first.or_else(|| (!buf.is_empty()).then(|| buf.freeze()))
     }
 
@@ -211,6 +230,7 @@ impl Cursor {
                 &serde_json::json!({ "last_event_id": self.pos.to_string(), "oldest_id": oldest }),
             ));
         }
+        self.count_delivered(batch.events.len());
         for event in &batch.events {
             buf.extend_from_slice(&frame::event_frame(event));
         }
@@ -249,6 +269,9 @@ impl Cursor {
         }
         // A channel removed meanwhile gets no more of its history.
         let still_subscribed = conn.channels().iter().any(|c| **c == *channel);
+        if still_subscribed {
+            self.count_delivered(batch.events.len());
+        }
         for event in batch.events.iter().filter(|_| still_subscribed) {
             buf.extend_from_slice(&frame::history_frame(event));
         }

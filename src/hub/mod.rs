@@ -43,6 +43,11 @@ pub struct Frame {
     pub bytes: Bytes,
 }
 
+/// Buckets of the publish→delivery latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
 /// Something for a connection's stream other than a live event.
 #[derive(Debug, Clone)]
 pub enum Control {
@@ -60,8 +65,7 @@ pub enum Control {
     },
 }
 
-/// Counters shown in `/v1/status`.
-#[derive(Default)]
+/// Counters shown in `/v1/status` and `/metrics`.
 pub struct Stats {
     pub connections_opened: AtomicU64,
     pub events_dispatched: AtomicU64,
@@ -75,6 +79,38 @@ pub struct Stats {
     pub log_read_failures: AtomicU64,
     /// Times the log answered a health check again after failing one.
     pub log_recoveries: AtomicU64,
+    /// Event frames written to connections (live, caught up or replayed).
+    pub events_delivered: AtomicU64,
+    /// Times a connection switched to reading the log (after a queue overflow).
+    pub catchup_entries: AtomicU64,
+    /// Streams opened with a resume position (`Last-Event-ID`).
+    pub resumes: AtomicU64,
+    /// Streams closed, by reason (`client_gone`, `shutdown`, `token_expired`, …).
+    pub closed: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Publish → live dispatch latency of each event that had recipients here.
+    pub delivery_latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            connections_opened: AtomicU64::default(),
+            events_dispatched: AtomicU64::default(),
+            frames_queued: AtomicU64::default(),
+            queue_overflows: AtomicU64::default(),
+            gaps: AtomicU64::default(),
+            log_up: AtomicBool::new(true),
+            log_read_failures: AtomicU64::default(),
+            log_recoveries: AtomicU64::default(),
+            events_delivered: AtomicU64::default(),
+            catchup_entries: AtomicU64::default(),
+            resumes: AtomicU64::default(),
+            closed: Mutex::default(),
+            delivery_latency: prometheus_client::metrics::histogram::Histogram::new(
+                LATENCY_BUCKETS.into_iter(),
+            ),
+        }
+    }
 }
 
 /// A live connection as the hub sees it.
@@ -89,6 +125,10 @@ pub struct Conn {
     pub info: ConnInfo,
     /// Whether any subscription is a pattern (the catch-up filter then matches patterns).
     has_patterns: AtomicBool,
+    /// Why the stream ended, when the server ended it (`None`: the client went away).
+    close_reason: Mutex<Option<&'static str>>,
+    /// Event frames written to this connection.
+    pub delivered: AtomicU64,
     /// Current channels, each with the position after which its events are for this
     /// connection (`ZERO` for the channels it opened with; the log head at the moment of the
     /// change for a channel added later, so nothing published before the change arrives).
@@ -321,10 +361,7 @@ impl Hub {
             next_key: AtomicU64::new(1),
             dispatched: Mutex::new(Position::ZERO),
             queue_frames,
-            stats: Stats {
-                log_up: AtomicBool::new(true),
-                ..Stats::default()
-            },
+            stats: Stats::default(),
             read_errors: crate::throttle::Throttle::new(Duration::from_secs(60)),
         })
     }
@@ -424,6 +461,8 @@ impl Hub {
             id: id.clone(),
             user,
             has_patterns: AtomicBool::new(set.keys().any(|c| is_pattern(c))),
+            close_reason: Mutex::new(None),
+            delivered: AtomicU64::new(0),
             info,
             channels: Mutex::new(set.clone()),
             live: AtomicBool::new(true),
@@ -528,6 +567,16 @@ impl Hub {
 
     fn unregister(&self, conn: &Conn) {
         self.conns.write().expect("conns lock").remove(&conn.id);
+        let reason = lock(&conn.close_reason).unwrap_or("client_gone");
+        *lock(&self.stats.closed).entry(reason).or_default() += 1;
+        tracing::info!(
+            conn = %conn.id,
+            user = %conn.user,
+            duration_ms = crate::time::now_ms().saturating_sub(conn.info.opened_ms),
+            events = conn.delivered.load(Ordering::Relaxed),
+            reason,
+            "stream closed"
+        );
         if let Some(session) = &conn.info.session_id {
             let mut sessions = lock(&self.sessions);
             let key = (conn.user.clone(), session.clone());
@@ -617,6 +666,7 @@ impl Hub {
             let dedupe = patterns.peek().is_some();
             given.clear();
             let mut encoded: Option<Bytes> = None;
+            let queued_before = queued;
             for subs in exact.into_iter().chain(patterns) {
                 for (key, Sub { conn, since }) in subs {
                     if event.pos <= *since
@@ -649,6 +699,10 @@ impl Hub {
                         conn.wake.notify_one();
                     }
                 }
+            }
+            if queued > queued_before {
+                let age_ms = crate::time::now_ms().saturating_sub(event.event.time_ms);
+                self.stats.delivery_latency.observe(age_ms as f64 / 1000.0);
             }
         }
         *lock(&self.dispatched) = next;
