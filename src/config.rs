@@ -70,7 +70,8 @@ pub struct ServerConfig {
     /// Peers (reverse proxies, load balancers) whose `X-Forwarded-For` is believed: the
     /// client address is then the last address in it that is not one of these. Nobody else
     /// can choose the address the per-IP limits count.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Addresses or CIDR ranges (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`).
+    pub trusted_proxies: Vec<Cidr>,
     /// PEM certificate chain; with `tls_key_file`, the listener speaks TLS (HTTP/2 and
     /// HTTP/1.1 by ALPN). Reloaded on SIGHUP and when the file changes.
     pub tls_cert_file: Option<PathBuf>,
@@ -85,6 +86,81 @@ pub struct ServerConfig {
     pub drain_window_ms: u64,
     /// Log format on stderr: `pretty` (for people) or `json` (one object per line).
     pub log_format: LogFormat,
+}
+
+/// An address range: an IP address and a prefix length (`10.0.0.0/8`); a bare address is a
+/// range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let (a, b, bits) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32u32),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128u32),
+            (IpAddr::V6(a), IpAddr::V4(b)) => match a.to_ipv4_mapped() {
+                Some(a) => (u32::from(a) as u128, u32::from(b) as u128, 32u32),
+                None => return false,
+            },
+            (IpAddr::V4(_), IpAddr::V6(b)) => match b.to_ipv4_mapped() {
+                Some(b) => return self.contains(IpAddr::V4(b)),
+                None => return false,
+            },
+        };
+        let prefix = u32::from(self.prefix).min(bits);
+        let shift = bits - prefix;
+        shift >= 128 || (a >> shift) == (b >> shift)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// How log lines look.
@@ -588,6 +664,27 @@ mod tests {
         assert!(Config::from_toml_str("[stream]\nheartbeat_ms = 0\n").is_err());
         assert!(Config::from_toml_str("[auth]\njwt_secret = \"short\"\n").is_err());
         assert!(Config::from_toml_str("[log]\nkind = \"mongo\"\n").is_err());
+    }
+
+    #[test]
+    fn cidr_ranges() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(one.contains("::ffff:127.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+        let cfg = Config::from_toml_str("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n")
+            .unwrap();
+        assert_eq!(cfg.server.trusted_proxies.len(), 2);
     }
 
     #[test]

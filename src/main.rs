@@ -88,8 +88,9 @@ enum Command {
         #[arg(long)]
         name: String,
         /// Channel patterns it may publish to.
-        #[arg(long, num_args = 1.., required = true)]
+        #[arg(long, num_args = 1.., required_unless_present = "admin")]
         publish: Vec<String>,
+        /// May use the admin API (drain, kick, broadcast, status).
         #[arg(long)]
         admin: bool,
     },
@@ -309,8 +310,10 @@ async fn on_signal(shutdown: CancellationToken) {
 fn init_tracing(format: ssegate::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         ssegate::config::LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -217,6 +217,48 @@ impl Collector for HubCollector {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
+        // The process, from /proc (Linux): what the open-files limit and memory alerts need.
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            })
+            .map(|kb| kb * 1024);
+        let fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as i64);
+        let limit = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .and_then(|l| l.split_whitespace().nth(3))
+                    .and_then(|v| v.parse::<i64>().ok())
+            });
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the process",
+                rss,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors (sockets included)",
+                fds,
+            ),
+            (
+                "process_max_fds",
+                "The open-files limit of the process",
+                limit,
+            ),
+        ] {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v);
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
         let closed = s.closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut family = encoder.encode_descriptor(
             "connections_closed",

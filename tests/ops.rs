@@ -373,7 +373,7 @@ impl RawStream {
         self.text
             .lines()
             .filter_map(|l| l.strip_prefix("id: "))
-            .last()
+            .next_back()
             .map(str::to_owned)
     }
 }

@@ -201,7 +201,8 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
 fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     let peer = peer.ip();
     let trusted = &state.cfg.server.trusted_proxies;
-    if !trusted.contains(&peer) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|c| c.contains(*ip));
+    if !is_trusted(&peer) {
         return peer;
     }
     headers
@@ -211,7 +212,7 @@ fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr 
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<IpAddr>().ok())
         .rev()
-        .find(|a| !trusted.contains(a))
+        .find(|a| !is_trusted(a))
         .unwrap_or(peer)
 }
 

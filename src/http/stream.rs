@@ -76,6 +76,10 @@ pub(super) async fn stream(
             ip: Some(ip),
             opened_ms: crate::time::now_ms(),
             session_id,
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         },
     );
     registration.hold(permit);

@@ -107,7 +107,7 @@ impl Default for Stats {
             resumes: AtomicU64::default(),
             closed: Mutex::default(),
             delivery_latency: prometheus_client::metrics::histogram::Histogram::new(
-                LATENCY_BUCKETS.into_iter(),
+                LATENCY_BUCKETS,
             ),
         }
     }
@@ -307,6 +307,8 @@ pub struct ConnInfo {
     /// One-stream-per-tab: a newer stream of the same user with the same session id ends
     /// this one (`closing`, `replaced`).
     pub session_id: Option<String>,
+    /// The `X-Request-Id` of the request that opened the stream (named in its close line).
+    pub request_id: Option<String>,
 }
 
 pub struct Hub {
@@ -571,6 +573,7 @@ impl Hub {
         *lock(&self.stats.closed).entry(reason).or_default() += 1;
         tracing::info!(
             conn = %conn.id,
+            request_id = conn.info.request_id.as_deref().unwrap_or(""),
             user = %conn.user,
             duration_ms = crate::time::now_ms().saturating_sub(conn.info.opened_ms),
             events = conn.delivered.load(Ordering::Relaxed),
