@@ -14,6 +14,7 @@
 //! internals never reach the client.
 
 mod admin;
+mod dapr;
 mod error;
 mod ops;
 mod poll;
@@ -100,6 +101,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/channels", get(admin::channels))
         .route("/v1/broadcast", post(admin::broadcast))
         .route("/v1/sources/{name}/{action}", post(admin::source_control))
+        .route("/dapr/subscribe", get(dapr::subscribe))
+        .route("/dapr/events/{name}", post(dapr::deliver))
         .route("/v1/admin/drain", post(admin::drain))
         .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))

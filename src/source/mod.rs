@@ -20,7 +20,12 @@
 //! Checkpoints live in `server.data_dir/sources/<name>.checkpoint`: run a given source on one
 //! node of a cluster.
 
+pub mod dapr;
 pub mod mapping;
+pub mod mongodb;
+pub mod nats;
+pub mod postgres;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,18 +79,50 @@ pub enum SourceKind {
     /// Changes given by the test or the caller, in order (a test double, and a way to
     /// replay a fixed list): `changes = [{op, record, place, key}]`.
     Vec(VecSourceConfig),
+    /// PostgreSQL logical decoding (pgoutput) of tables: see [`postgres::cdc`].
+    Postgres(postgres::PostgresConfig),
+    /// A PostgreSQL outbox table read on LISTEN/NOTIFY: see [`postgres::notify`].
+    PostgresNotify(postgres::PostgresNotifyConfig),
+    /// A PostgreSQL table polled on an increasing column: see [`postgres::poll`].
+    PostgresPoll(postgres::PostgresPollConfig),
+    /// MongoDB change streams (collection, database or cluster): see [`mongodb`].
+    Mongodb(mongodb::MongoSourceConfig),
+    /// Redis Pub/Sub channels and patterns (at most once): see [`redis`].
+    Redis(redis::RedisSourceConfig),
+    /// A Redis stream read with a consumer group (at least once): see [`redis`].
+    RedisStream(redis::RedisStreamSourceConfig),
+    /// NATS subjects, or a JetStream durable consumer: see [`nats`].
+    Nats(nats::NatsSourceConfig),
+    /// A Dapr pub/sub subscription delivered over HTTP: see [`dapr`].
+    Dapr(dapr::DaprSourceConfig),
 }
 
 impl SourceKind {
     fn builder(&self) -> &dyn BuildSource {
         match self {
             SourceKind::Vec(c) => c,
+            SourceKind::Postgres(c) => c,
+            SourceKind::PostgresNotify(c) => c,
+            SourceKind::PostgresPoll(c) => c,
+            SourceKind::Mongodb(c) => c,
+            SourceKind::Redis(c) => c,
+            SourceKind::RedisStream(c) => c,
+            SourceKind::Nats(c) => c,
+            SourceKind::Dapr(c) => c,
         }
     }
 
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceKind::Vec(_) => "vec",
+            SourceKind::Postgres(_) => "postgres",
+            SourceKind::PostgresNotify(_) => "postgres_notify",
+            SourceKind::PostgresPoll(_) => "postgres_poll",
+            SourceKind::Mongodb(_) => "mongodb",
+            SourceKind::Redis(_) => "redis",
+            SourceKind::RedisStream(_) => "redis_stream",
+            SourceKind::Nats(_) => "nats",
+            SourceKind::Dapr(_) => "dapr",
         }
     }
 }
@@ -233,6 +270,25 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
+    /// A context outside [`Sources`] (tests, embedding): source `name` maps with `mapping`,
+    /// appends to `log`, keeps its checkpoint in `checkpoint_dir` and stops when `stop` fires.
+    pub fn new(
+        name: &str,
+        mapping: Mapping,
+        log: Arc<dyn EventLog>,
+        checkpoint_dir: PathBuf,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            mapping: Arc::new(mapping),
+            log,
+            checkpoints: CheckpointStore::new(checkpoint_dir),
+            status: Arc::new(SourceStatus::default()),
+            stop,
+        }
+    }
+
     /// Where the previous run stopped (saved by [`SourceContext::emit`]), if anywhere.
     pub fn checkpoint(&self) -> Result<Option<String>, SourceError> {
         self.checkpoints
@@ -518,6 +574,28 @@ impl Sources {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Each source's config with, while it runs, a context to emit through: for sources fed
+    /// from outside their task (Dapr deliveries arrive as HTTP requests).
+    pub fn contexts(&self) -> impl Iterator<Item = (&SourceConfig, Option<SourceContext>)> + '_ {
+        self.entries.iter().map(|(name, e)| {
+            let running = e.running.lock().unwrap_or_else(|p| p.into_inner());
+            let cx = match &*running {
+                Some((stop, handle)) if !handle.is_finished() && !stop.is_cancelled() => {
+                    Some(SourceContext {
+                        name: Arc::from(name.as_str()),
+                        mapping: Arc::new(e.cfg.mapping.clone()),
+                        log: self.log.clone(),
+                        checkpoints: self.checkpoints.clone(),
+                        status: e.status.clone(),
+                        stop: stop.clone(),
+                    })
+                }
+                _ => None,
+            };
+            (&e.cfg, cx)
+        })
     }
 }
 

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod postgres;
 pub mod redis;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
