@@ -12,6 +12,8 @@ use ssegate::auth::{Grants, Minter};
 use ssegate::config::Config;
 use ssegate::server;
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "ssegate",
@@ -41,6 +43,10 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Run the demo: the gateway with a demo signing key, a web app on the same origin
+    /// (two demo users, live pipeline logs, notifications, an admin page) and a simulated
+    /// ETL workload. Prints the URL and the demo users.
+    Demo(demo::DemoArgs),
     /// Publish one event to a running gateway.
     Publish {
         #[arg(long, required = true)]
@@ -122,6 +128,15 @@ fn main() -> anyhow::Result<()> {
                 cfg.auth.jwt_secret = Some(server::dev_secret(&cfg.server.data_dir)?);
             }
             tokio::runtime::Runtime::new()?.block_on(serve(cfg, dev))
+        }
+        Command::Demo(args) => {
+            let cfg = demo::config(&args)?;
+            init_tracing(cfg.server.log_format);
+            let shutdown = CancellationToken::new();
+            tokio::runtime::Runtime::new()?.block_on(async {
+                tokio::spawn(on_signal(shutdown.clone()));
+                demo::run(args, cfg, shutdown).await
+            })
         }
         Command::Publish {
             channel,

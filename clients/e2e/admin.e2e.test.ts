@@ -1,0 +1,38 @@
+// (e) The admin page: live connections, channels and events/s from the admin API.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Browser } from "playwright-core";
+import { artifacts, Demo, launchBrowser, pageErrors, signIn, until } from "./harness";
+
+describe("admin page", () => {
+  let demo: Demo;
+  let browser: Browser;
+  beforeAll(async () => {
+    demo = await Demo.start({ tickMs: 100 });
+    browser = await launchBrowser();
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await demo?.stop();
+  });
+
+  it("shows the streams of every user, their channels and the event rate", async () => {
+    const b = await browser.newContext();
+    await signIn(b, demo, "b");
+    const a = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const errors = pageErrors(a);
+    const page = await signIn(a, demo, "a", "/#/admin");
+    const text = (id: string) => page.getByTestId(id).textContent();
+    await until(() => text("admin-connections"), (t) => t === "2", "two connections (A, B)");
+    await until(async () => Number(await text("admin-events-rate")), (r) => r > 5, "events/s");
+    const rows = page.locator('[data-testid="admin-connection-table"] tbody tr[data-user]');
+    expect(await rows.evaluateAll((r) => r.map((e) => (e as HTMLElement).dataset.user).sort())).toEqual(["a", "b"]);
+    expect(await page.locator('[data-testid="admin-connection-table"] tr[data-user="b"]').textContent()).toContain(
+      "logs:w1:f2",
+    );
+    await page.waitForTimeout(4000); // a few samples for the sparklines
+    await page.screenshot({ path: `${artifacts}/admin.png` });
+    expect(errors).toEqual([]);
+    await a.close();
+    await b.close();
+  });
+});

@@ -1,0 +1,131 @@
+import { memo, useLayoutEffect, useMemo, useRef, useState } from "react";
+import { useEvents } from "@ssegate/react";
+import type { RealtimeError, RealtimeEvent } from "@ssegate/client";
+import type { LogLine, Session, Workflow } from "./api";
+import { continuity } from "./continuity";
+
+/** How many lines a viewer keeps. */
+const KEEP_LINES = 2000;
+
+/**
+ * One live viewer per workflow the user may read, all subscribed at once (one stream carries
+ * them all) and kept while hidden, so switching workflows loses nothing. A workflow the user
+ * may not read is subscribed only while shown: the gateway refuses it (403).
+ */
+export function LogsPage({ session, selected }: { session: Session; selected?: Workflow }) {
+  const mounted = session.workflows.filter((w) => w.allowed || w === selected);
+  return (
+    <>
+      {mounted.map((w) => (
+        <LogViewer key={w.channel} workflow={w} user={session.name} visible={w === selected} />
+      ))}
+    </>
+  );
+}
+
+function LogViewer({
+  workflow,
+  user,
+  visible,
+}: {
+  workflow: Workflow;
+  user: string;
+  visible: boolean;
+}) {
+  const [refused, setRefused] = useState<RealtimeError | null>(null);
+  const [gaps, setGaps] = useState(0);
+  const events = useEvents<LogLine>(workflow.channel, {
+    limit: KEEP_LINES,
+    onError: setRefused,
+    onGap: () => setGaps((n) => n + 1),
+  });
+  const stats = useMemo(() => continuity(events.map((e) => e.data.seq)), [events]);
+  const last = events[events.length - 1]?.data;
+
+  // Follow the tail unless the reader scrolled up.
+  const box = useRef<HTMLDivElement>(null);
+  const follow = useRef(true);
+  useLayoutEffect(() => {
+    const el = box.current;
+    if (el && follow.current) el.scrollTop = el.scrollHeight;
+  }, [events, visible]);
+
+  return (
+    <section className="feed" data-channel={workflow.channel} hidden={!visible}>
+      <div className="feed-head">
+        <div>
+          <h2>{workflow.name}</h2>
+          <span className="muted">
+            workspace <code>{workflow.workspace}</code> · channel <code>{workflow.channel}</code>
+          </span>
+        </div>
+        {last && <RunStatus line={last} />}
+      </div>
+      {refused ? (
+        <div className="refused" data-testid="refused">
+          The gateway refused <code>{workflow.channel}</code> for {user}:{" "}
+          <strong>
+            {refused.status} {refused.code}
+          </strong>
+          . Their token does not grant this channel, so no line of it ever reaches this page.
+        </div>
+      ) : (
+        <>
+          <div className="feed-stats" data-testid="continuity">
+            {stats.count === 0
+              ? "waiting for the pipeline…"
+              : `${stats.count} lines, #${stats.first}–#${stats.last} · ${stats.missing} missing · ${stats.duplicates} duplicated`}
+            {gaps > 0 && (
+              <span className="gap-note">
+                {" "}
+                · {gaps} gap{gaps > 1 ? "s" : ""}: older lines were dropped by retention
+              </span>
+            )}
+          </div>
+          <div
+            className="log"
+            ref={box}
+            data-testid="log"
+            onScroll={(e) => {
+              const el = e.currentTarget;
+              follow.current = el.scrollTop + el.clientHeight >= el.scrollHeight - 8;
+            }}
+          >
+            {events.map((e) => (
+              <Row key={e.id} event={e} />
+            ))}
+          </div>
+        </>
+      )}
+    </section>
+  );
+}
+
+const Row = memo(function Row({ event }: { event: RealtimeEvent<LogLine> }) {
+  const d = event.data;
+  return (
+    <div className={`line level-${d.level}`} data-seq={d.seq} data-id={event.id}>
+      <span className="seq">#{d.seq}</span>
+      <time dateTime={event.time}>{event.time.slice(11, 23)}</time>
+      <span className={`stage stage-${d.stage}`}>{d.stage}</span>
+      <span className="msg">{d.line}</span>
+    </div>
+  );
+});
+
+function RunStatus({ line }: { line: LogLine }) {
+  const done = line.step === line.steps;
+  const state = !done ? "running" : line.level === "error" ? "failed" : "succeeded";
+  return (
+    <div className={`run run-${state}`} data-testid="run-status">
+      <strong>run #{line.run}</strong> · {state}
+      {!done && (
+        <>
+          {" "}
+          · {line.stage} · step {line.step}/{line.steps}
+          <progress max={line.steps} value={line.step} />
+        </>
+      )}
+    </div>
+  );
+}
