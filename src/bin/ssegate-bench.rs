@@ -8,6 +8,10 @@
 //! - `ssegate-bench merge A.json B.json ...` merges the reports of processes that ran slices
 //!   of the same scenario at the same time.
 //! - `ssegate-bench table *.json` prints the comparison table (markdown).
+//! - `ssegate-bench cluster-table *.json` prints the cluster table (bench/cluster.sh): one
+//!   column per merged report, latency split into same-node and cross-node subscribers
+//!   (`--publish-url` on another node than `--url`; `--subscribe-only` processes leave the
+//!   publishing to another process of the run).
 //! - `ssegate-bench grip-backend --listen 127.0.0.1:PORT` is the GRIP backend behind pushpin.
 //!
 //! Subscribers are cheap on purpose: a raw TCP connection each (bound to one of several
@@ -58,6 +62,9 @@ enum Command {
     Merge { files: Vec<PathBuf> },
     /// Print the comparison table (markdown) of merged reports.
     Table { files: Vec<PathBuf> },
+    /// Print the cluster table (markdown) of merged reports: one column per report (e.g. an
+    /// engine with 1 node and with 3 nodes), latency split into same-node and cross-node.
+    ClusterTable { files: Vec<PathBuf> },
     /// Serve GRIP stream holds for pushpin: `GET /stream/{channel}`.
     GripBackend {
         #[arg(long, default_value = "127.0.0.1:7998")]
@@ -178,6 +185,20 @@ struct RunArgs {
     /// nothing failed.
     #[arg(long)]
     check: bool,
+    /// Subscribe only (fanout, channels): another process of the run (same --sync-dir)
+    /// publishes. Every process writes what it published into the sync directory, so each
+    /// one counts the deliveries its own subscribers should get. --publish-url then names
+    /// the node the events are published to: subscribers with --url equal to it are
+    /// "same-node", the others "cross-node" in the merged report.
+    #[arg(long)]
+    subscribe_only: bool,
+    /// Free-form label kept in the report (e.g. the log engine of a cluster run).
+    #[arg(long)]
+    label: Option<String>,
+    /// Processes of a shared log engine (redis-server, nats-server) to measure like the
+    /// server but reported apart (process 0 only).
+    #[arg(long, value_delimiter = ',')]
+    engine_pid: Vec<u32>,
 }
 
 /// The scenario's sizes after defaults.
@@ -262,6 +283,15 @@ impl Plan {
         }
         if plan.scenario == Scenario::Resume && a.procs > 1 {
             bail!("the resume scenario runs in one process");
+        }
+        if a.subscribe_only {
+            if !matches!(plan.scenario, Scenario::Fanout | Scenario::Channels) {
+                bail!("--subscribe-only is for the fanout and channels scenarios");
+            }
+            if a.procs < 2 {
+                bail!("--subscribe-only needs another process that publishes (--procs 2 or more, the same --sync-dir)");
+            }
+            plan.publishers = 0;
         }
         let fds = plan.subscribers + plan.publishers as u64 + 64;
         if let Some(limit) = open_files_limit() {
@@ -639,7 +669,8 @@ struct PubShared {
     requests: AtomicU64,
     acked: AtomicU64,
     failed: AtomicU64,
-    expected: AtomicU64,
+    /// Acknowledged events per channel of this process.
+    acked_by_channel: Vec<AtomicU64>,
     ack: Mutex<Histogram<u64>>,
     last_ack: Mutex<Option<Instant>>,
 }
@@ -650,7 +681,6 @@ async fn publisher(
     sh: Arc<Shared>,
     ps: Arc<PubShared>,
     token: Option<Arc<String>>,
-    subs_per_channel: Arc<Vec<u64>>,
     start: Instant,
     deadline: Instant,
     total: Option<u64>,
@@ -699,10 +729,9 @@ async fn publisher(
                     (done - sent).as_micros() as u64,
                 );
                 ps.acked.fetch_add(n, Relaxed);
-                let exp: u64 = (k..k + n)
-                    .map(|s| subs_per_channel[(s % plan.channels) as usize])
-                    .sum();
-                ps.expected.fetch_add(exp, Relaxed);
+                for s in k..k + n {
+                    ps.acked_by_channel[(s % plan.channels) as usize].fetch_add(1, Relaxed);
+                }
                 let mut last = ps.last_ack.lock().expect("last ack lock");
                 if last.is_none_or(|l| l < done) {
                     *last = Some(done);
@@ -809,6 +838,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         proc_index: Some(args.proc_index),
         subscribers: plan.subscribers,
         channels: plan.channels,
+        label: args.label.clone().unwrap_or_default(),
+        publish_url: format!("http://{}{}", plan.publish_url.host, plan.publish_url.base),
+        subscribe_only: args.subscribe_only,
         ..Report::default()
     };
     report.generator.processes = 1;
@@ -842,7 +874,15 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let barrier_timeout = Duration::from_secs_f64(args.connect_timeout * 4.0 + 120.0);
     let server_pids = args.server_pid.clone();
     let measure = leader && !server_pids.is_empty();
+    let engine_pids = if leader {
+        args.engine_pid.clone()
+    } else {
+        Vec::new()
+    };
+    let measure_engine = !engine_pids.is_empty();
     let s_before = measure.then(|| stats::sample(&server_pids));
+    let e_before = measure_engine.then(|| stats::sample(&engine_pids));
+    let n_before = measure.then(|| stats::sample_each(&server_pids));
     if !sync.barrier("start", barrier_timeout).await? {
         report
             .notes
@@ -919,12 +959,23 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
             .push("not every generator process reached the settled barrier".into());
     }
     let s_connected = measure.then(|| stats::sample(&server_pids));
+    let e_connected = measure_engine.then(|| stats::sample(&engine_pids));
+    let n_connected = measure.then(|| stats::sample_each(&server_pids));
 
     // Measured phase.
     let phase_t0 = Instant::now();
     match plan.scenario {
         Scenario::Fanout | Scenario::Channels => {
-            publish_phase(&plan, &sh, pub_token, subs_per_channel, &args, &mut report).await;
+            publish_phase(
+                &plan,
+                &sh,
+                pub_token,
+                subs_per_channel,
+                &args,
+                &sync,
+                &mut report,
+            )
+            .await?;
         }
         Scenario::Idle => {
             tokio::time::sleep(Duration::from_secs_f64(plan.duration)).await;
@@ -933,6 +984,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     }
     let phase_s = phase_t0.elapsed().as_secs_f64();
     let s_after = measure.then(|| stats::sample(&server_pids));
+    let e_after = measure_engine.then(|| stats::sample(&engine_pids));
+    let n_after = measure.then(|| stats::sample_each(&server_pids));
     if !sync.barrier("done", barrier_timeout).await? {
         report
             .notes
@@ -963,7 +1016,19 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     report.generator.max_rss_kb = gen_rss;
 
     if let (Some(b), Some(c), Some(a)) = (s_before, s_connected, s_after) {
-        report.server = Some(server_stats(&server_pids, b, c, a, connected, phase_s));
+        let mut sv = server_stats(&server_pids, b, c, a, connected, phase_s);
+        if let (Some(nb), Some(nc), Some(na)) = (n_before, n_connected, n_after) {
+            if server_pids.len() > 1 {
+                sv.nodes = stats::node_stats(&server_pids, &nb, &nc, &na, phase_s);
+            }
+        }
+        report.server = Some(sv);
+    }
+    if let (Some(b), Some(c), Some(a)) = (e_before, e_connected, e_after) {
+        let mut ev = server_stats(&engine_pids, b, c, a, 0, phase_s);
+        ev.rss_per_conn_bytes = None;
+        ev.pss_per_conn_bytes = None;
+        report.engine = Some(ev);
     }
     let mut lat = new_hist();
     for h in &sh.latency {
@@ -1038,29 +1103,135 @@ fn server_stats(
         } else {
             0.0
         },
+        nodes: Vec::new(),
     }
 }
 
+/// Publishes (unless --subscribe-only), learns how many deliveries this process's
+/// subscribers should get, and waits for them (bounded).
 async fn publish_phase(
     plan: &Arc<Plan>,
     sh: &Arc<Shared>,
     pub_token: Option<Arc<String>>,
     subs_per_channel: Vec<u64>,
     args: &RunArgs,
+    sync: &Sync,
     report: &mut Report,
-) {
+) -> anyhow::Result<()> {
+    let start_wall = now_us();
+    let acked_by_channel = if args.subscribe_only {
+        vec![0; plan.channels as usize]
+    } else {
+        publish(plan, sh, pub_token, args, report).await
+    };
+    let expected = if sync.procs > 1 {
+        // Other processes may have published on this process's channels (--subscribe-only):
+        // every process tells what it published, and each counts for its own subscribers.
+        let wait = Duration::from_secs_f64(plan.duration * 2.0 + 10.0 + 30.0 + 240.0);
+        let acked = exchange_acked(sync, plan, &acked_by_channel, wait, report).await?;
+        acked
+            .iter()
+            .filter(|(c, _)| **c >= plan.channel_offset)
+            .filter_map(|(c, n)| {
+                subs_per_channel
+                    .get((c - plan.channel_offset) as usize)
+                    .map(|s| s * n)
+            })
+            .sum()
+    } else {
+        acked_by_channel
+            .iter()
+            .zip(&subs_per_channel)
+            .map(|(n, s)| n * s)
+            .sum()
+    };
+    // Drain: wait for the missing deliveries while they keep coming.
+    let mut last_count = sh.deliveries.load(Relaxed);
+    let mut last_progress = Instant::now();
+    let drain_limit = Instant::now() + Duration::from_secs(120);
+    while sh.deliveries.load(Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let c = sh.deliveries.load(Relaxed);
+        if c != last_count {
+            last_count = c;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed().as_secs_f64() > args.drain_timeout {
+            break;
+        }
+        if Instant::now() > drain_limit {
+            break;
+        }
+    }
+    let last_delivery = sh.last_delivery_us.load(Relaxed);
+    report.delivery.expected = expected;
+    report.delivery.duration_s = if last_delivery > start_wall {
+        (last_delivery - start_wall) as f64 / 1e6
+    } else {
+        0.0
+    };
+    Ok(())
+}
+
+/// Writes what this process published (global channel → acknowledged events) into the sync
+/// directory, waits until every process has, and returns the sum over all processes.
+async fn exchange_acked(
+    sync: &Sync,
+    plan: &Plan,
+    acked_by_channel: &[u64],
+    wait: Duration,
+    report: &mut Report,
+) -> anyhow::Result<BTreeMap<u64, u64>> {
+    let mine: Vec<(u64, u64)> = acked_by_channel
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| (plan.channel_offset + c as u64, *n))
+        .collect();
+    let file = sync.dir.join(format!("acked-{}.json", sync.index));
+    let tmp = sync.dir.join(format!(".acked-{}.tmp", sync.index));
+    std::fs::write(&tmp, serde_json::to_vec(&mine)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &file)?;
+    if !sync.barrier("published", wait).await? {
+        report.notes.push(
+            "not every generator process reached the published barrier: expected deliveries are undercounted".into(),
+        );
+    }
+    let mut all = BTreeMap::new();
+    for entry in std::fs::read_dir(&sync.dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("acked-") && name.ends_with(".json")) {
+            continue;
+        }
+        let text = std::fs::read(entry.path())?;
+        let theirs: Vec<(u64, u64)> = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a list of counts", entry.path().display()))?;
+        for (c, n) in theirs {
+            *all.entry(c).or_default() += n;
+        }
+    }
+    Ok(all)
+}
+
+/// Publishes at the plan's rate (or as fast as acknowledged) and returns the events
+/// acknowledged per channel of this process.
+async fn publish(
+    plan: &Arc<Plan>,
+    sh: &Arc<Shared>,
+    pub_token: Option<Arc<String>>,
+    args: &RunArgs,
+    report: &mut Report,
+) -> Vec<u64> {
     let ps = Arc::new(PubShared {
         next: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        expected: AtomicU64::new(0),
+        acked_by_channel: (0..plan.channels).map(|_| AtomicU64::new(0)).collect(),
         ack: Mutex::new(new_hist()),
         last_ack: Mutex::new(None),
     });
-    let subs_per_channel = Arc::new(subs_per_channel);
     let start = Instant::now();
-    let start_wall = now_us();
     let total = (plan.rate > 0.0).then(|| (plan.rate * plan.duration).round() as u64);
     // Paced publishing may run late when the server is slow, but not forever.
     let deadline = if total.is_some() {
@@ -1083,7 +1254,6 @@ async fn publish_phase(
                 sh.clone(),
                 ps.clone(),
                 pub_token.clone(),
-                subs_per_channel.clone(),
                 start,
                 deadline,
                 total,
@@ -1104,25 +1274,6 @@ async fn publish_phase(
             ));
         }
     }
-    // Drain: wait for the missing deliveries while they keep coming.
-    let expected = ps.expected.load(Relaxed);
-    let mut last_count = sh.deliveries.load(Relaxed);
-    let mut last_progress = Instant::now();
-    let drain_limit = Instant::now() + Duration::from_secs(120);
-    while sh.deliveries.load(Relaxed) < expected {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let c = sh.deliveries.load(Relaxed);
-        if c != last_count {
-            last_count = c;
-            last_progress = Instant::now();
-        } else if last_progress.elapsed().as_secs_f64() > args.drain_timeout {
-            break;
-        }
-        if Instant::now() > drain_limit {
-            break;
-        }
-    }
-    let last_delivery = sh.last_delivery_us.load(Relaxed);
     report.publish = stats::PublishStats {
         requests: ps.requests.load(Relaxed),
         events_acked: ps.acked.load(Relaxed),
@@ -1139,12 +1290,10 @@ async fn publish_phase(
         ack_us: Pct::of(&ps.ack.lock().expect("ack")),
     };
     report.histograms.ack = stats::hist_to_vec(&ps.ack.lock().expect("ack"));
-    report.delivery.expected = expected;
-    report.delivery.duration_s = if last_delivery > start_wall {
-        (last_delivery - start_wall) as f64 / 1e6
-    } else {
-        0.0
-    };
+    ps.acked_by_channel
+        .iter()
+        .map(|n| n.load(Relaxed))
+        .collect()
 }
 
 /// Resume: publish a marker, then `events` events, then connect with `Last-Event-ID` = the
@@ -1376,6 +1525,14 @@ fn main() -> anyhow::Result<()> {
                 .map(|f| stats::read_report(f))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             print!("{}", stats::table(&reports));
+            Ok(())
+        }
+        Command::ClusterTable { files } => {
+            let reports = files
+                .iter()
+                .map(|f| stats::read_report(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            print!("{}", stats::cluster_table(&reports));
             Ok(())
         }
         Command::GripBackend { listen } => runtime(1)?.block_on(grip::serve(&listen)),

@@ -146,6 +146,36 @@ pub fn sample(roots: &[u32]) -> ProcSample {
     s
 }
 
+/// One sample per root process (each with its descendants), in the order given.
+pub fn sample_each(roots: &[u32]) -> Vec<ProcSample> {
+    roots.iter().map(|&r| sample(&[r])).collect()
+}
+
+/// CPU of each server process (node) during the measured phase.
+pub fn node_stats(
+    roots: &[u32],
+    before: &[ProcSample],
+    connected: &[ProcSample],
+    after: &[ProcSample],
+    phase_s: f64,
+) -> Vec<NodeStats> {
+    roots
+        .iter()
+        .zip(before.iter().zip(connected.iter().zip(after)))
+        .map(|(&pid, (b, (c, a)))| NodeStats {
+            pid,
+            rss_connected_kb: c.rss_kb,
+            cpu_connect_s: c.cpu_s - b.cpu_s,
+            cpu_phase_s: a.cpu_s - c.cpu_s,
+            cpu_phase_pct: if phase_s > 0.0 {
+                (a.cpu_s - c.cpu_s) / phase_s * 100.0
+            } else {
+                0.0
+            },
+        })
+        .collect()
+}
+
 /// This process's CPU seconds and peak RSS.
 pub fn self_usage() -> (f64, u64) {
     let pid = std::process::id();
@@ -287,6 +317,40 @@ pub struct ServerStats {
     pub cpu_phase_s: f64,
     /// CPU % (of one core) during the measured phase.
     pub cpu_phase_pct: f64,
+    /// Each server process (`--server-pid` given several: the nodes of a cluster), in the
+    /// order given.
+    #[serde(default)]
+    pub nodes: Vec<NodeStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub pid: u32,
+    pub rss_connected_kb: u64,
+    pub cpu_connect_s: f64,
+    pub cpu_phase_s: f64,
+    pub cpu_phase_pct: f64,
+}
+
+/// Deliveries of a group of generator processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Group {
+    pub processes: usize,
+    pub subscribers: u64,
+    pub connected: u64,
+    pub deliveries: u64,
+    pub expected: u64,
+    pub missing: u64,
+    /// Publish (timestamp in the payload) to delivery.
+    pub latency_us: Pct,
+}
+
+/// Deliveries split by where the subscribers were: on the node the events were published
+/// to (a part whose `url` is its `publish_url`) or on another node of the cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Locality {
+    pub same_node: Group,
+    pub cross_node: Group,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -342,6 +406,24 @@ pub struct Report {
     pub error_total: u64,
     pub notes: Vec<String>,
     pub histograms: Histograms,
+    /// `--label` (e.g. the log engine of a cluster run).
+    #[serde(default)]
+    pub label: String,
+    /// Where the events were published (by this process or, with `subscribe_only`, by
+    /// another).
+    #[serde(default)]
+    pub publish_url: String,
+    #[serde(default)]
+    pub subscribe_only: bool,
+    /// Merged: distinct server URLs of the parts (subscriptions and publishes).
+    #[serde(default)]
+    pub nodes: usize,
+    /// Merged: deliveries on the publish node and on the other nodes.
+    #[serde(default)]
+    pub locality: Option<Locality>,
+    /// The shared log engine's processes (`--engine-pid`), measured by process 0.
+    #[serde(default)]
+    pub engine: Option<ServerStats>,
 }
 
 fn round(v: f64, digits: i32) -> f64 {
@@ -371,8 +453,25 @@ pub fn merge(parts: Vec<Report>) -> anyhow::Result<Report> {
         url: first.url.clone(),
         procs: parts.len(),
         proc_index: None,
+        label: first.label.clone(),
+        publish_url: parts
+            .iter()
+            .find(|p| !p.subscribe_only)
+            .unwrap_or(first)
+            .publish_url
+            .clone(),
         ..Report::default()
     };
+    let mut urls: Vec<&str> = Vec::new();
+    for p in &parts {
+        for u in [p.url.as_str(), p.publish_url.as_str()] {
+            if !u.is_empty() && !urls.contains(&u) {
+                urls.push(u);
+            }
+        }
+    }
+    m.nodes = urls.len();
+    m.locality = Some(locality(&parts)?);
     let (mut lat, mut ttfb, mut ack) = (new_hist(), new_hist(), new_hist());
     let mut gen_wall: f64 = 0.0;
     for p in &parts {
@@ -398,6 +497,9 @@ pub fn merge(parts: Vec<Report>) -> anyhow::Result<Report> {
             }
             if let Some(s) = &p.machine {
                 m.machine = Some(s.clone());
+            }
+            if let Some(s) = &p.engine {
+                m.engine = Some(s.clone());
             }
         }
         m.generator.processes += p.generator.processes.max(1);
@@ -446,8 +548,13 @@ pub fn merge(parts: Vec<Report>) -> anyhow::Result<Report> {
     if let (Some(mach), Some(sv)) = (&mut m.machine, &m.server) {
         if mach.wall_s > 0.0 {
             let server_cpu = sv.after.cpu_s - sv.before.cpu_s;
+            let engine_cpu = m
+                .engine
+                .as_ref()
+                .map_or(0.0, |e| e.after.cpu_s - e.before.cpu_s);
             mach.other_cpu_pct = Some(round(
-                (mach.busy_cpu_s - server_cpu - m.generator.cpu_s) / mach.wall_s * 100.0,
+                (mach.busy_cpu_s - server_cpu - engine_cpu - m.generator.cpu_s) / mach.wall_s
+                    * 100.0,
                 1,
             ));
         }
@@ -465,6 +572,31 @@ pub fn merge(parts: Vec<Report>) -> anyhow::Result<Report> {
         ack: hist_to_vec(&ack),
     };
     Ok(m)
+}
+
+/// Groups the parts by where their subscribers were (see [`Locality`]); parts without
+/// subscribers (publish-only) count in neither group.
+fn locality(parts: &[Report]) -> anyhow::Result<Locality> {
+    let mut groups = [Group::default(), Group::default()];
+    let mut hists = [new_hist(), new_hist()];
+    for p in parts.iter().filter(|p| p.subscribers > 0) {
+        let i = usize::from(!p.publish_url.is_empty() && p.url != p.publish_url);
+        let g = &mut groups[i];
+        g.processes += 1;
+        g.subscribers += p.subscribers;
+        g.connected += p.connected;
+        g.deliveries += p.delivery.deliveries;
+        g.expected += p.delivery.expected;
+        g.missing += p.delivery.missing;
+        hists[i].add(hist_from_vec(&p.histograms.latency))?;
+    }
+    let [mut same_node, mut cross_node] = groups;
+    same_node.latency_us = Pct::of(&hists[0]);
+    cross_node.latency_us = Pct::of(&hists[1]);
+    Ok(Locality {
+        same_node,
+        cross_node,
+    })
 }
 
 pub fn read_report(path: &Path) -> anyhow::Result<Report> {
@@ -512,6 +644,20 @@ pub fn summary(r: &Report) -> String {
             l.max
         );
     }
+    if let Some(loc) = &r.locality {
+        if loc.cross_node.processes > 0 {
+            for (name, g) in [
+                ("same-node", &loc.same_node),
+                ("cross-node", &loc.cross_node),
+            ] {
+                let l = &g.latency_us;
+                s += &format!(
+                    "\n  {name} ({} subscribers): delivered {} of {}; latency µs p50 {} p99 {} p999 {} max {}",
+                    g.subscribers, g.deliveries, g.expected, l.p50, l.p99, l.p999, l.max
+                );
+            }
+        }
+    }
     if let Some(sv) = &r.server {
         s += &format!(
             "\n  server ({} processes): RSS {} → {} → {} KiB",
@@ -527,6 +673,22 @@ pub fn summary(r: &Report) -> String {
         s += &format!(
             "; CPU {:.2} s connecting, {:.2} s in phase ({:.0}%)",
             sv.cpu_connect_s, sv.cpu_phase_s, sv.cpu_phase_pct
+        );
+    }
+    if let Some(sv) = &r.server {
+        if !sv.nodes.is_empty() {
+            let per: Vec<String> = sv
+                .nodes
+                .iter()
+                .map(|n| format!("{:.0}%", n.cpu_phase_pct))
+                .collect();
+            s += &format!("\n  server CPU per node in phase: {}", per.join(", "));
+        }
+    }
+    if let Some(ev) = &r.engine {
+        s += &format!(
+            "\n  log engine: RSS {} KiB; CPU {:.2} s in phase ({:.0}%)",
+            ev.after.rss_kb, ev.cpu_phase_s, ev.cpu_phase_pct
         );
     }
     if let Some(rs) = &r.resume {
@@ -999,6 +1161,193 @@ fn goal<'a>(scenario: &str, metric: &str, find: &Find<'a>) -> String {
     }
 }
 
+type Cell = fn(&Report) -> String;
+
+/// Milliseconds with enough digits to tell 10.2 ms from 10 ms.
+fn ms1(v_us: f64) -> String {
+    if v_us < 10_000.0 {
+        format!("{:.2} ms", v_us / 1000.0)
+    } else if v_us < 100_000.0 {
+        format!("{:.1} ms", v_us / 1000.0)
+    } else {
+        ms(v_us)
+    }
+}
+
+/// The cluster comparison (bench/cluster.sh): one column per merged report (an engine with
+/// 1 node, with 3 nodes, ...), one row per metric, then the goal.
+pub fn cluster_table(reports: &[Report]) -> String {
+    fn lat(g: &Group, f: fn(&Pct) -> u64) -> String {
+        if g.latency_us.count == 0 {
+            "—".into()
+        } else {
+            ms1(f(&g.latency_us) as f64)
+        }
+    }
+    fn same(r: &Report) -> Group {
+        r.locality
+            .as_ref()
+            .map(|l| l.same_node.clone())
+            .unwrap_or_default()
+    }
+    fn cross(r: &Report) -> Group {
+        r.locality
+            .as_ref()
+            .map(|l| l.cross_node.clone())
+            .unwrap_or_default()
+    }
+    let rows: Vec<(&str, Cell)> = vec![
+        ("subscribers connected", |r| {
+            format!(
+                "{} of {}",
+                thousands(r.connected as f64),
+                thousands(r.subscribers as f64)
+            )
+        }),
+        ("events published/s (acknowledged)", |r| {
+            if r.publish.target_rate > 0.0 && r.publish.acked_per_s < r.publish.target_rate * 0.98 {
+                format!(
+                    "{} (target {})",
+                    thousands(r.publish.acked_per_s),
+                    thousands(r.publish.target_rate)
+                )
+            } else {
+                thousands(r.publish.acked_per_s)
+            }
+        }),
+        ("publish ack p50 / p99", |r| {
+            format!(
+                "{} / {}",
+                ms(r.publish.ack_us.p50 as f64),
+                ms(r.publish.ack_us.p99 as f64)
+            )
+        }),
+        ("deliveries/s (all nodes)", |r| thousands(r.delivery.per_s)),
+        ("missing deliveries", |r| {
+            format!(
+                "{} of {}",
+                thousands(r.delivery.missing as f64),
+                thousands(r.delivery.expected as f64)
+            )
+        }),
+        ("same-node latency p50", |r| lat(&same(r), |p| p.p50)),
+        ("same-node latency p99", |r| lat(&same(r), |p| p.p99)),
+        ("same-node latency p99.9", |r| lat(&same(r), |p| p.p999)),
+        ("cross-node latency p50", |r| lat(&cross(r), |p| p.p50)),
+        ("cross-node latency p99", |r| lat(&cross(r), |p| p.p99)),
+        ("cross-node latency p99.9", |r| lat(&cross(r), |p| p.p999)),
+        ("cross-node latency max", |r| lat(&cross(r), |p| p.max)),
+        ("ssegate CPU (sum of nodes)", |r| match &r.server {
+            Some(sv) if sv.nodes.len() > 1 => {
+                let per: Vec<String> = sv
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{:.0}", n.cpu_phase_pct))
+                    .collect();
+                format!("{:.0}% ({} %)", sv.cpu_phase_pct, per.join(" + "))
+            }
+            Some(sv) => format!("{:.0}%", sv.cpu_phase_pct),
+            None => "—".into(),
+        }),
+        ("log engine CPU", |r| {
+            r.engine
+                .as_ref()
+                .map(|e| format!("{:.0}%", e.cpu_phase_pct))
+                .unwrap_or_else(|| "—".into())
+        }),
+        ("generator CPU", |r| {
+            format!(
+                "{:.0}% ({} proc)",
+                r.generator.cpu_pct, r.generator.processes
+            )
+        }),
+        ("other processes' CPU", |r| {
+            r.machine
+                .as_ref()
+                .and_then(|m| m.other_cpu_pct)
+                .map(|o| format!("{o:.0}%"))
+                .unwrap_or_else(|| "—".into())
+        }),
+        ("errors", |r| {
+            if r.error_total == 0 {
+                return "0".into();
+            }
+            let kinds: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            format!("{} ({})", r.error_total, kinds.join(", "))
+        }),
+        ("goal: cross-node p99 ≤ 10 ms", |r| {
+            let g = cross(r);
+            if g.processes == 0 {
+                "n/a (1 node)".into()
+            } else if g.latency_us.count == 0 {
+                "**missed** (nothing delivered)".into()
+            } else {
+                let p99 = g.latency_us.p99 as f64;
+                let ok = p99 <= 10_000.0 && g.missing == 0;
+                let why = if g.missing > 0 {
+                    format!(", {} missing", thousands(g.missing as f64))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} ({}{why})",
+                    if ok { "**met**" } else { "**missed**" },
+                    ms1(p99)
+                )
+            }
+        }),
+    ];
+    let mut cols: Vec<&Report> = reports.iter().collect();
+    let labels: Vec<&str> = {
+        let mut l: Vec<&str> = Vec::new();
+        for r in reports {
+            if !l.contains(&r.label.as_str()) {
+                l.push(&r.label);
+            }
+        }
+        l
+    };
+    cols.sort_by_key(|r| {
+        (
+            labels.iter().position(|l| *l == r.label).unwrap_or(0),
+            r.nodes,
+        )
+    });
+    let mut out = String::from("| metric |");
+    for r in &cols {
+        let label = if r.label.is_empty() {
+            &r.target
+        } else {
+            &r.label
+        };
+        let n = r.nodes.max(1);
+        out += &format!(" {label}, {n} node{} |", if n == 1 { "" } else { "s" });
+    }
+    out += "\n|---|";
+    for _ in &cols {
+        out += "---:|";
+    }
+    out += "\n";
+    for (metric, cell) in rows {
+        out += &format!("| {metric} |");
+        for r in &cols {
+            out += &format!(" {} |", cell(r));
+        }
+        out += "\n";
+    }
+    let mut notes = String::new();
+    for r in &cols {
+        for n in &r.notes {
+            notes += &format!("- {}, {} node(s): {n}\n", r.label, r.nodes.max(1));
+        }
+    }
+    if !notes.is_empty() {
+        out += "\nNotes:\n";
+        out += &notes;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1035,6 +1384,72 @@ mod tests {
         assert_eq!(m.connect.rate_per_s, 10.0);
         assert_eq!(m.error_total, 2);
         assert!(table(&[m]).contains("storm"));
+    }
+
+    #[test]
+    fn merge_splits_same_node_and_cross_node() {
+        let node1 = "http://127.0.0.1:1";
+        let part = |i: usize, url: &str, subs: u64, lat: u64| {
+            let mut r = Report {
+                target: "ssegate".into(),
+                scenario: "channels".into(),
+                proc_index: Some(i),
+                url: url.into(),
+                publish_url: node1.into(),
+                subscribe_only: i > 0,
+                subscribers: subs,
+                connected: subs,
+                label: "redis".into(),
+                ..Report::default()
+            };
+            r.delivery.deliveries = subs * 10;
+            r.delivery.expected = subs * 10;
+            let mut h = new_hist();
+            for _ in 0..r.delivery.deliveries {
+                record(&mut h, lat);
+            }
+            r.histograms.latency = hist_to_vec(&h);
+            r
+        };
+        let parts = vec![
+            part(0, node1, 0, 1),
+            part(1, node1, 6, 1_000),
+            part(2, "http://127.0.0.1:2", 6, 5_000),
+            part(3, "http://127.0.0.1:3", 6, 5_000),
+        ];
+        let m = merge(parts).unwrap();
+        assert_eq!(m.nodes, 3);
+        assert_eq!(m.label, "redis");
+        let loc = m.locality.as_ref().unwrap();
+        assert_eq!(loc.same_node.processes, 1);
+        assert_eq!(loc.same_node.subscribers, 6);
+        assert_eq!(loc.cross_node.processes, 2);
+        assert_eq!(loc.cross_node.deliveries, 120);
+        assert!(loc.same_node.latency_us.p99 < 1_100);
+        assert!(loc.cross_node.latency_us.p50 > 4_900);
+        let t = cluster_table(&[m]);
+        assert!(t.contains("redis, 3 nodes"), "{t}");
+        assert!(t.contains("**met** (5.00 ms)"), "{t}");
+    }
+
+    #[test]
+    fn reports_without_the_cluster_fields_still_parse() {
+        let r = Report::default();
+        let mut v = serde_json::to_value(&r).unwrap();
+        for k in [
+            "label",
+            "publish_url",
+            "subscribe_only",
+            "nodes",
+            "locality",
+            "engine",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v["server"] = serde_json::to_value(ServerStats::default()).unwrap();
+        v["server"].as_object_mut().unwrap().remove("nodes");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert!(back.server.unwrap().nodes.is_empty());
     }
 
     #[test]
