@@ -207,13 +207,19 @@ async fn snapshot(db: &Client, args: &RunArgs) -> anyhow::Result<DbSnapshot> {
     })
 }
 
-/// CPU time of a live process in nanoseconds (`/proc/PID/schedstat`: exact, where the
-/// tick counts of `/proc/PID/stat` round each backend's few milliseconds down to nothing).
+/// CPU time of a live process in nanoseconds, all its threads summed
+/// (`/proc/PID/task/*/schedstat`: exact, where the tick counts of `/proc/PID/stat` round each
+/// backend's few milliseconds down to nothing; `/proc/PID/schedstat` alone is only the main
+/// thread, which in ssegate does almost nothing).
 fn proc_cpu_ns(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// cutime + cstime of a process (the children it reaped), in nanoseconds.
