@@ -63,6 +63,7 @@ impl Gateway {
                 hub.log().clone(),
                 cfg.server.data_dir.join("sources"),
                 sources_stop.clone(),
+                cfg.limits.max_event_bytes,
             )
             .map_err(|e| anyhow::anyhow!("invalid sources: {e}"))?,
         );

@@ -22,8 +22,6 @@ use crate::log::{AppendItem, NewEvent};
 const MAX_TYPE_BYTES: usize = 128;
 const MAX_KEY_BYTES: usize = 256;
 const MAX_USERS: usize = 1_000;
-/// Envelope bytes besides channel, type and data: `{"id":…,"time":…}` and the `id:` line.
-const ENVELOPE_OVERHEAD: usize = 128;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,11 +211,16 @@ fn to_item(
         Some(raw) => raw,
         None => RawValue::from_string("null".into()).expect("null is JSON"),
     };
-    let users_len: usize = e.users.iter().flatten().map(|u| u.len() + 3).sum();
     let mut events = Vec::with_capacity(channels.len());
     for channel in channels {
-        let size =
-            data.get().len() + channel.len() + kind.len() * 2 + users_len + ENVELOPE_OVERHEAD;
+        let event = NewEvent {
+            channel,
+            kind: kind.clone(),
+            data: data.clone(),
+            users: e.users.clone(),
+            time_ms: now,
+        };
+        let size = event.encoded_size();
         if size > max_event_bytes {
             return Err(ApiError::TooLarge {
                 code: "event_too_large",
@@ -226,13 +229,7 @@ fn to_item(
                 )),
             });
         }
-        events.push(NewEvent {
-            channel,
-            kind: kind.clone(),
-            data: data.clone(),
-            users: e.users.clone(),
-            time_ms: now,
-        });
+        events.push(event);
     }
     Ok(AppendItem { key: e.id, events })
 }

@@ -107,6 +107,18 @@ pub struct NewEvent {
     pub time_ms: u64,
 }
 
+/// Envelope bytes besides channel, type, users and data: `{"id":…,"time":…}` and the `id:` line.
+const ENVELOPE_OVERHEAD: usize = 128;
+
+impl NewEvent {
+    /// The event's size as a stream frame (an upper estimate): what `limits.max_event_bytes`
+    /// bounds.
+    pub fn encoded_size(&self) -> usize {
+        let users: usize = self.users.iter().flatten().map(|u| u.len() + 3).sum();
+        self.data.get().len() + self.channel.len() + self.kind.len() * 2 + users + ENVELOPE_OVERHEAD
+    }
+}
+
 impl PartialEq for NewEvent {
     fn eq(&self, other: &Self) -> bool {
         self.channel == other.channel

@@ -233,8 +233,7 @@ pub async fn deliver(
         Ok(e) => e,
         Err(e) => return drop(format!("cloudevent {:?}: {e}", ce.id)),
     };
-    let users: usize = event.users.iter().flatten().map(|u| u.len() + 3).sum();
-    let size = event.data.get().len() + event.channel.len() + event.kind.len() * 2 + users + 128;
+    let size = event.encoded_size();
     if size > max_event_bytes {
         return drop(format!(
             "cloudevent {:?} is {size} bytes as an event; the limit is {max_event_bytes} (limits.max_event_bytes)",

@@ -267,6 +267,8 @@ pub struct SourceContext {
     checkpoints: CheckpointStore,
     pub status: Arc<SourceStatus>,
     stop: CancellationToken,
+    /// `limits.max_event_bytes`: larger changes are skipped, as a publish would be refused.
+    max_event_bytes: usize,
 }
 
 impl SourceContext {
@@ -286,6 +288,7 @@ impl SourceContext {
             checkpoints: CheckpointStore::new(checkpoint_dir),
             status: Arc::new(SourceStatus::default()),
             stop,
+            max_event_bytes: crate::config::LimitsConfig::default().max_event_bytes,
         }
     }
 
@@ -322,7 +325,18 @@ impl SourceContext {
         let now = crate::time::now_ms();
         let mut items = Vec::with_capacity(changes.len());
         for change in changes {
-            match self.mapping.event(&self.name, change, now) {
+            let event = self.mapping.event(&self.name, change, now);
+            let event = event.map_err(|e| e.to_string()).and_then(|event| {
+                let size = event.encoded_size();
+                if size > self.max_event_bytes {
+                    return Err(format!(
+                        "the event would be {size} bytes; the limit is {} (limits.max_event_bytes): exclude large fields",
+                        self.max_event_bytes
+                    ));
+                }
+                Ok(event)
+            });
+            match event {
                 Ok(event) => items.push(AppendItem {
                     key: Some(format!("src:{}:{}", self.name, change.key)),
                     events: vec![event],
@@ -355,8 +369,20 @@ impl SourceContext {
         key: Option<String>,
         checkpoint: Option<&str>,
     ) -> Result<(), SourceError> {
+        let mut events = events;
+        events.retain(|event| {
+            let size = event.encoded_size();
+            let fits = size <= self.max_event_bytes;
+            if !fits {
+                self.status.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(source = %self.name, channel = %event.channel, size, limit = self.max_event_bytes, "event larger than limits.max_event_bytes skipped");
+            }
+            fits
+        });
         let count = events.len() as u64;
-        self.append(vec![AppendItem { key, events }]).await?;
+        if !events.is_empty() {
+            self.append(vec![AppendItem { key, events }]).await?;
+        }
         if let Some(cp) = checkpoint {
             self.save_checkpoint(cp)?;
         }
@@ -469,6 +495,7 @@ pub struct Sources {
     log: Arc<dyn EventLog>,
     checkpoints: CheckpointStore,
     shutdown: CancellationToken,
+    max_event_bytes: usize,
 }
 
 impl Sources {
@@ -478,6 +505,7 @@ impl Sources {
         log: Arc<dyn EventLog>,
         checkpoint_dir: PathBuf,
         shutdown: CancellationToken,
+        max_event_bytes: usize,
     ) -> Result<Self, String> {
         let mut entries = BTreeMap::new();
         for cfg in configs {
@@ -496,7 +524,21 @@ impl Sources {
             log,
             checkpoints: CheckpointStore::new(checkpoint_dir),
             shutdown,
+            max_event_bytes,
         })
+    }
+
+    /// The context source `name` runs with until `stop` fires.
+    fn context(&self, name: &str, entry: &Entry, stop: CancellationToken) -> SourceContext {
+        SourceContext {
+            name: Arc::from(name),
+            mapping: Arc::new(entry.cfg.mapping.clone()),
+            log: self.log.clone(),
+            checkpoints: self.checkpoints.clone(),
+            status: entry.status.clone(),
+            stop,
+            max_event_bytes: self.max_event_bytes,
+        }
     }
 
     /// Starts the sources with `auto_start`.
@@ -519,14 +561,7 @@ impl Sources {
             return Ok(());
         }
         let stop = self.shutdown.child_token();
-        let cx = SourceContext {
-            name: Arc::from(name),
-            mapping: Arc::new(entry.cfg.mapping.clone()),
-            log: self.log.clone(),
-            checkpoints: self.checkpoints.clone(),
-            status: entry.status.clone(),
-            stop: stop.clone(),
-        };
+        let cx = self.context(name, entry, stop.clone());
         let kind = entry.cfg.kind.clone();
         let handle = tokio::spawn(supervise(kind, cx));
         *running = Some((stop, handle));
@@ -583,14 +618,7 @@ impl Sources {
             let running = e.running.lock().unwrap_or_else(|p| p.into_inner());
             let cx = match &*running {
                 Some((stop, handle)) if !handle.is_finished() && !stop.is_cancelled() => {
-                    Some(SourceContext {
-                        name: Arc::from(name.as_str()),
-                        mapping: Arc::new(e.cfg.mapping.clone()),
-                        log: self.log.clone(),
-                        checkpoints: self.checkpoints.clone(),
-                        status: e.status.clone(),
-                        stop: stop.clone(),
-                    })
+                    Some(self.context(name, e, stop.clone()))
                 }
                 _ => None,
             };
@@ -740,6 +768,47 @@ changes = [
     }
 
     #[tokio::test]
+    async fn a_change_larger_than_max_event_bytes_is_skipped_and_the_rest_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(LogOptions {
+            retention_events: 100,
+            retention_age_ms: 0,
+            dedupe_window_ms: 60_000,
+            file_cache_bytes: 0,
+        }));
+        let big = "x".repeat(2_000);
+        let text = VEC.replace("secret = 1 }", &format!("body = \"{big}\" }}"));
+        let cfgs = config(&text).unwrap();
+        let sources = Sources::new(
+            &cfgs,
+            log.clone(),
+            dir.path().into(),
+            CancellationToken::new(),
+            1_024,
+        )
+        .unwrap();
+        sources.start_auto();
+        for _ in 0..200 {
+            if sources.status()[0]["checkpoint"] == "3" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sources.stop("rows").await.unwrap();
+        let status = &sources.status()[0];
+        assert_eq!(status["checkpoint"], "3", "{status}");
+        assert_eq!(status["state"], "stopped", "{status}");
+        // The 2 kB insert and the `b:c` change are skipped, the delete is appended.
+        assert_eq!(status["skipped"], 2, "{status}");
+        let all = log
+            .read(Position::ZERO, 10, &all_events, None)
+            .await
+            .unwrap();
+        assert_eq!(all.events.len(), 1);
+        assert_eq!(all.events[0].event.kind, "row.delete");
+    }
+
+    #[tokio::test]
     async fn changes_are_appended_then_checkpointed_and_a_restart_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(LogOptions {
@@ -750,8 +819,14 @@ changes = [
         }));
         let cfgs = config(VEC).unwrap();
         let shutdown = CancellationToken::new();
-        let sources =
-            Sources::new(&cfgs, log.clone(), dir.path().into(), shutdown.clone()).unwrap();
+        let sources = Sources::new(
+            &cfgs,
+            log.clone(),
+            dir.path().into(),
+            shutdown.clone(),
+            65_536,
+        )
+        .unwrap();
         sources.start_auto();
         let mut batch = None;
         for _ in 0..100 {
