@@ -9,10 +9,12 @@ export default defineConfig({
   resolve: {
     // The client and the React bindings from their sources: no build of clients/ first, and
     // the demo always runs the code next to it.
-    alias: {
-      "@ssegate/client": here("../clients/js/src/index.ts"),
-      "@ssegate/react": here("../clients/react/src/index.ts"),
-    },
+    alias: [
+      { find: /^@ssegate\/client$/, replacement: here("../clients/js/src/index.ts") },
+      // The SharedWorker script (`?sharing=sharedworker`), bundled into assets/ by Vite.
+      { find: /^@ssegate\/client\/worker$/, replacement: here("../clients/js/src/worker.ts") },
+      { find: /^@ssegate\/react$/, replacement: here("../clients/react/src/index.ts") },
+    ],
     // One React for the app and the bindings (whose sources live outside this folder).
     dedupe: ["react", "react-dom"],
   },

@@ -1,26 +1,16 @@
 // (e) The admin page: live connections, channels and events/s from the admin API.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Browser } from "playwright-core";
-import { artifacts, Demo, launchBrowser, pageErrors, signIn, until } from "./harness";
+import { describe, expect, it } from "vitest";
+import { artifacts, pageErrors, signIn, until, withDemo } from "./harness";
 
 describe("admin page", () => {
-  let demo: Demo;
-  let browser: Browser;
-  beforeAll(async () => {
-    demo = await Demo.start({ tickMs: 100 });
-    browser = await launchBrowser();
-  });
-  afterAll(async () => {
-    await browser?.close();
-    await demo?.stop();
-  });
+  const ctx = withDemo({ tickMs: 100 });
 
   it("shows the streams of every user, their channels and the event rate", async () => {
-    const b = await browser.newContext();
-    await signIn(b, demo, "b");
-    const a = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const b = await ctx.browser.newContext();
+    await signIn(b, ctx.demo, "b");
+    const a = await ctx.browser.newContext({ viewport: { width: 1280, height: 800 } });
     const errors = pageErrors(a);
-    const page = await signIn(a, demo, "a", "/#/admin");
+    const page = await signIn(a, ctx.demo, "a", "/#/admin");
     const text = (id: string) => page.getByTestId(id).textContent();
     await until(() => text("admin-connections"), (t) => t === "2", "two connections (A, B)");
     await until(async () => Number(await text("admin-events-rate")), (r) => r > 5, "events/s");

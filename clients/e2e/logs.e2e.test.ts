@@ -1,29 +1,19 @@
 // (a) Live pipeline logs, and the gateway's access control seen from the browser.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Browser } from "playwright-core";
-import { artifacts, Demo, expectConsecutive, launchBrowser, pageErrors, seqs, signIn, until } from "./harness";
+import { describe, expect, it } from "vitest";
+import { artifacts, expectConsecutive, pageErrors, seqs, signIn, until, withDemo } from "./harness";
 
 const F1 = "logs:w1:f1";
 const F2 = "logs:w1:f2";
 
 describe("pipeline logs", () => {
-  let demo: Demo;
-  let browser: Browser;
-  beforeAll(async () => {
-    demo = await Demo.start({ tickMs: 100 });
-    browser = await launchBrowser();
-  });
-  afterAll(async () => {
-    await browser?.close();
-    await demo?.stop();
-  });
+  const ctx = withDemo({ tickMs: 100 });
 
   it("shows user A the lines of workflow 1 as the job writes them; user B never sees them", async () => {
-    const a = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-    const b = await browser.newContext();
+    const a = await ctx.browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const b = await ctx.browser.newContext();
     const errors = [...pageErrors(a), ...pageErrors(b)];
-    const pa = await signIn(a, demo, "a", "/#/logs/w1/f1");
-    const pb = await signIn(b, demo, "b", "/#/logs/w1/f2");
+    const pa = await signIn(a, ctx.demo, "a", "/#/logs/w1/f1");
+    const pb = await signIn(b, ctx.demo, "b", "/#/logs/w1/f2");
 
     // Live: lines keep arriving while we watch, in order, none missing.
     const first = await until(() => seqs(pa, F1), (s) => s.length >= 5, "A's first lines of f1");
@@ -41,7 +31,7 @@ describe("pipeline logs", () => {
     expectConsecutive(await seqs(pb, F2), "B's lines of f2");
 
     // … and asking for workflow 1 is refused by the gateway, not hidden by the page.
-    await pb.goto(`${demo.url}/#/logs/w1/f1`);
+    await pb.goto(`${ctx.demo.url}/#/logs/w1/f1`);
     const refused = pb.locator(`[data-channel="${F1}"] [data-testid="refused"]`);
     await refused.waitFor();
     expect(await refused.textContent()).toContain("403 forbidden_channel");
@@ -55,7 +45,7 @@ describe("pipeline logs", () => {
     await pb.screenshot({ path: `${artifacts}/refused.png` });
     await pb.waitForTimeout(1500);
     expect(await seqs(pb, F1)).toEqual([]);
-    const bStreams = await demo.connections("b");
+    const bStreams = await ctx.demo.connections("b");
     expect(bStreams.length).toBe(1);
     expect(bStreams[0]!.channels).not.toContain(F1);
     // And B's page still streams workflow 2.

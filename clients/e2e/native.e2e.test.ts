@@ -1,33 +1,24 @@
 // Acceptance 3: a page with nothing but a native EventSource (cookie auth) receives events,
 // resumes after a gateway restart with no missing line, and survives a `gap`.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Browser, Page } from "playwright-core";
-import { artifacts, Demo, expectConsecutive, launchBrowser, pageErrors, until } from "./harness";
+import { describe, expect, it } from "vitest";
+import type { Page } from "playwright-core";
+import { artifacts, expectConsecutive, pageErrors, until, withDemo } from "./harness";
 
 const RETENTION = 200;
 
 describe("native EventSource", () => {
-  let demo: Demo;
-  let browser: Browser;
-  beforeAll(async () => {
-    // Tiny retention: a client far enough behind gets `gap`.
-    demo = await Demo.start({ tickMs: 50, retentionEvents: RETENTION });
-    browser = await launchBrowser();
-  });
-  afterAll(async () => {
-    await browser?.close();
-    await demo?.stop();
-  });
+  // Tiny retention: a client far enough behind gets `gap`.
+  const ctx = withDemo({ tickMs: 50, retentionEvents: RETENTION });
 
   const lines = (p: Page) =>
     p.locator("li[data-seq]").evaluateAll((els) => els.map((e) => Number((e as HTMLElement).dataset.seq)));
   const stat = (p: Page, id: string) => p.locator(`#${id}`).textContent();
 
   it("receives, resumes after restarts with every line once, and handles a gap", async () => {
-    const context = await browser.newContext();
+    const context = await ctx.browser.newContext();
     const errors = pageErrors(context);
     const page = await context.newPage();
-    await page.goto(`${demo.url}/demo/login?user=a&next=${encodeURIComponent("/native.html?channel=logs:w1:f1")}`);
+    await page.goto(`${ctx.demo.url}/demo/login?user=a&next=${encodeURIComponent("/native.html?channel=logs:w1:f1")}`);
     await until(() => lines(page), (s) => s.length >= 20, "lines in the native page");
     expect(await stat(page, "status")).toBe("open");
 
@@ -35,7 +26,7 @@ describe("native EventSource", () => {
     for (const signal of ["SIGKILL", "SIGTERM"] as const) {
       const before = await lines(page);
       const opens = Number(await stat(page, "opens"));
-      await demo.restart(signal);
+      await ctx.demo.restart(signal);
       await until(() => stat(page, "opens").then(Number), (n) => n > opens, `reconnected after ${signal}`, 30_000);
       const after = await until(
         () => lines(page),
@@ -49,12 +40,12 @@ describe("native EventSource", () => {
 
     // A client far behind: it asks to resume after event 1, long dropped by retention.
     await until(
-      () => demo.admin<{ log: { oldest: string | null } }>("/v1/status"),
+      () => ctx.demo.admin<{ log: { oldest: string | null } }>("/v1/status"),
       (s) => Number(s.log.oldest) > 1,
       "retention to drop event 1",
     );
     const behind = await context.newPage();
-    await behind.goto(`${demo.url}/native.html?channel=logs:w1:f1&from=1`);
+    await behind.goto(`${ctx.demo.url}/native.html?channel=logs:w1:f1&from=1`);
     await until(() => stat(behind, "gaps"), (g) => g === "1", "a gap");
     const gap = await behind.locator("li.gap").textContent();
     expect(gap).toContain("after 1 up to");

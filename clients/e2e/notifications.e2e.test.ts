@@ -1,20 +1,11 @@
 // (d) The notification bell follows notification.created / read / deleted, in every tab.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Browser, Page } from "playwright-core";
-import { artifacts, Demo, launchBrowser, openTab, pageErrors, signIn, until } from "./harness";
+import { describe, expect, it } from "vitest";
+import type { Page } from "playwright-core";
+import { artifacts, openTab, pageErrors, signIn, until, withDemo } from "./harness";
 
 describe("notification bell", () => {
-  let demo: Demo;
-  let browser: Browser;
-  beforeAll(async () => {
-    // No simulated workload: every notification here is the test's own.
-    demo = await Demo.start({ tickMs: 0 });
-    browser = await launchBrowser();
-  });
-  afterAll(async () => {
-    await browser?.close();
-    await demo?.stop();
-  });
+  // No simulated workload: every notification here is the test's own.
+  const ctx = withDemo({ tickMs: 0 });
 
   const unread = (p: Page) => p.getByTestId("bell").getAttribute("data-unread").then(Number);
   const items = (p: Page) =>
@@ -23,10 +14,10 @@ describe("notification bell", () => {
     );
 
   it("counts unread notifications as they are created, read and deleted", async () => {
-    const context = await browser.newContext();
+    const context = await ctx.browser.newContext();
     const errors = pageErrors(context);
-    const tab = await signIn(context, demo, "b");
-    const other = await openTab(context, demo, "/");
+    const tab = await signIn(context, ctx.demo, "b");
+    const other = await openTab(context, ctx.demo, "/");
     expect(await unread(tab)).toBe(0);
 
     await tab.getByTestId("bell").click();
@@ -54,7 +45,7 @@ describe("notification bell", () => {
     // A fresh page loads the same state (the session), then follows the stream.
     await tab.getByTestId("notify-test").click();
     await until(() => unread(other), (n) => n === 1, "one new unread");
-    const fresh = await openTab(context, demo, "/");
+    const fresh = await openTab(context, ctx.demo, "/");
     expect(await unread(fresh)).toBe(1);
     expect(errors).toEqual([]);
     await context.close();

@@ -1,36 +1,27 @@
 // (b) Three tabs of one user share one stream; closing the leader loses nothing.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Browser, Page } from "playwright-core";
-import { Demo, expectConsecutive, launchBrowser, openTab, pageErrors, seqs, signIn, sleep, until } from "./harness";
+import { describe, expect, it } from "vitest";
+import type { Page } from "playwright-core";
+import { expectConsecutive, openTab, pageErrors, seqs, signIn, sleep, until, withDemo } from "./harness";
 
 const F1 = "logs:w1:f1";
 
 describe("tabs", () => {
-  let demo: Demo;
-  let browser: Browser;
-  beforeAll(async () => {
-    demo = await Demo.start({ tickMs: 100 });
-    browser = await launchBrowser();
-  });
-  afterAll(async () => {
-    await browser?.close();
-    await demo?.stop();
-  });
+  const ctx = withDemo({ tickMs: 100 });
 
   const isLeader = (p: Page) =>
     p.getByTestId("connection").getAttribute("data-leader").then((v) => v === "true");
 
   it("share one stream, and the others stay live with every line when the leader tab closes", async () => {
-    const context = await browser.newContext();
+    const context = await ctx.browser.newContext();
     const errors = pageErrors(context);
-    const tabs = [await signIn(context, demo, "a", "/#/logs/w1/f1")];
-    tabs.push(await openTab(context, demo, "/#/logs/w1/f1"));
-    tabs.push(await openTab(context, demo, "/#/logs/w1/f1"));
+    const tabs = [await signIn(context, ctx.demo, "a", "/#/logs/w1/f1")];
+    tabs.push(await openTab(context, ctx.demo, "/#/logs/w1/f1"));
+    tabs.push(await openTab(context, ctx.demo, "/#/logs/w1/f1"));
     for (const t of tabs) await until(() => seqs(t, F1), (s) => s.length >= 5, "lines in every tab");
 
     // One stream for the three tabs, held by exactly one of them.
     await sleep(1000);
-    expect((await demo.connections("a")).length).toBe(1);
+    expect((await ctx.demo.connections("a")).length).toBe(1);
     const leaders = await Promise.all(tabs.map(isLeader));
     expect(leaders.filter(Boolean).length).toBe(1);
 
@@ -45,7 +36,7 @@ describe("tabs", () => {
       await until(() => seqs(t, F1), (s) => s[s.length - 1]! >= lastBefore + 30, "lines after the leader closed");
     }
     await until(() => Promise.all(others.map(isLeader)), (l) => l.filter(Boolean).length === 1, "one new leader");
-    await until(async () => (await demo.connections("a")).length, (n) => n === 1, "one stream again");
+    await until(async () => (await ctx.demo.connections("a")).length, (n) => n === 1, "one stream again");
     for (const [i, t] of others.entries()) {
       const after = await seqs(t, F1);
       expect(after.slice(0, before[i]!.length)).toEqual(before[i]);

@@ -2,6 +2,7 @@ import { useEffect, useState } from "react";
 import { RealtimeProvider } from "@ssegate/react";
 import { getSession, getUsers, type DemoUser, type Session } from "./api";
 import { useRoute } from "./hash";
+import { sharingOptions } from "./sharing";
 import { ConnectionBadge } from "./ConnectionBadge";
 import { Bell } from "./Bell";
 import { LogsPage } from "./LogViewer";
@@ -27,6 +28,8 @@ export function App() {
         url: location.origin,
         shareKey: `${location.origin}|${session.id}`,
         lastEventId: session.history_from ?? session.last_event_id ?? "",
+        // `?sharing=sharedworker`: the stream runs in a SharedWorker instead of a leader tab.
+        ...sharingOptions(location.search),
       }}
     >
       <Shell session={session} />
@@ -39,7 +42,7 @@ function Login() {
   useEffect(() => {
     getUsers().then(setUsers, () => setUsers([]));
   }, []);
-  const next = encodeURIComponent("/" + location.hash);
+  const next = encodeURIComponent("/" + location.search + location.hash);
   return (
     <div className="login">
       <h1>

@@ -38,15 +38,20 @@ export function ConnectionBadge() {
       data-testid="connection"
       data-status={state.status}
       data-leader={String(rt.isLeader)}
+      data-sharing={rt.sharing}
       title={
-        rt.isLeader
-          ? "This tab holds the stream; other tabs of this user share it"
-          : "Events arrive through the tab that holds the stream"
+        rt.sharing === "sharedworker"
+          ? "A SharedWorker holds the stream for every tab of this user"
+          : rt.isLeader
+            ? "This tab holds the stream; other tabs of this user share it"
+            : "Events arrive through the tab that holds the stream"
       }
     >
       <span className="conn-dot" />
       {describe(state)}
-      <span className="conn-role">{rt.isLeader ? "· this tab streams" : "· shared"}</span>
+      <span className="conn-role">
+        {rt.sharing === "sharedworker" ? "· shared worker" : rt.isLeader ? "· this tab streams" : "· shared"}
+      </span>
       {stuck && (
         <button className="link" onClick={() => rt.reconnect()}>
           Reconnect

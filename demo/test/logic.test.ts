@@ -55,3 +55,16 @@ describe("continuity", () => {
     expect(continuity([4, 5, 5, 6, 3])).toMatchObject({ missing: 0, duplicates: 2 });
   });
 });
+
+describe("sharingOptions", () => {
+  it("reads ?sharing= and keeps the client's default without it", async () => {
+    const { sharingOptions } = await import("../src/sharing");
+    expect(sharingOptions("")).toEqual({});
+    expect(sharingOptions("?sharing=bogus")).toEqual({});
+    expect(sharingOptions("?sharing=leader")).toEqual({ sharing: "leader" });
+    expect(sharingOptions("?x=1&sharing=none")).toEqual({ sharing: "none" });
+    const worker = sharingOptions("?sharing=sharedworker");
+    expect(worker.sharing).toBe("sharedworker");
+    expect(typeof worker.sharedWorker).toBe("function");
+  });
+});

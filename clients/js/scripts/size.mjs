@@ -1,5 +1,6 @@
 // Prints the size of the runtime bundle: everything `import { createClient } from
-// "@ssegate/client"` pulls in, bundled and minified by esbuild, raw and gzipped.
+// "@ssegate/client"` pulls in, bundled and minified by esbuild, raw and gzipped; and the
+// SharedWorker script (`@ssegate/client/worker`), which only `sharing: "sharedworker"` loads.
 import { build } from "esbuild";
 import { gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
@@ -22,3 +23,7 @@ async function measure(label, contents) {
 
 await measure("whole package (every export)", `export * from ${JSON.stringify(entry)};`);
 await measure("createClient only", `export { createClient } from ${JSON.stringify(entry)};`);
+await measure(
+  "worker script (@ssegate/client/worker)",
+  `import ${JSON.stringify(fileURLToPath(new URL("../src/worker.ts", import.meta.url)))};`,
+);

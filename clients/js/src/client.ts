@@ -3,7 +3,7 @@
  * (reference-counted per channel), routes events to handlers (patterns included), drops
  * duplicates, tracks the connection state, and applies the browser's signals (online/offline,
  * hidden tab, page hide). The connection itself is an `Upstream`: this tab's own `Transport`,
- * or the leader tab's when tabs share one stream.
+ * the leader tab's when tabs share one stream, or a SharedWorker's (`sharing: "sharedworker"`).
  *
  * Nothing happens until the first `subscribe`: a client that is created and dropped (React
  * StrictMode renders twice) costs nothing.
@@ -11,6 +11,7 @@
 
 import { subscriptionMatches, subscriptionProblem } from "./channels.js";
 import { RealtimeError } from "./errors.js";
+import { WorkerUpstream } from "./shared.js";
 import { TabsUpstream } from "./tabs.js";
 import type { TransportConfig } from "./transport.js";
 import type {
@@ -23,6 +24,8 @@ import type {
   LocksLike,
   RealtimeClient,
   RealtimeEvent,
+  SharedWorkerLike,
+  SharingMode,
   SubscribeOptions,
   Unsubscribe,
 } from "./types.js";
@@ -109,7 +112,13 @@ class Client implements RealtimeClient {
   private readonly env: Environment | null;
   private readonly detach: (() => void)[] = [];
   private hiddenTimer: ReturnType<typeof setTimeout> | undefined;
+  private hiddenPaused = false;
   private readonly down: Downstream;
+  /** Event types listened to (once each, whatever the upstream). */
+  private readonly listening = new Set<string>();
+  private cfg: TransportConfig | undefined;
+  /** The sharing mode; falls back at the first use where unsupported. */
+  private mode: SharingMode;
 
   constructor(private readonly options: ClientOptions) {
     if (!options || typeof options.url !== "string") {
@@ -117,6 +126,13 @@ class Client implements RealtimeClient {
     }
     this.env = options.environment === undefined ? defaultEnvironment() : options.environment;
     this.resumeId = options.lastEventId ?? "";
+    this.mode = options.sharing ?? (options.shareAcrossTabs === false ? "none" : "leader");
+    if (!["leader", "sharedworker", "none"].includes(this.mode)) {
+      throw new TypeError(`createClient: unknown sharing mode ${JSON.stringify(this.mode)}`);
+    }
+    if (this.mode === "sharedworker" && options.sharedWorker === undefined) {
+      throw new TypeError('createClient: sharing "sharedworker" needs the `sharedWorker` option');
+    }
     if (options.onStateChange) this.stateListeners.add(options.onStateChange);
     this.down = {
       event: (e, id) => this.dispatch(e, id),
@@ -147,6 +163,10 @@ class Client implements RealtimeClient {
 
   get closed(): boolean {
     return this.isClosed;
+  }
+
+  get sharing(): SharingMode {
+    return this.mode;
   }
 
   subscribe<T = unknown>(
@@ -236,7 +256,7 @@ class Client implements RealtimeClient {
   private start(): void {
     if (this.upstream || this.isClosed) return;
     const o = this.options;
-    const cfg: TransportConfig = {
+    this.cfg ??= {
       url: o.url,
       fetch: o.fetch ?? ((input, init) => globalThis.fetch(input, init)),
       getToken: o.getToken,
@@ -250,30 +270,17 @@ class Client implements RealtimeClient {
       pollTimeoutMs: o.pollTimeoutMs ?? 25_000,
       sessionId: randomId(),
     };
-    const locks = o.locks ?? defaultLocks();
-    const makeChannel = o.broadcastChannel ?? defaultChannelFactory();
-    const share = o.shareAcrossTabs ?? true;
-    if (share && locks && makeChannel) {
-      const tabs = new TabsUpstream(
-        cfg,
-        this.down,
-        locks,
-        makeChannel,
-        "ssegate:" + (o.shareKey ?? o.url),
-        cfg.sessionId,
-        this.resumeId,
-      );
-      this.upstream = tabs;
-      this.listen("pagehide", () => tabs.leave());
-      this.listen("pageshow", () => tabs.rejoin());
-    } else {
-      this.upstream = new LocalUpstream(cfg, this.down, this.resumeId);
+    const upstream = this.createUpstream(this.cfg);
+    this.upstream = upstream;
+    if (upstream.leave) {
+      this.listen("pagehide", () => this.upstream?.leave?.());
+      this.listen("pageshow", () => this.upstream?.rejoin?.());
     }
     const env = this.env;
     if (env) {
       this.listen("online", () => this.upstream?.setOffline(false));
       this.listen("offline", () => this.upstream?.setOffline(true));
-      if (!env.isOnline()) this.upstream.setOffline(true);
+      if (!env.isOnline()) upstream.setOffline(true);
       if (o.hiddenTabPolicy === "pause") {
         const check = () => this.visibility();
         this.listen("visibilitychange", check);
@@ -282,9 +289,58 @@ class Client implements RealtimeClient {
     }
   }
 
+  /** The upstream of the sharing mode, falling back to the next one where unsupported. */
+  private createUpstream(cfg: TransportConfig): Upstream {
+    const o = this.options;
+    const key = "ssegate:" + (o.shareKey ?? o.url);
+    if (this.mode === "sharedworker") {
+      const worker = this.makeWorker(key);
+      if (worker) {
+        const locks = o.locks ?? defaultLocks();
+        const fail = () => this.fallBack();
+        return new WorkerUpstream(cfg, this.down, worker, key, this.resumeId, fail, locks);
+      }
+      this.mode = "leader";
+    }
+    const locks = o.locks ?? defaultLocks();
+    const makeChannel = o.broadcastChannel ?? defaultChannelFactory();
+    if (this.mode === "leader" && locks && makeChannel) {
+      return new TabsUpstream(cfg, this.down, locks, makeChannel, key, cfg.sessionId, this.resumeId);
+    }
+    this.mode = "none";
+    return new LocalUpstream(cfg, this.down, this.resumeId);
+  }
+
+  /** The SharedWorker, or null where there is none (or the app's factory threw). */
+  private makeWorker(name: string): SharedWorkerLike | null {
+    const source = this.options.sharedWorker;
+    try {
+      if (typeof source === "function") return source(name) ?? null;
+      const SW = (globalThis as { SharedWorker?: new (url: string | URL, o: object) => SharedWorkerLike })
+        .SharedWorker;
+      return SW && source !== undefined ? new SW(source, { type: "module", name }) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The worker script failed to load: share with the leader-tab mode instead. */
+  private fallBack(): void {
+    if (this.isClosed || !(this.upstream instanceof WorkerUpstream)) return;
+    this.upstream.close();
+    this.upstream = null;
+    this.mode = "leader";
+    this.start();
+    const up = this.upstream as Upstream | null;
+    if (!up) return;
+    if (this.hiddenPaused) up.setPaused(true);
+    up.setChannels([...this.subs.keys()]);
+  }
+
   private listen(type: string, listener: () => void): void {
     const env = this.env;
-    if (!env) return;
+    if (!env || this.listening.has(type)) return;
+    this.listening.add(type);
     env.addEventListener(type, listener);
     this.detach.push(() => env.removeEventListener(type, listener));
   }
@@ -294,13 +350,17 @@ class Client implements RealtimeClient {
     if (this.env.isHidden()) {
       if (this.hiddenTimer === undefined) {
         this.hiddenTimer = setTimeout(
-          () => this.upstream?.setPaused(true),
+          () => {
+            this.hiddenPaused = true;
+            this.upstream?.setPaused(true);
+          },
           this.options.hiddenPauseAfterMs ?? 30_000,
         );
       }
     } else {
       clearTimeout(this.hiddenTimer);
       this.hiddenTimer = undefined;
+      this.hiddenPaused = false;
       this.upstream.setPaused(false);
     }
   }

@@ -15,6 +15,7 @@ export { RealtimeError } from "./errors.js";
 export { EventStreamParser, type SseMessage } from "./parser.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { subscriptionMatches, subscriptionProblem } from "./channels.js";
+export { WorkerHub, serveSharedWorker, type HubOptions, type SharedWorkerScope } from "./hub.js";
 export type {
   BroadcastChannelLike,
   BroadcastMessage,
@@ -25,8 +26,11 @@ export type {
   GapInfo,
   HiddenTabPolicy,
   LocksLike,
+  MessagePortLike,
   RealtimeClient,
   RealtimeEvent,
+  SharedWorkerLike,
+  SharingMode,
   SubscribeOptions,
   TokenReason,
   Unsubscribe,

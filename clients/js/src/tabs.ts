@@ -16,27 +16,21 @@
  * Locks and channels are injected (`LocksLike`, `BroadcastChannelLike`) so tests use fakes.
  */
 
-import { RealtimeError } from "./errors.js";
 import { Transport, type TransportConfig } from "./transport.js";
-import type {
-  BroadcastChannelLike,
-  BroadcastMessage,
-  ConnectionState,
-  GapInfo,
-  LocksLike,
-  RealtimeEvent,
-} from "./types.js";
-import type { Downstream, Upstream } from "./upstream.js";
+import type { BroadcastChannelLike, ConnectionState, LocksLike } from "./types.js";
+import {
+  errorToJson,
+  pauseWanted,
+  relayAsIs,
+  unionOf,
+  type Downstream,
+  type Member,
+  type Relay,
+  type Upstream,
+} from "./upstream.js";
 
 /** How long a new leader waits for tabs to answer before forgetting the silent ones. */
 export const PRUNE_MS = 3000;
-
-interface ErrorJson {
-  code: string;
-  message: string;
-  status: number;
-  channels?: string[];
-}
 
 /** Messages between tabs. `v` lets a newer client ignore an older one's messages. */
 export type TabMessage = { v: 1; from: string } & (
@@ -44,18 +38,13 @@ export type TabMessage = { v: 1; from: string } & (
   | { t: "sub"; channels: string[]; paused: boolean }
   | { t: "bye" }
   | { t: "lead" }
-  | { t: "ev"; e: RealtimeEvent; id: string }
-  | { t: "pos"; id: string }
-  | { t: "state"; s: ConnectionState }
-  | { t: "gap"; g: GapInfo }
-  | { t: "bcast"; b: BroadcastMessage }
-  | { t: "cerr"; channels: string[] | null; err: ErrorJson }
+  | Relay
   | { t: "ctl"; op: "reconnect" }
 );
 
 type Body = TabMessage extends infer M ? (M extends unknown ? Omit<M, "v" | "from"> : never) : never;
 
-interface TabInfo {
+interface TabInfo extends Member {
   channels: string[];
   paused: boolean;
   /** Answered the current leader's call (only meaningful on the leader). */
@@ -247,16 +236,9 @@ export class TabsUpstream implements Upstream {
         }
         return;
       case "gap":
-        this.down.gap(m.g);
-        return;
       case "bcast":
-        this.down.broadcast(m.b);
-        return;
       case "cerr":
-        this.down.channelError(
-          m.channels,
-          new RealtimeError(m.err.code, m.err.message, m.err.status, m.err.channels),
-        );
+        relayAsIs(this.down, m);
         return;
     }
   }
@@ -312,11 +294,7 @@ export class TabsUpstream implements Upstream {
         this.down.broadcast(b);
       },
       channelError: (channels, err) => {
-        this.post({
-          t: "cerr",
-          channels,
-          err: { code: err.code, message: err.message, status: err.status, channels: err.channels },
-        });
+        this.post({ t: "cerr", channels, err: errorToJson(err) });
         this.down.channelError(channels, err);
       },
       unexpected: (e) => this.down.unexpected(e),
@@ -330,21 +308,19 @@ export class TabsUpstream implements Upstream {
     this.down.state(transport.state);
   }
 
-  /** Every channel some tab wants, paused or not (a paused tab keeps its place). */
+  /** This tab and the others. */
+  private members(): Member[] {
+    return [{ channels: this.channels, paused: this.paused }, ...this.tabs.values()];
+  }
+
   private union(): string[] {
-    const all = new Set(this.channels);
-    for (const t of this.tabs.values()) for (const c of t.channels) all.add(c);
-    return [...all];
+    return unionOf(this.members());
   }
 
   private leaderUpdate(): void {
     const t = this.transport;
     if (!t) return;
-    let active = this.channels.length > 0 && !this.paused;
-    for (const tab of this.tabs.values()) active ||= tab.channels.length > 0 && !tab.paused;
-    const wanted = this.union().length > 0;
-    // Pause only when somebody wants channels but nobody unpaused does.
-    t.setPaused(wanted && !active);
+    t.setPaused(pauseWanted(this.members()));
     t.update();
   }
 }

@@ -89,6 +89,25 @@ export interface BroadcastChannelLike {
   onmessage: ((event: { data: unknown }) => void) | null;
 }
 
+/** `sharing`: how tabs share one stream. */
+export type SharingMode = "leader" | "sharedworker" | "none";
+
+/** The subset of `MessagePort` the client and the worker use. */
+export interface MessagePortLike {
+  postMessage(message: unknown): void;
+  onmessage: ((event: MessageEvent) => void) | null;
+  /** Not needed when `onmessage` is set (it starts the port), but harmless. */
+  start?(): void;
+  close(): void;
+}
+
+/** The subset of `SharedWorker` the client uses. */
+export interface SharedWorkerLike {
+  readonly port: MessagePortLike;
+  /** The script could not be loaded: the client falls back to `sharing: "leader"`. */
+  onerror?: ((event: ErrorEvent) => void) | null;
+}
+
 /**
  * What the client listens to for `online`/`offline`, `visibilitychange` and `pagehide`: a
  * `window`-like event target plus the document's visibility. Injected in tests.
@@ -120,6 +139,22 @@ export interface ClientOptions {
    * Default: true when `navigator.locks` and `BroadcastChannel` exist.
    */
   shareAcrossTabs?: boolean;
+  /**
+   * How tabs share one stream (overrides `shareAcrossTabs`):
+   * - `"leader"` (the default where supported): one tab holds the stream, elected with Web
+   *   Locks, and relays it over a BroadcastChannel;
+   * - `"sharedworker"`: the stream runs in a SharedWorker (`sharedWorker` says which script);
+   *   where `SharedWorker` does not exist, or the script fails to load, `"leader"` instead;
+   * - `"none"`: every tab has its own stream (same as `shareAcrossTabs: false`).
+   */
+  sharing?: SharingMode;
+  /**
+   * The SharedWorker of `sharing: "sharedworker"`: the URL of `@ssegate/client/worker` (loaded
+   * as `new SharedWorker(url, { type: "module", name })`), or a function that creates the
+   * worker (what a bundler needs to see, e.g. with Vite
+   * `(name) => new SharedWorker(new URL("@ssegate/client/worker", import.meta.url), { type: "module", name })`).
+   */
+  sharedWorker?: string | URL | ((name: string) => SharedWorkerLike);
   /**
    * Tabs share a stream only with tabs of the same key (default: the URL). Put the user id in
    * it when different tabs may be signed in as different users.
@@ -197,8 +232,16 @@ export interface RealtimeClient {
   onBroadcast(listener: (message: BroadcastMessage) => void): Unsubscribe;
   /** The resume position: the id of the last event received ("" before any). */
   readonly lastEventId: string;
-  /** Whether this tab holds the shared stream (always true without cross-tab sharing). */
+  /**
+   * Whether this tab holds the shared stream (always true without cross-tab sharing, always
+   * false with a SharedWorker: the worker holds it).
+   */
   readonly isLeader: boolean;
+  /**
+   * How this client shares its stream: `"none"`, `"leader"` or `"sharedworker"` — what
+   * `sharing` asked for once unsupported modes fell back (decided at the first `subscribe`).
+   */
+  readonly sharing: SharingMode;
   /** Connect again now (after `unauthorized` or `closed`, or to skip a backoff delay). */
   reconnect(): void;
   /** Close the stream, drop every subscription and listener. Final. */

@@ -1,10 +1,11 @@
 /**
- * What a client talks to: its own `Transport` (`LocalUpstream`), or the leader tab's over a
- * BroadcastChannel (`TabsUpstream`, in tabs.ts). The client hands it the channels this tab
- * wants and receives what happens through a `Downstream`.
+ * What a client talks to: its own `Transport` (`LocalUpstream`), the leader tab's over a
+ * BroadcastChannel (`TabsUpstream`, in tabs.ts), or a SharedWorker's over a MessagePort
+ * (`WorkerUpstream`, in shared.ts; the worker side is hub.ts). The client hands it the
+ * channels this tab wants and receives what happens through a `Downstream`.
  */
 
-import type { RealtimeError } from "./errors.js";
+import { RealtimeError } from "./errors.js";
 import { Transport, type TransportConfig } from "./transport.js";
 import type { BroadcastMessage, ConnectionState, GapInfo, RealtimeEvent } from "./types.js";
 
@@ -21,6 +22,10 @@ export interface Downstream {
 
 export interface Upstream {
   readonly isLeader: boolean;
+  /** The page is going away (pagehide): whoever holds the stream drops this tab's channels. */
+  leave?(): void;
+  /** The page came back from the back/forward cache. */
+  rejoin?(): void;
   /** This tab's channels (each once, however many handlers). */
   setChannels(channels: string[]): void;
   /** The hidden-tab policy paused this tab. */
@@ -70,4 +75,75 @@ export class LocalUpstream implements Upstream {
   close(): void {
     this.transport.close();
   }
+}
+
+// ---- shared by the holders of one stream for many tabs (tabs.ts, hub.ts) ----------------------
+
+/** A `RealtimeError` as it crosses a BroadcastChannel or a MessagePort. */
+export interface ErrorJson {
+  code: string;
+  message: string;
+  status: number;
+  channels?: string[];
+}
+
+export function errorToJson(err: RealtimeError): ErrorJson {
+  return { code: err.code, message: err.message, status: err.status, channels: err.channels };
+}
+
+export function errorFromJson(json: ErrorJson): RealtimeError {
+  return new RealtimeError(json.code, json.message, json.status, json.channels);
+}
+
+/** What the holder of a shared stream sends to the tabs that share it. */
+export type Relay =
+  | { t: "ev"; e: RealtimeEvent; id: string }
+  | { t: "pos"; id: string }
+  | { t: "state"; s: ConnectionState }
+  | { t: "gap"; g: GapInfo }
+  | { t: "bcast"; b: BroadcastMessage }
+  | { t: "cerr"; channels: string[] | null; err: ErrorJson };
+
+/**
+ * Hands a tab the relays that need nothing of the sharing mode (gaps, broadcasts, channel
+ * errors); false for the others.
+ */
+export function relayAsIs(down: Downstream, m: Relay): boolean {
+  switch (m.t) {
+    case "gap":
+      down.gap(m.g);
+      return true;
+    case "bcast":
+      down.broadcast(m.b);
+      return true;
+    case "cerr":
+      down.channelError(m.channels, errorFromJson(m.err));
+      return true;
+    default:
+      return false;
+  }
+}
+
+/** A tab sharing a stream: the channels it wants, and whether its hidden-tab policy paused it. */
+export interface Member {
+  channels: readonly string[];
+  paused: boolean;
+}
+
+/** Every channel some member wants, paused or not (a paused tab keeps its place). */
+export function unionOf(members: Iterable<Member>): string[] {
+  const all = new Set<string>();
+  for (const m of members) for (const c of m.channels) all.add(c);
+  return [...all];
+}
+
+/** Pause the shared stream only when somebody wants channels but nobody unpaused does. */
+export function pauseWanted(members: Iterable<Member>): boolean {
+  let wanted = false;
+  for (const m of members) {
+    if (m.channels.length === 0) continue;
+    if (!m.paused) return false;
+    wanted = true;
+  }
+  return wanted;
 }
