@@ -10,7 +10,9 @@
 # crashes, exits non-zero. One summary line per target; full logs in fuzz/logs/.
 #
 # Environment: CARGO_BUILD_JOBS (default 1: fuzz builds share the machine), SSEGATE_FUZZ_RSS_MB
-# (default 2048), SSEGATE_FUZZ_TIMEOUT_S (one input taking longer is a failure, default 25).
+# (default 2048), SSEGATE_FUZZ_TIMEOUT_S (one input taking longer is a failure, default 25),
+# SSEGATE_FUZZ_DEV=1 builds without optimizations (`cargo fuzz --dev`: a much shorter build
+# and slower executions — for CI's short smoke; campaigns use the default release build).
 set -euo pipefail
 cd "$(dirname "$0")"
 fuzz_dir="$PWD"
@@ -29,6 +31,8 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 rss_mb="${SSEGATE_FUZZ_RSS_MB:-2048}"
 timeout_s="${SSEGATE_FUZZ_TIMEOUT_S:-25}"
+profile=()
+[[ "${SSEGATE_FUZZ_DEV:-0}" == 1 ]] && profile=(--dev)
 mkdir -p logs
 
 skip() { echo "fuzz: skipped: $*"; exit 0; }
@@ -55,8 +59,8 @@ if ! "${CXX:-c++}" --version >/dev/null 2>&1; then
 fi
 
 # 3. Build every target once (debug assertions and ASan, as `cargo fuzz build` does).
-echo "fuzz: building the fuzz targets (CARGO_BUILD_JOBS=$CARGO_BUILD_JOBS)"
-if ! cargo fuzz build >logs/build.log 2>&1; then
+echo "fuzz: building the fuzz targets (CARGO_BUILD_JOBS=$CARGO_BUILD_JOBS${profile[*]:+, ${profile[*]}})"
+if ! cargo fuzz build "${profile[@]}" >logs/build.log 2>&1; then
   if grep -qE "only accepted on the nightly|unknown unstable option|-Z.*(nightly|unstable)|sanitizer.*(not supported|unsupported)|failed to run custom build command for .libfuzzer-sys|unable to find (a )?c\+\+ compiler" logs/build.log; then
     skip "the toolchain cannot build fuzz targets: $(grep -m1 -E '^error' logs/build.log || true) (see fuzz/logs/build.log)"
   fi
@@ -74,7 +78,7 @@ for t in "${targets[@]}"; do
   rc=0
   # The token target writes freshly minted tokens (ssegate::auth::Minter) into its corpus.
   SSEGATE_FUZZ_SEEDS_OUT="$fuzz_dir/corpus/token" \
-    cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+    cargo fuzz run "${profile[@]}" "$t" "corpus/$t" "seeds/$t" -- \
     -max_total_time="$seconds" -rss_limit_mb="$rss_mb" -timeout="$timeout_s" \
     -print_final_stats=1 >"$log" 2>&1 || rc=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
