@@ -1,6 +1,7 @@
 // (e) The admin page: live connections, channels and events/s from the admin API.
 import { describe, expect, it } from "vitest";
-import { artifacts, pageErrors, signIn, until, withDemo } from "./harness";
+import { artifacts, pageErrors, signIn, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 describe("admin page", () => {
   const ctx = withDemo({ tickMs: 100 });

@@ -10,7 +10,6 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
-import { afterAll, beforeAll } from "vitest";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repo = resolve(here, "../..");
@@ -238,18 +237,4 @@ export async function until<T>(
     value = await read();
   }
   return value;
-}
-
-/** A demo and a browser for the tests of one file: started before them, stopped after. */
-export function withDemo(opts: DemoOptions): { readonly demo: Demo; readonly browser: Browser } {
-  const ctx = {} as { demo: Demo; browser: Browser };
-  beforeAll(async () => {
-    ctx.demo = await Demo.start(opts);
-    ctx.browser = await launchBrowser();
-  });
-  afterAll(async () => {
-    await ctx.browser?.close();
-    await ctx.demo?.stop();
-  });
-  return ctx;
 }

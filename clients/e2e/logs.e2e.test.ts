@@ -1,6 +1,7 @@
 // (a) Live pipeline logs, and the gateway's access control seen from the browser.
 import { describe, expect, it } from "vitest";
-import { artifacts, expectConsecutive, pageErrors, seqs, signIn, until, withDemo } from "./harness";
+import { artifacts, expectConsecutive, pageErrors, seqs, signIn, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 const F1 = "logs:w1:f1";
 const F2 = "logs:w1:f2";

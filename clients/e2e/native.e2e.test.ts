@@ -2,7 +2,8 @@
 // resumes after a gateway restart with no missing line, and survives a `gap`.
 import { describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { artifacts, expectConsecutive, pageErrors, until, withDemo } from "./harness";
+import { artifacts, expectConsecutive, pageErrors, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 const RETENTION = 200;
 

@@ -1,7 +1,8 @@
 // (d) The notification bell follows notification.created / read / deleted, in every tab.
 import { describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { artifacts, openTab, pageErrors, signIn, until, withDemo } from "./harness";
+import { artifacts, openTab, pageErrors, signIn, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 describe("notification bell", () => {
   // No simulated workload: every notification here is the test's own.

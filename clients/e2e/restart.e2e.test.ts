@@ -1,6 +1,7 @@
 // (c) A gateway restart during a run: every tab reconnects and shows every line exactly once.
 import { describe, expect, it } from "vitest";
-import { expectConsecutive, openTab, pageErrors, seqs, signIn, until, withDemo } from "./harness";
+import { expectConsecutive, openTab, pageErrors, seqs, signIn, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 const F1 = "logs:w1:f1";
 const F2 = "logs:w1:f2";

@@ -2,7 +2,8 @@
 // one stream held by a SharedWorker; closing a tab leaves the others live with every line.
 import { describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { expectConsecutive, openTab, pageErrors, seqs, signIn, sleep, until, withDemo } from "./harness";
+import { expectConsecutive, openTab, pageErrors, seqs, signIn, sleep, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 const F1 = "logs:w1:f1";
 const PAGE = "/?sharing=sharedworker#/logs/w1/f1";

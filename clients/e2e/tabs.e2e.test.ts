@@ -1,7 +1,8 @@
 // (b) Three tabs of one user share one stream; closing the leader loses nothing.
 import { describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { expectConsecutive, openTab, pageErrors, seqs, signIn, sleep, until, withDemo } from "./harness";
+import { expectConsecutive, openTab, pageErrors, seqs, signIn, sleep, until } from "./harness";
+import { withDemo } from "./with-demo";
 
 const F1 = "logs:w1:f1";
 
