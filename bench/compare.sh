@@ -25,6 +25,8 @@
 #   BENCH_QUIET_WAIT [60] seconds to wait before each run for the machine to be quiet
 #   (other processes below BENCH_QUIET_PCT [30] % of one core); 0 = don't wait
 #   BENCH_KEEP_TMP=1 keeps the temporary directory (server logs, configs)
+#   BENCH_SSEGATE_LOG [file] ssegate's log.kind (memory: no fsync, to see what durability costs)
+#   BENCH_SSEGATE_BIN another ssegate binary (e.g. an older build, for before/after figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -93,7 +95,7 @@ command -v curl >/dev/null || { say "installing curl"; apt-get install -y -q cur
 
 say "building ssegate and ssegate-bench (release)"
 cargo build --release --quiet --bin ssegate --bin ssegate-bench
-SSEGATE=$ROOT/target/release/ssegate
+SSEGATE=${BENCH_SSEGATE_BIN:-$ROOT/target/release/ssegate}
 BENCH=$ROOT/target/release/ssegate-bench
 
 TMP=$(mktemp -d /tmp/ssegate-bench.XXXXXX)
@@ -164,7 +166,7 @@ start_ssegate() {
   dir=$TMP/ssegate-$RUN
   mkdir -p "$dir"
   SSEGATE_AUTH__JWT_SECRET=$SECRET \
-    SSEGATE_LOG__KIND=file \
+    SSEGATE_LOG__KIND="${BENCH_SSEGATE_LOG:-file}" \
     SSEGATE_LIMITS__MAX_CONNECTIONS=100000 \
     SSEGATE_LIMITS__MAX_CONNECTIONS_PER_IP=100000 \
     SSEGATE_LIMITS__MAX_CONNECTIONS_PER_USER=100000 \
