@@ -39,12 +39,8 @@ OUT=${BENCH_OUT:-$ROOT/bench/results}
 CC=${BENCH_CONNECT_CONCURRENCY:-64}
 BATCH=${BENCH_BATCH:-1}
 
-say() { printf '== %s\n' "$*" >&2; }
-
-# scaled VALUE MIN: VALUE × BENCH_SCALE, rounded, at least MIN.
-scaled() { awk -v v="$1" -v s="$SCALE" -v m="${2:-1}" 'BEGIN { x = int(v * s + 0.5); if (x < m) x = m; print x }'; }
-# scaled_f VALUE MIN: the same for seconds, one decimal.
-scaled_f() { awk -v v="$1" -v s="$SCALE" -v m="${2:-1}" 'BEGIN { x = v * s; if (x < m) x = m; printf "%.1f\n", x }'; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 FANOUT_SUBS=${BENCH_FANOUT_SUBS:-$(scaled 1000 10)}
 FANOUT_SECS=${BENCH_FANOUT_SECS:-$(scaled_f 10 1)}
@@ -102,59 +98,9 @@ TMP=$(mktemp -d /tmp/ssegate-bench.XXXXXX)
 mkdir -p "$OUT/parts"
 rm -f "$OUT"/*.json "$OUT"/parts/* "$OUT"/table.md
 
-STARTED=()      # every process this script started, by pid
-cleanup() {
-  local p
-  for p in "${STARTED[@]}"; do stop_pid "$p"; done
-  if [ -z "${BENCH_KEEP_TMP:-}" ]; then rm -rf "$TMP"; else say "kept $TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# The pid and all its descendants (children first).
-tree() {
-  local c
-  for c in $(pgrep -P "$1" 2>/dev/null); do tree "$c"; done
-  echo "$1"
-}
-
-# Stops a process we started (and what it started): TERM, then KILL after 10 s.
-stop_pid() {
-  local pid=$1 all i
-  kill -0 "$pid" 2>/dev/null || return 0
-  all=$(tree "$pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  for p in $all; do kill -KILL "$p" 2>/dev/null || true; done
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-
-# Drops a pid that has ended from STARTED (so that a reused pid is never signalled).
-forget() {
-  local p keep=()
-  for p in "${STARTED[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-  STARTED=("${keep[@]}")
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+bench_cleanup_on_exit
 
 port_busy() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-
-wait_port() {
-  local i
-  for i in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
 
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SSEGATE_BENCH_JWT_SECRET=$SECRET
@@ -167,19 +113,13 @@ start_ssegate() {
   mkdir -p "$dir"
   SSEGATE_AUTH__JWT_SECRET=$SECRET \
     SSEGATE_LOG__KIND="${BENCH_SSEGATE_LOG:-file}" \
-    SSEGATE_LIMITS__MAX_CONNECTIONS=100000 \
-    SSEGATE_LIMITS__MAX_CONNECTIONS_PER_IP=100000 \
-    SSEGATE_LIMITS__MAX_CONNECTIONS_PER_USER=100000 \
-    SSEGATE_LIMITS__CONNECT_RATE_PER_IP=1000000 \
-    SSEGATE_LIMITS__CONNECT_BURST_PER_IP=1000000 \
-    SSEGATE_LIMITS__PUBLISH_RATE=0 \
     RUST_LOG=warn \
-    "$SSEGATE" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/out.log" 2>&1 &
+    env "${SSEGATE_BENCH_LIMITS[@]}" "$SSEGATE" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/out.log" 2>&1 &
   SERVER_PID=$!
   STARTED+=("$SERVER_PID")
   URL=http://127.0.0.1:$port
   PUBLISH_URL=
-  wait_port "$port" || { cat "$dir/out.log" >&2; return 1; }
+  wait_port "$port" "$SERVER_PID" || { cat "$dir/out.log" >&2; return 1; }
 }
 
 start_nchan() {
@@ -193,7 +133,7 @@ start_nchan() {
   STARTED+=("$SERVER_PID")
   URL=http://127.0.0.1:$port
   PUBLISH_URL=
-  wait_port "$port" || { cat "$dir/out.log" "$dir/error.log" >&2; return 1; }
+  wait_port "$port" "$SERVER_PID" || { cat "$dir/out.log" "$dir/error.log" >&2; return 1; }
 }
 
 start_pushpin() {
@@ -219,35 +159,9 @@ start_pushpin() {
   STARTED+=("$SERVER_PID")
   URL=http://127.0.0.1:$port
   PUBLISH_URL=http://127.0.0.1:$pub/publish/
-  wait_port "$port" && wait_port "$pub" || { cat "$dir/out.log" >&2; return 1; }
+  wait_port "$port" "$SERVER_PID" && wait_port "$pub" "$SERVER_PID" || { cat "$dir/out.log" >&2; return 1; }
   # One request through the proxy to the backend, so that every part is up.
   curl -s -m 3 -N "$URL/stream/bench-ready" 2>/dev/null | head -c 1 >/dev/null || true
-}
-
-# CPU used by the whole machine over one second, in % of one core.
-machine_busy_pct() {
-  local a b
-  read -r -a a </proc/stat
-  sleep 1
-  read -r -a b </proc/stat
-  # cpu user nice system idle iowait irq softirq steal (USER_HZ = 100 ticks per second)
-  echo $(((b[1] + b[2] + b[3] + b[6] + b[7] + b[8]) - (a[1] + a[2] + a[3] + a[6] + a[7] + a[8])))
-}
-
-# The machine is shared: wait (at most BENCH_QUIET_WAIT seconds) until the rest of it uses
-# less than BENCH_QUIET_PCT % of one core, so that the measurement has the cores to itself.
-wait_quiet() {
-  local limit=${BENCH_QUIET_WAIT:-60} max=${BENCH_QUIET_PCT:-30} t=0 p
-  [ "$limit" -gt 0 ] || return 0
-  while :; do
-    p=$(machine_busy_pct)
-    [ "$p" -lt "$max" ] && return 0
-    t=$((t + 1))
-    if [ "$t" -ge "$limit" ]; then
-      say "the machine is busy ($p% of a core used by other processes): measuring anyway"
-      return 0
-    fi
-  done
 }
 
 # Runs processes of the generator for one scenario against one target; merges their reports.

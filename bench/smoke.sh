@@ -20,41 +20,25 @@ else
 fi
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 TMP=$(mktemp -d /tmp/ssegate-smoke.XXXXXX)
-SERVER_PID=
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+bench_cleanup_on_exit
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 SSEGATE_AUTH__JWT_SECRET=$SECRET \
   SSEGATE_LOG__KIND=file \
-  SSEGATE_LIMITS__MAX_CONNECTIONS_PER_IP=100000 \
-  SSEGATE_LIMITS__MAX_CONNECTIONS_PER_USER=100000 \
-  SSEGATE_LIMITS__CONNECT_RATE_PER_IP=1000000 \
-  SSEGATE_LIMITS__CONNECT_BURST_PER_IP=1000000 \
-  SSEGATE_LIMITS__PUBLISH_RATE=0 \
   RUST_LOG=warn \
-  "$BIN/ssegate" serve --listen "127.0.0.1:$PORT" --data-dir "$TMP/data" >"$TMP/ssegate.log" 2>&1 &
+  env "${SSEGATE_BENCH_LIMITS[@]}" "$BIN/ssegate" serve --listen "127.0.0.1:$PORT" \
+  --data-dir "$TMP/data" >"$TMP/ssegate.log" 2>&1 &
 SERVER_PID=$!
-
-for _ in $(seq 200); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    cat "$TMP/ssegate.log" >&2
-    echo "smoke: ssegate did not start" >&2
-    exit 1
-  fi
-  sleep 0.05
-done
+STARTED+=("$SERVER_PID")
+if ! wait_port "$PORT" "$SERVER_PID"; then
+  cat "$TMP/ssegate.log" >&2
+  echo "smoke: ssegate did not start" >&2
+  exit 1
+fi
 
 SSEGATE_BENCH_JWT_SECRET=$SECRET "$BIN/ssegate-bench" run --target ssegate --scenario channels \
   --url "http://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
