@@ -120,17 +120,8 @@ impl Engine {
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port;
-        // The port was just released; another process could take it only by bad luck.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.launch(port) {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => {
-                    panic!("{} did not restart on port {port}: {e}", self.spec.name)
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        let name = self.spec.name;
+        relaunch(name, port, Duration::from_secs(10), || self.launch(port));
     }
 
     /// What the engine printed so far.
@@ -198,6 +189,26 @@ impl Drop for Engine {
 }
 
 /// A loopback port nobody listens on right now (the engine binds it a moment later).
+/// Calls `launch` until it succeeds on `port` or `within` has passed: the port was just
+/// released by the engine's previous run (another process could take it only by bad luck).
+pub fn relaunch(
+    what: &str,
+    port: u16,
+    within: Duration,
+    mut launch: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match launch() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                panic!("{what} did not restart on port {port}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())

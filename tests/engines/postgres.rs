@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{free_port, relaunch};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 /// The system user PostgreSQL runs as when we are root.
@@ -123,16 +123,9 @@ impl Postgres {
     pub fn restart(&mut self) {
         self.stop();
         let port = self.port;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.launch(port) {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => {
-                    panic!("postgres did not restart on port {port}: {e}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        relaunch("postgres", port, Duration::from_secs(20), || {
+            self.launch(port)
+        });
     }
 
     /// Runs SQL with psql; returns its unaligned, tuples-only output. Panics on an error.
