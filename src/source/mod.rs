@@ -485,6 +485,8 @@ pub enum ControlError {
 
 struct Entry {
     cfg: SourceConfig,
+    /// `cfg.mapping`, shared by every context of the source (built once, not per delivery).
+    mapping: Arc<Mapping>,
     status: Arc<SourceStatus>,
     running: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
@@ -512,6 +514,7 @@ impl Sources {
             cfg.validate()?;
             let entry = Entry {
                 cfg: cfg.clone(),
+                mapping: Arc::new(cfg.mapping.clone()),
                 status: Arc::new(SourceStatus::default()),
                 running: Mutex::new(None),
             };
@@ -532,7 +535,7 @@ impl Sources {
     fn context(&self, name: &str, entry: &Entry, stop: CancellationToken) -> SourceContext {
         SourceContext {
             name: Arc::from(name),
-            mapping: Arc::new(entry.cfg.mapping.clone()),
+            mapping: entry.mapping.clone(),
             log: self.log.clone(),
             checkpoints: self.checkpoints.clone(),
             status: entry.status.clone(),
