@@ -86,6 +86,15 @@ pub struct ServerConfig {
     pub drain_window_ms: u64,
     /// Log format on stderr: `pretty` (for people) or `json` (one object per line).
     pub log_format: LogFormat,
+    /// How long a new connection may take to send its first request head (and to finish a
+    /// TLS handshake); then it is closed.
+    pub head_timeout_ms: u64,
+    /// How long a request body may take to arrive in full; then `408 body_timeout`.
+    pub body_timeout_ms: u64,
+    /// How long a connection that is not streaming may sit between requests (HTTP/1.1
+    /// keep-alive, or HTTP/2 with no open request) — including the time a later request's
+    /// head takes to arrive; then it is closed.
+    pub idle_timeout_ms: u64,
 }
 
 /// An address range: an IP address and a prefix length (`10.0.0.0/8`); a bare address is a
@@ -185,6 +194,9 @@ impl Default for ServerConfig {
             metrics_listen: None,
             drain_window_ms: 5_000,
             log_format: LogFormat::Pretty,
+            head_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 30_000,
         }
     }
 }
@@ -364,6 +376,14 @@ pub struct LimitsConfig {
     pub publish_rate: f64,
     /// …and in a burst (at least `max_batch_events`, so any valid batch can pass).
     pub publish_burst: u32,
+    /// Most open connections of any kind (streams, publishes, polls, idle keep-alive) on
+    /// this node; connections over it are closed at once. 0: derived from the process's
+    /// open-file limit, keeping room for the log, the engines and the sources.
+    pub max_open_connections: usize,
+    /// Most open connections of any kind from one peer address, and never more than half of
+    /// `max_open_connections`, so one address cannot take the node. Trusted proxies
+    /// (`server.trusted_proxies`) count only toward the node's total.
+    pub max_open_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -379,6 +399,8 @@ impl Default for LimitsConfig {
             connect_burst_per_ip: 100,
             publish_rate: 50_000.0,
             publish_burst: 100_000,
+            max_open_connections: 0,
+            max_open_connections_per_ip: 1_100,
         }
     }
 }
@@ -480,6 +502,13 @@ impl Config {
             return bad(
                 "limits.max_channels_per_connection and limits.max_batch_events must be greater than 0",
             );
+        }
+        let s = &self.server;
+        if s.head_timeout_ms == 0 || s.body_timeout_ms == 0 || s.idle_timeout_ms == 0 {
+            return bad("server.head_timeout_ms, body_timeout_ms and idle_timeout_ms must be greater than 0");
+        }
+        if self.limits.max_open_connections_per_ip == 0 {
+            return bad("limits.max_open_connections_per_ip must be greater than 0");
         }
         if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
             return bad("server.tls_cert_file and server.tls_key_file go together");

@@ -4,6 +4,9 @@
 //!   [`ConnPermit`] holds one place and gives it back when dropped, so a stream that ends for
 //!   any reason frees its place. Counters of users and addresses with no stream left are
 //!   removed, so the maps hold only what is open.
+//! - [`SocketLimits`]: open connections of every kind (streams, requests, idle keep-alive)
+//!   — in all and per peer address — checked when a connection is accepted, before a byte is
+//!   read. A [`SocketPermit`] gives its place back when the connection ends.
 //! - [`RateLimiter`]: token buckets by key (client address for new connections, publisher for
 //!   publishes). A refusal says how long to wait (`Retry-After`). Buckets that have refilled
 //!   are forgotten by [`RateLimiter::cleanup`] (run periodically), and the map never holds
@@ -149,6 +152,111 @@ impl Drop for ConnPermit {
     }
 }
 
+/// Which cap closed a connection at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketCap {
+    Total,
+    PerIp,
+}
+
+impl SocketCap {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            SocketCap::Total => "total",
+            SocketCap::PerIp => "per_ip",
+        }
+    }
+}
+
+/// Open connections of every kind on one listener: at most `max_total`, and at most
+/// `max_per_ip` (never more than half of `max_total`) from one peer address, so that one
+/// address holding connections open cannot take the places of everyone else — health
+/// checks and other clients' streams still get in. Peers in `exempt` (trusted proxies, which
+/// carry many clients' connections) count only toward the total.
+#[derive(Debug)]
+pub struct SocketLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    exempt: Vec<crate::config::Cidr>,
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl SocketLimits {
+    pub fn new(max_total: usize, max_per_ip: usize, exempt: Vec<crate::config::Cidr>) -> Arc<Self> {
+        let max_total = max_total.max(2);
+        Arc::new(Self {
+            max_total,
+            max_per_ip: max_per_ip.clamp(1, max_total / 2),
+            exempt,
+            counts: Mutex::default(),
+        })
+    }
+
+    /// The node-wide cap when `limits.max_open_connections` is 0: the open-file limit less
+    /// what the process needs besides connections (the log's files, engine and source
+    /// connections, the listeners): a sixteenth of the limit, at least 64.
+    pub fn default_total(open_files: u64) -> usize {
+        let reserve = (open_files / 16).max(64);
+        usize::try_from(open_files.saturating_sub(reserve))
+            .unwrap_or(usize::MAX)
+            .max(2)
+    }
+
+    /// The caps in force: (total, per address).
+    pub fn caps(&self) -> (usize, usize) {
+        (self.max_total, self.max_per_ip)
+    }
+
+    /// Takes a place for a connection from `ip`, or says which cap is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<SocketPermit, SocketCap> {
+        let counted = !self.exempt.iter().any(|c| c.contains(ip));
+        let mut c = lock(&self.counts);
+        if c.0 >= self.max_total {
+            return Err(SocketCap::Total);
+        }
+        if counted {
+            let n = c.1.entry(ip).or_default();
+            if *n >= self.max_per_ip {
+                return Err(SocketCap::PerIp);
+            }
+            *n += 1;
+        }
+        c.0 += 1;
+        Ok(SocketPermit {
+            limits: self.clone(),
+            ip: counted.then_some(ip),
+        })
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        lock(&self.counts).0
+    }
+}
+
+/// One connection's place; given back when dropped.
+#[derive(Debug)]
+pub struct SocketPermit {
+    limits: Arc<SocketLimits>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        let mut c = lock(&self.limits.counts);
+        c.0 -= 1;
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.1.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.1.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -247,6 +355,28 @@ mod tests {
         assert_eq!(l.acquire("c", ip).unwrap_err().limit, Limit::Connections);
         drop(a1);
         assert!(l.acquire("a", ip).is_ok());
+    }
+
+    #[test]
+    fn one_address_gets_at_most_half_of_the_sockets_and_proxies_only_count_in_total() {
+        let proxy: crate::config::Cidr = "10.0.0.0/8".parse().unwrap();
+        let l = SocketLimits::new(6, 100, vec![proxy]);
+        assert_eq!(l.caps(), (6, 3), "per address: at most half the total");
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| l.admit(a).unwrap()).collect();
+        assert_eq!(l.admit(a).unwrap_err(), SocketCap::PerIp);
+        let b: IpAddr = "127.0.0.1".parse().unwrap();
+        let _b = l.admit(b).unwrap();
+        let p: IpAddr = "10.1.2.3".parse().unwrap();
+        let _p1 = l.admit(p).unwrap();
+        let _p2 = l.admit(p).unwrap();
+        assert_eq!(l.admit(p).unwrap_err(), SocketCap::Total);
+        assert_eq!(l.open(), 6);
+        drop(held);
+        assert_eq!(l.open(), 3);
+        assert!(l.admit(a).is_ok(), "places are given back");
+        assert_eq!(SocketLimits::default_total(256), 192);
+        assert_eq!(SocketLimits::default_total(20_000), 18_750);
     }
 
     #[tokio::test(start_paused = true)]

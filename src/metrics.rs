@@ -33,6 +33,12 @@ pub struct Metrics {
     pub jwks_fetches: Counter,
     /// Events appended through this node's publish API (duplicates not counted).
     pub events_published: Counter,
+    /// Open TCP connections of any kind (streams, requests, idle keep-alive).
+    pub open_connections: Gauge,
+    /// Connections closed at accept by a cap, by cap (`total`, `per_ip`).
+    pub connections_refused: Family<Labels, Counter>,
+    /// Connections or requests cut by a deadline, by deadline (`head`, `body`, `idle`).
+    pub timeouts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,7 +81,28 @@ impl Default for Metrics {
             "Events appended through this node's publish API (idempotent repeats not counted)",
             events_published.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Open TCP connections of any kind (streams, requests, idle keep-alive)",
+            open_connections.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept by limits.max_open_connections (cap=total) or max_open_connections_per_ip (cap=per_ip)",
+            connections_refused.clone(),
+        );
+        let timeouts = Family::<Labels, Counter>::default();
+        registry.register(
+            "timeouts",
+            "Connections or requests cut by a deadline, by deadline (head, body, idle)",
+            timeouts.clone(),
+        );
         Self {
+            open_connections,
+            connections_refused,
+            timeouts,
             events_published,
             registry,
             auth_failures,
@@ -114,6 +141,12 @@ impl Metrics {
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    pub fn timed_out(&self, deadline: &'static str) {
+        self.timeouts
+            .get_or_create(&vec![("deadline", deadline)])
             .inc();
     }
 

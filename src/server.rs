@@ -19,7 +19,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::{sleep_or_cancel, Hub};
-use crate::limits::{ConnLimits, Limit, RateLimiter};
+use crate::limits::{ConnLimits, Limit, RateLimiter, SocketLimits};
 use crate::metrics::Metrics;
 use crate::source::Sources;
 
@@ -187,6 +187,14 @@ impl Gateway {
             }
             _ => None,
         };
+        let serve_options = crate::http::serve::Options {
+            grace,
+            tls: None,
+            head_timeout: Duration::from_millis(cfg.server.head_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
+            sockets: socket_limits(&cfg),
+            metrics: state.metrics.clone(),
+        };
         if let Some(addr) = &cfg.server.metrics_listen {
             let metrics_listener = bind(addr)
                 .await
@@ -196,8 +204,16 @@ impl Gateway {
                 metrics_listener,
                 crate::http::ops_router(state.clone()),
                 shutdown.clone(),
-                grace,
-                None,
+                crate::http::serve::Options {
+                    tls: None,
+                    // Its own small caps: scrapers and probes need few connections.
+                    sockets: SocketLimits::new(
+                        METRICS_LISTENER_CONNECTIONS,
+                        METRICS_LISTENER_CONNECTIONS / 2,
+                        Vec::new(),
+                    ),
+                    ..serve_options.clone()
+                },
             ));
         }
         let watch_shutdown = {
@@ -216,8 +232,10 @@ impl Gateway {
                 listener,
                 router(state.clone()),
                 shutdown.clone(),
-                grace,
-                tls
+                crate::http::serve::Options {
+                    tls,
+                    ..serve_options
+                },
             ),
             watch_shutdown,
         );
@@ -226,6 +244,36 @@ impl Gateway {
         tracing::info!("ssegate stopped");
         Ok(())
     }
+}
+
+/// Most connections the metrics listener holds (half of them from one address).
+const METRICS_LISTENER_CONNECTIONS: usize = 32;
+
+/// The caps on the main listener's connections: `limits.max_open_connections`, or when it is
+/// 0 what the open-file limit leaves (the soft limit is raised to the hard one first, as
+/// most servers do); per address `limits.max_open_connections_per_ip`.
+fn socket_limits(cfg: &Config) -> Arc<SocketLimits> {
+    let limits = &cfg.limits;
+    let total = if limits.max_open_connections > 0 {
+        limits.max_open_connections
+    } else {
+        let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+                1024
+            }
+        };
+        SocketLimits::default_total(open_files)
+    };
+    let sockets = SocketLimits::new(
+        total,
+        limits.max_open_connections_per_ip,
+        cfg.server.trusted_proxies.clone(),
+    );
+    let (total, per_ip) = sockets.caps();
+    tracing::info!(total, per_ip, "open connections capped");
+    sockets
 }
 
 /// Waits for a signal or a drain request, then drains: `/readyz` turns not ready at once, the

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
@@ -87,9 +87,12 @@ struct Broadcast {
 pub(super) async fn broadcast(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers).await?;
+    // A little over the event limit, so an oversized broadcast is told so below.
+    let body =
+        super::edge::read_body(&state, body, state.cfg.limits.max_event_bytes + 4096).await?;
     let b: Broadcast = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::source::dapr;
 
 /// `GET /dapr/subscribe`
@@ -30,12 +30,16 @@ pub(super) async fn deliver(
     let max = state.cfg.limits.max_event_bytes;
     // A body that can never fit is answered DROP (any other error status would make the
     // sidecar redeliver it forever).
-    let Ok(body) = axum::body::to_bytes(body, max + 64 * 1024).await else {
-        return Json(json!({
-            "status": "DROP",
-            "message": format!("the message is larger than limits.max_event_bytes ({max})"),
-        }))
-        .into_response();
+    let body = match super::edge::read_body(&state, body, max + 64 * 1024).await {
+        Ok(body) => body,
+        Err(ApiError::TooLarge { .. }) => {
+            return Json(json!({
+                "status": "DROP",
+                "message": format!("the message is larger than limits.max_event_bytes ({max})"),
+            }))
+            .into_response()
+        }
+        Err(e) => return e.into_response(),
     };
     let reply = dapr::deliver(&state.sources, &name, &headers, &body, max).await;
     let status = StatusCode::from_u16(reply.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -29,8 +29,14 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     /// 404.
     NotFound { code: &'static str, message: String },
+    /// 408: the request (its body) did not arrive in time.
+    Timeout { code: &'static str, message: String },
     /// 413: too large.
     TooLarge { code: &'static str, message: String },
+    /// 415: a body of a type this endpoint does not take.
+    UnsupportedMediaType { code: &'static str, message: String },
+    /// 501: a part of HTTP this server does not implement (a transfer coding).
+    NotImplemented { code: &'static str, message: String },
     /// 429, with `Retry-After`.
     TooMany {
         code: &'static str,
@@ -82,8 +88,17 @@ impl ApiError {
             ),
             ApiError::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
             ApiError::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message.clone()),
+            ApiError::Timeout { code, message } => {
+                (StatusCode::REQUEST_TIMEOUT, code, message.clone())
+            }
             ApiError::TooLarge { code, message } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone())
+            }
+            ApiError::UnsupportedMediaType { code, message } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, code, message.clone())
+            }
+            ApiError::NotImplemented { code, message } => {
+                (StatusCode::NOT_IMPLEMENTED, code, message.clone())
             }
             ApiError::TooMany { code, message, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
@@ -123,6 +138,7 @@ impl IntoResponse for ApiError {
             body["error"]["channels"] = json!(channels);
         }
         let mut response = (status, Json(body)).into_response();
+
         let retry_after = match &self {
             ApiError::TooMany { retry_after_s, .. } => Some(*retry_after_s),
             ApiError::Unauthorized(AuthError::Unavailable(_)) => Some(2),

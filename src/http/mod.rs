@@ -15,7 +15,9 @@
 
 mod admin;
 mod dapr;
+mod edge;
 mod error;
+pub mod head;
 mod ops;
 mod poll;
 pub mod publish;
@@ -89,7 +91,7 @@ pub static DEMO_ROUTES: std::sync::OnceLock<Router> = std::sync::OnceLock::new()
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = cors_layer(&state.cfg.cors);
     let router = Router::new()
-        .route("/v1/stream", get(stream::stream))
+        .route("/v1/stream", get(stream::stream).head(stream::stream_head))
         .route("/v1/poll", get(poll::poll))
         .route("/v1/publish", post(publish::publish))
         .route(
@@ -109,9 +111,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found);
-    let router = router.layer(axum::middleware::from_fn(request_id));
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            edge::checks,
+        ))
+        .layer(axum::middleware::from_fn(request_id));
     let api = match cors {
-        Some(cors) => router.layer(cors),
+        Some(cors) => router
+            .layer(cors)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                edge::cors_only_listed,
+            )),
         None => router,
     }
     .with_state(state);

@@ -46,12 +46,7 @@ pub(super) async fn publish(
         .max_event_bytes
         .saturating_mul(limits.max_batch_events)
         .clamp(limits.max_event_bytes + 4096, 32 << 20);
-    let body = axum::body::to_bytes(body, body_limit)
-        .await
-        .map_err(|_| ApiError::TooLarge {
-            code: "body_too_large",
-            message: format!("the request body is larger than {body_limit} bytes"),
-        })?;
+    let body = super::edge::read_body(&state, body, body_limit).await?;
     let now = crate::time::now_ms();
     let items = parse_body(&body, limits, now)?;
     let mut denied = Vec::new();
@@ -114,12 +109,16 @@ pub fn parse_body(
             "the array of events is empty",
         ));
     }
-    if events.len() > limits.max_batch_events {
+    // What is appended counts: an event published to `channels` is one event per channel.
+    let expanded: usize = events
+        .iter()
+        .map(|e| e.channels.as_ref().map_or(1, |c| c.len().max(1)))
+        .sum();
+    if expanded > limits.max_batch_events {
         return Err(ApiError::bad_request(
             "batch_too_large",
             format!(
-                "{} events in one request; at most {} are allowed",
-                events.len(),
+                "{expanded} events in one request (each channel of `channels` is one event); at most {} are allowed",
                 limits.max_batch_events
             ),
         ));

@@ -14,13 +14,14 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response, StatusCode, Version};
+use axum::http::{Request, Response, StatusCode};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -32,25 +33,43 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::head::{self, Head, MAX_HEAD};
 use super::tls::Tls;
+use crate::limits::{SocketCap, SocketLimits, SocketPermit};
+use crate::metrics::Metrics;
+use crate::throttle::Throttle;
 
-/// Largest request head read here; larger heads go to hyper (which refuses them properly).
-const MAX_HEAD: usize = 16 * 1024;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most headers parsed here (more: hyper handles the request).
-const MAX_HEADERS: usize = 48;
+/// How this listener treats its connections.
+#[derive(Clone)]
+pub struct Options {
+    /// The longest graceful shutdown.
+    pub grace: Duration,
+    /// TLS on every connection (HTTP/2 or HTTP/1.1 by ALPN), or plain TCP.
+    pub tls: Option<Arc<Tls>>,
+    /// A new connection's TLS handshake and first request head must be done within this.
+    pub head_timeout: Duration,
+    /// A connection that is not streaming is closed after this long without a request in
+    /// progress (keep-alive idleness, and the time a later request's head takes).
+    pub idle_timeout: Duration,
+    /// Caps on open connections: in all and per address.
+    pub sockets: Arc<SocketLimits>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, lets hyper finish its
 /// connections gracefully and waits for the streams to end (they end by themselves on
-/// shutdown, with `closing`), up to `grace`. With `tls`, every connection is TLS (HTTP/2 or
-/// HTTP/1.1 by ALPN).
+/// shutdown, with `closing`), up to `opts.grace`.
+///
+/// Every connection counts toward `opts.sockets` from the moment it is accepted until it
+/// closes; one over a cap is closed at once (a plain-HTTP listener first writes a `503`
+/// saying which cap). Its first head must arrive within `opts.head_timeout`; after that, a
+/// connection that is not a stream is closed once it has gone `opts.idle_timeout` without
+/// a request in progress.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-    grace: Duration,
-    tls: Option<Arc<Tls>>,
+    opts: Options,
 ) {
     let graceful = GracefulShutdown::new();
     let streams = TaskTracker::new();
@@ -61,37 +80,54 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors, typically: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    static THROTTLE: Throttle = Throttle::new(Duration::from_secs(10));
+                    if let Some(suppressed) = THROTTLE.allow() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let permit = match opts.sockets.admit(peer.ip()) {
+            Ok(permit) => Admitted::new(permit, &opts.metrics),
+            Err(cap) => {
+                refuse(tcp, cap, opts.tls.is_none(), &opts.metrics);
+                continue;
+            }
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let (router, watcher) = (router.clone(), graceful.watcher());
-        match &tls {
+        let (router, watcher, opts) = (router.clone(), graceful.watcher(), opts.clone());
+        match opts.tls.clone() {
             None => {
-                streams.spawn(connection(tcp, peer, router, watcher));
+                streams.spawn(async move {
+                    connection(tcp, peer, router, watcher, &opts).await;
+                    drop(permit);
+                });
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
                 streams.spawn(async move {
-                    let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp));
+                    let handshake = tokio::time::timeout(opts.head_timeout, acceptor.accept(tcp));
                     let tls = match handshake.await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            opts.metrics.timed_out("head");
+                            return;
+                        }
                     };
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        hyper_connection(tls, Bytes::new(), peer, router, watcher).await
+                        hyper_connection(tls, Bytes::new(), peer, router, watcher, &opts).await
                     } else {
-                        connection(tls, peer, router, watcher).await
+                        connection(tls, peer, router, watcher, &opts).await
                     }
+                    drop(permit);
                 });
             }
         }
@@ -102,11 +138,68 @@ pub async fn serve(
         graceful.shutdown().await;
         streams.wait().await;
     };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout(opts.grace, drain).await.is_err() {
         tracing::warn!(
-            ?grace,
+            grace = ?opts.grace,
             "shutdown grace period exceeded; cutting the remaining connections"
         );
+    }
+}
+
+/// A connection's place under the caps, shown in `ssegate_open_connections`.
+struct Admitted {
+    _permit: SocketPermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Admitted {
+    fn new(permit: SocketPermit, metrics: &Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        Self {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.metrics.open_connections.dec();
+    }
+}
+
+/// Closes a connection over a cap. On plain HTTP it is first told why, in a `503` written
+/// without waiting (if the socket cannot take it at once, it is closed without a word).
+fn refuse(tcp: tokio::net::TcpStream, cap: SocketCap, plain: bool, metrics: &Metrics) {
+    metrics
+        .connections_refused
+        .get_or_create(&vec![("cap", cap.label())])
+        .inc();
+    static THROTTLE: Throttle = Throttle::new(Duration::from_secs(10));
+    if let Some(suppressed) = THROTTLE.allow() {
+        tracing::warn!(
+            cap = cap.label(),
+            suppressed,
+            "connection over a cap closed at accept"
+        );
+    }
+    if plain {
+        let (code, message) = match cap {
+            SocketCap::Total => (
+                "server_full",
+                "this server holds as many connections as it can; retry later",
+            ),
+            SocketCap::PerIp => (
+                "too_many_open_connections_from_address",
+                "your address holds too many open connections; close some and retry",
+            ),
+        };
+        let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tcp.try_write(answer.as_bytes());
     }
 }
 
@@ -119,12 +212,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// The future of a stream connection lives as long as the stream, so what only the first
 /// steps need (the head buffer, the router call, hyper's connection) is boxed and freed once
 /// done: what stays is the socket, the body and the pump.
-async fn connection<I: Io>(mut io: I, peer: SocketAddr, router: Router, watcher: Watcher) {
-    let first = Box::pin(first_request(&mut io, peer, router.clone())).await;
+async fn connection<I: Io>(
+    mut io: I,
+    peer: SocketAddr,
+    router: Router,
+    watcher: Watcher,
+    opts: &Options,
+) {
+    let first = Box::pin(first_request(&mut io, peer, router.clone(), opts)).await;
     let (head, body) = match first {
         First::Answer { head, body } => (head, body),
         First::Other(prefix) => {
-            return Box::pin(hyper_connection(io, prefix, peer, router, watcher)).await
+            return Box::pin(hyper_connection(io, prefix, peer, router, watcher, opts)).await
         }
         First::Done => return,
     };
@@ -154,13 +253,23 @@ enum First {
     Done,
 }
 
-async fn first_request<I: Io>(io: &mut I, peer: SocketAddr, router: Router) -> First {
+async fn first_request<I: Io>(
+    io: &mut I,
+    peer: SocketAddr,
+    router: Router,
+    opts: &Options,
+) -> First {
     let mut buf = BytesMut::with_capacity(2048);
-    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(io, &mut buf)).await;
+    let head = tokio::time::timeout(opts.head_timeout, read_head(io, &mut buf)).await;
     let mut request = match head {
         Ok(Ok(Some(req))) => req,
         Ok(Ok(None)) => return First::Other(buf.freeze()),
-        Ok(Err(_)) | Err(_) => return First::Done,
+        Ok(Err(_)) => return First::Done,
+        Err(_) => {
+            opts.metrics.timed_out("head");
+            tracing::debug!(%peer, "request head not received in time; connection closed");
+            return First::Done;
+        }
     };
     drop(buf);
     request.extensions_mut().insert(ConnectInfo(peer));
@@ -195,63 +304,16 @@ async fn first_request<I: Io>(io: &mut I, peer: SocketAddr, router: Router) -> F
 /// (`GET /v1/stream…` without a body), `None` for anything else (the bytes stay in `buf`).
 async fn read_head<I: Io>(io: &mut I, buf: &mut BytesMut) -> io::Result<Option<Request<Body>>> {
     loop {
-        match parse_stream_request(buf) {
-            Parsed::Stream(req) => return Ok(Some(*req)),
-            Parsed::Other => return Ok(None),
-            Parsed::Partial if buf.len() >= MAX_HEAD => return Ok(None),
-            Parsed::Partial => {}
+        match head::parse(buf) {
+            Head::Stream(req) => return Ok(Some(*req)),
+            Head::Other => return Ok(None),
+            Head::Partial if buf.len() >= MAX_HEAD => return Ok(None),
+            Head::Partial => {}
         }
         buf.reserve(2048);
         if tokio::io::AsyncReadExt::read_buf(io, buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-    }
-}
-
-enum Parsed {
-    Stream(Box<Request<Body>>),
-    Other,
-    Partial,
-}
-
-fn parse_stream_request(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        // Malformed, or more headers than parsed here: hyper answers it.
-        Err(_) => return Parsed::Other,
-    };
-    let (Some("GET"), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
-        return Parsed::Other;
-    };
-    let is_stream = path == "/v1/stream" || path.starts_with("/v1/stream?");
-    // A body or an upgrade is not a stream request; anything pipelined after the head
-    // (clients do not do that with streams) is left to hyper too.
-    let has_body = req.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
-            || h.name.eq_ignore_ascii_case("upgrade")
-    });
-    if !is_stream || has_body || len != buf.len() {
-        return Parsed::Other;
-    }
-    let mut builder = Request::builder()
-        .method("GET")
-        .uri(path)
-        .version(if minor == 0 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        });
-    for h in req.headers.iter() {
-        builder = builder.header(h.name, h.value);
-    }
-    match builder.body(Body::empty()) {
-        Ok(r) => Parsed::Stream(Box::new(r)),
-        // A header name or value `http` refuses: hyper answers with the proper error.
-        Err(_) => Parsed::Other,
     }
 }
 
@@ -312,27 +374,124 @@ async fn pump<I: Io>(io: I, mut body: Body) -> io::Result<()> {
 }
 
 /// Hands a connection to hyper (HTTP/1.1 with keep-alive, or HTTP/2 prior knowledge), with
-/// the bytes this module already read put back in front.
+/// the bytes this module already read put back in front. The connection is closed once it
+/// has gone `opts.idle_timeout` without a request in progress: counted from the hand-over
+/// and from the end of each response, so a slow later head or an idle keep-alive cannot hold
+/// it open.
 async fn hyper_connection<I: Io>(
     io: I,
     prefix: Bytes,
     peer: SocketAddr,
     router: Router,
     watcher: Watcher,
+    opts: &Options,
 ) {
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
-    });
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            let busy = Busy::new(&activity);
+            async move {
+                let response = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+                // In progress until hyper has taken the whole body.
+                Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
+            }
+        })
+    };
     let io = TokioIo::new(Prefixed { prefix, inner: io });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::select! {
+        result = watcher.watch(conn) => if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        },
+        _ = activity.idle_for(opts.idle_timeout) => {
+            opts.metrics.timed_out("idle");
+            tracing::debug!(%peer, "connection idle; closed");
+        }
+    }
+}
+
+/// Whether a hyper connection has a request in progress, and since when it has none.
+struct Activity {
+    started: tokio::time::Instant,
+    in_progress: AtomicUsize,
+    /// Milliseconds after `started` when the last request ended (0: none has).
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            in_progress: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Resolves once no request has been in progress for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let since =
+                self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            if self.in_progress.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+            } else if tokio::time::Instant::now() >= since + limit {
+                return;
+            } else {
+                tokio::time::sleep_until(since + limit).await;
+            }
+        }
+    }
+}
+
+/// One request in progress on a hyper connection.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.in_progress.fetch_add(1, Ordering::AcqRel);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = a.started.elapsed().as_millis() as u64;
+        a.idle_since_ms.store(now, Ordering::Release);
+        a.in_progress.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in progress until it is dropped.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

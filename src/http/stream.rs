@@ -26,6 +26,9 @@ use crate::hub::{
     UpdateError,
 };
 
+/// Largest body of a subscription change (100 channels of 256 bytes each way fit).
+const SUBSCRIPTION_BODY_BYTES: usize = 256 * 1024;
+
 /// Longest `session_id`, in bytes.
 const MAX_SESSION_ID_BYTES: usize = 128;
 
@@ -154,7 +157,12 @@ pub(super) async fn stream(
         let chunk = cursor.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), cursor))
     });
-    let mut response = Response::new(Body::from_stream(body));
+    Ok(event_stream(Body::from_stream(body)))
+}
+
+/// A `200` event-stream response with `body`.
+fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
     h.insert(
@@ -166,7 +174,21 @@ pub(super) async fn stream(
         HeaderValue::from_static("no-cache, no-transform"),
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
+}
+
+/// `HEAD /v1/stream`: the status and headers a `GET` would get (credentials, channels and
+/// the resume id checked the same way), without opening a stream — nothing is registered,
+/// counted or read from the log.
+pub(super) async fn stream_head(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = StreamQuery::parse(raw.as_deref());
+    subscriber(&state, &query, &headers).await?;
+    resume_position(&headers, &query)?;
+    Ok(event_stream(Body::empty()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,10 +271,11 @@ pub(super) async fn subscriptions(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let query = StreamQuery::parse(raw.as_deref());
     let principal = authenticate(&state, &headers, query.access_token.as_deref()).await?;
+    let body = super::edge::read_body(&state, body, SUBSCRIPTION_BODY_BYTES).await?;
     let change: SubscriptionChange = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",

@@ -172,13 +172,27 @@ impl Drop for Server {
     }
 }
 
+const NOFILE_KEY: &str = "SSEGATE_TEST_NOFILE";
+
 fn spawn(dir: &Path, env: &[(String, String)], config: Option<&Path>) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("server.log"))
         .expect("server log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ssegate"));
+    // `("TEST_NOFILE", "256")` runs the server under that open-file limit (soft and hard).
+    let nofile = env.iter().find(|(k, _)| k == NOFILE_KEY).map(|(_, v)| v);
+    let env: Vec<&(String, String)> = env.iter().filter(|(k, _)| k != NOFILE_KEY).collect();
+    let mut command = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_ssegate"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ssegate")),
+    };
     command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
     command.arg(dir.join("data"));
     if let Some(config) = config {
