@@ -91,6 +91,21 @@ impl Gateway {
         })
     }
 
+    /// The HTTP router of this gateway, for calling it in-process (tests:
+    /// `tower::ServiceExt::oneshot`); nothing runs in the background (no dispatcher, no
+    /// sources, no listener), so it answers every request that needs no live stream.
+    pub fn router(&self) -> axum::Router {
+        router(app_state(
+            &self.cfg,
+            self.auth.clone(),
+            self.metrics.clone(),
+            &self.hub,
+            self.sources.clone(),
+            CancellationToken::new(),
+            "in-process".into(),
+        ))
+    }
+
     /// Runs the gateway on `listener` until `signal` is cancelled (SIGTERM, SIGINT) or an
     /// admin asks for a drain; then drains (see the module docs) and returns.
     pub async fn serve(
@@ -132,40 +147,20 @@ impl Gateway {
             });
         }
         sources.start_auto();
-        let limits = &cfg.limits;
-        let state = Arc::new(AppState {
-            sources,
+        let node_id = cfg
+            .server
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
+        let state = app_state(
+            &cfg,
             auth,
             metrics,
-            conn_limits: ConnLimits::new(
-                limits.max_connections,
-                limits.max_connections_per_user,
-                limits.max_connections_per_ip,
-            ),
-            connect_rate: RateLimiter::new(
-                Limit::ConnectRate,
-                limits.connect_rate_per_ip,
-                limits.connect_burst_per_ip,
-                LIMITER_MAX_KEYS,
-            ),
-            publish_rate: RateLimiter::new(
-                Limit::PublishRate,
-                limits.publish_rate,
-                limits.publish_burst,
-                LIMITER_MAX_KEYS,
-            ),
-            hub: hub.clone(),
-            shutdown: shutdown.clone(),
-            draining: std::sync::atomic::AtomicBool::new(false),
-            drain_request: CancellationToken::new(),
-            started: Instant::now(),
-            node_id: cfg
-                .server
-                .node_id
-                .clone()
-                .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port())),
-            cfg: cfg.clone(),
-        });
+            &hub,
+            sources,
+            shutdown.clone(),
+            node_id,
+        );
         {
             let (state, shutdown) = (state.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -244,6 +239,48 @@ impl Gateway {
         tracing::info!("ssegate stopped");
         Ok(())
     }
+}
+
+/// What the HTTP handlers share, for a gateway whose parts are built.
+fn app_state(
+    cfg: &Arc<Config>,
+    auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
+    hub: &Arc<Hub>,
+    sources: Arc<Sources>,
+    shutdown: CancellationToken,
+    node_id: String,
+) -> Arc<AppState> {
+    let limits = &cfg.limits;
+    Arc::new(AppState {
+        sources,
+        auth,
+        metrics,
+        conn_limits: ConnLimits::new(
+            limits.max_connections,
+            limits.max_connections_per_user,
+            limits.max_connections_per_ip,
+        ),
+        connect_rate: RateLimiter::new(
+            Limit::ConnectRate,
+            limits.connect_rate_per_ip,
+            limits.connect_burst_per_ip,
+            LIMITER_MAX_KEYS,
+        ),
+        publish_rate: RateLimiter::new(
+            Limit::PublishRate,
+            limits.publish_rate,
+            limits.publish_burst,
+            LIMITER_MAX_KEYS,
+        ),
+        hub: hub.clone(),
+        shutdown,
+        draining: std::sync::atomic::AtomicBool::new(false),
+        drain_request: CancellationToken::new(),
+        started: Instant::now(),
+        node_id,
+        cfg: cfg.clone(),
+    })
 }
 
 /// Most connections the metrics listener holds (half of them from one address).
