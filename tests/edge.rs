@@ -584,7 +584,13 @@ async fn head_on_the_stream_opens_nothing() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(body["connections"], json!([]), "no stream was opened");
+    assert_eq!(body["connections"], json!([]), "no stream is open");
+    let metrics = metrics_text(&server).await;
+    assert_eq!(
+        metric(&metrics, "ssegate_connections_opened_total"),
+        Some(0.0),
+        "no stream was opened, not even for a moment"
+    );
     // The user's one place is free: a real stream opens.
     let (_sse, connected) = Sse::open(&url, &[bearer(&sub)]).await;
     assert_eq!(connected["user"], "u1");
