@@ -26,6 +26,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod log;
+pub mod logfmt;
 pub mod metrics;
 pub mod server;
 pub mod source;

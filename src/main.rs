@@ -332,6 +332,10 @@ fn init_tracing(format: ssegate::config::LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         ssegate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
-        ssegate::config::LogFormat::Pretty => builder.init(),
+        // Field values quoted and escaped unless plain, so none can pass for another field
+        // or another line (a user id, a path, an error text).
+        ssegate::config::LogFormat::Pretty => {
+            builder.fmt_fields(ssegate::logfmt::SafeFields).init()
+        }
     }
 }

@@ -1358,3 +1358,313 @@ async fn e2e_unknown_kid_storm_does_not_flood_the_jwks_server() {
     assert_eq!(status, 200, "{res}");
     assert_eq!(jwks.hits(), hits);
 }
+
+// ---------------------------------------------------------------------------------------
+// Strict tokens: claim types, `crit`, duplicate member names (end to end, hand-made tokens)
+// ---------------------------------------------------------------------------------------
+
+/// An HS256 token made by hand from the exact header and payload text (so it can hold what
+/// `jsonwebtoken::encode` would never write: duplicate names, a `crit`), signed with the
+/// secret the test server is started with.
+fn raw_hs256(header: &str, payload: &str) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(common::SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{message}.{signature}")
+}
+
+const RAW_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// A valid payload for `u1` (publish and subscribe `logs:**`, an hour to live) in which the
+/// claim `name` has the JSON text `value` instead (or in addition); `""` changes nothing.
+fn raw_payload(name: &str, value: &str) -> String {
+    let mut members = vec![
+        ("sub", r#""u1""#.to_owned()),
+        ("exp", (now() + 3600).to_string()),
+        (
+            "ssegate",
+            r#"{"subscribe":["logs:**"],"publish":["logs:**"]}"#.to_owned(),
+        ),
+    ];
+    if !name.is_empty() {
+        members.retain(|(n, _)| *n != name);
+        members.push((name, value.to_owned()));
+    }
+    let members: Vec<String> = members
+        .iter()
+        .map(|(n, v)| format!("\"{n}\":{v}"))
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
+/// The token is refused with 401 `invalid_token` (and a message containing `message`) by the
+/// stream and by the publish endpoint.
+async fn expect_e2e_invalid(server: &Server, token: &str, message: &str, what: &str) {
+    let url = server.stream_url(&["logs:w1:f1"]);
+    // `connect`, not a plain GET: an accepted token opens an endless stream.
+    let sse = Sse::connect(&url, &[bearer(token)]).await;
+    let (status, body) = (sse.status, sse.error);
+    assert_eq!(status, 401, "{what}: stream: {body}");
+    assert_eq!(body["error"]["code"], "invalid_token", "{what}: {body}");
+    let text = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(text.contains(message), "{what}: stream: {body}");
+    let (status, body) = server
+        .publish(
+            token,
+            &json!({"channel": "logs:w1:f1", "type": "t", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 401, "{what}: publish: {body}");
+    assert_eq!(body["error"]["code"], "invalid_token", "{what}: {body}");
+    let text = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(text.contains(message), "{what}: publish: {body}");
+}
+
+/// The token opens a stream and publishes: the defect-free twin of a refused token.
+async fn expect_e2e_accepted(server: &Server, token: &str, what: &str) {
+    let (_sse, connected) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(token)]).await;
+    assert_eq!(connected["user"], "u1", "{what}");
+    let (status, body) = server
+        .publish(
+            token,
+            &json!({"channel": "logs:w1:f1", "type": "t", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{what}: publish: {body}");
+}
+
+/// `exp`, `nbf`, `iat` must be numbers the verifier can compare (never silently skipped),
+/// `sub` and `iss` strings, `aud` a string or a list of strings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_claims_of_the_wrong_type_are_refused() {
+    let server = start_server(&[]);
+    let t = now();
+    let cases: Vec<(&str, &str, String, String, &str)> = vec![
+        // (what, claim, defective value, a value without the defect, message fragment)
+        (
+            "nbf a string",
+            "nbf",
+            r#""x""#.into(),
+            (t - 60).to_string(),
+            "`nbf` must be",
+        ),
+        (
+            "nbf an object",
+            "nbf",
+            r#"{"t":1}"#.into(),
+            (t - 60).to_string(),
+            "`nbf` must be",
+        ),
+        (
+            "nbf too large to compare",
+            "nbf",
+            "1e30".into(),
+            format!("{}.5", t - 60),
+            "`nbf` must be",
+        ),
+        (
+            "nbf negative",
+            "nbf",
+            "-1".into(),
+            "0".into(),
+            "`nbf` must be",
+        ),
+        (
+            "exp a string",
+            "exp",
+            format!(r#""{}""#, t + 3600),
+            (t + 3600).to_string(),
+            "`exp` must be",
+        ),
+        (
+            "exp null",
+            "exp",
+            "null".into(),
+            (t + 3600).to_string(),
+            "`exp` must be",
+        ),
+        (
+            "iat a string",
+            "iat",
+            r#""x""#.into(),
+            t.to_string(),
+            "`iat` must be",
+        ),
+        (
+            "iat a bool",
+            "iat",
+            "true".into(),
+            t.to_string(),
+            "`iat` must be",
+        ),
+        (
+            "sub a number",
+            "sub",
+            "5".into(),
+            r#""u1""#.into(),
+            "`sub` must be a string",
+        ),
+        (
+            "sub a list",
+            "sub",
+            r#"["u1"]"#.into(),
+            r#""u1""#.into(),
+            "`sub` must be a string",
+        ),
+        (
+            "iss a number",
+            "iss",
+            "5".into(),
+            format!("{ISS:?}"),
+            "`iss` must be a string",
+        ),
+        (
+            "iss a list",
+            "iss",
+            r#"["a","b"]"#.into(),
+            r#""a""#.into(),
+            "`iss` must be a string",
+        ),
+        (
+            "aud a number",
+            "aud",
+            "5".into(),
+            r#""app""#.into(),
+            "`aud` must be",
+        ),
+        (
+            "aud a list with a number",
+            "aud",
+            r#"["app",5]"#.into(),
+            r#"["app","other"]"#.into(),
+            "`aud` must be",
+        ),
+        (
+            "aud an object",
+            "aud",
+            r#"{"app":true}"#.into(),
+            "[]".into(),
+            "`aud` must be",
+        ),
+    ];
+    for (what, claim, bad, good, message) in &cases {
+        let bad = raw_hs256(RAW_HEADER, &raw_payload(claim, bad));
+        expect_e2e_invalid(&server, &bad, message, what).await;
+        let good = raw_hs256(RAW_HEADER, &raw_payload(claim, good));
+        expect_e2e_accepted(&server, &good, &format!("{what}, fixed")).await;
+    }
+}
+
+/// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension it does
+/// not understand; ssegate understands none, so every `crit` is refused, well-formed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_crit_header_is_refused() {
+    let server = start_server(&[]);
+    let payload = raw_payload("", "");
+    for (what, header, message) in [
+        (
+            "crit naming an extension",
+            r#"{"alg":"HS256","typ":"JWT","crit":["x-policy"],"x-policy":"strict"}"#,
+            "`crit`",
+        ),
+        (
+            "crit naming a registered parameter",
+            r#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#,
+            "`crit`",
+        ),
+        ("empty crit", r#"{"alg":"HS256","crit":[]}"#, "`crit`"),
+        ("crit a string", r#"{"alg":"HS256","crit":"x"}"#, "`crit`"),
+        (
+            "crit with a number",
+            r#"{"alg":"HS256","crit":[5]}"#,
+            "`crit`",
+        ),
+        ("crit null", r#"{"alg":"HS256","crit":null}"#, "`crit`"),
+    ] {
+        expect_e2e_invalid(&server, &raw_hs256(header, &payload), message, what).await;
+    }
+    // The same header without `crit` (an unknown, non-critical parameter is ignored).
+    let good = raw_hs256(
+        r#"{"alg":"HS256","typ":"JWT","x-policy":"strict"}"#,
+        &payload,
+    );
+    expect_e2e_accepted(&server, &good, "no crit").await;
+}
+
+/// A header or payload naming a member twice is refused (serde_json would keep the last one,
+/// another parser the first): at the top level, nested, and spelled with a JSON escape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_duplicate_member_names_are_refused() {
+    let server = start_server(&[]);
+    let exp = now() + 3600;
+    let grants = r#"{"subscribe":["logs:**"],"publish":["logs:**"]}"#;
+    let cases: Vec<(&str, String, String, String)> = vec![
+        // (what, header, payload, the same without the duplicate)
+        (
+            "sub twice",
+            RAW_HEADER.into(),
+            format!(r#"{{"sub":"admin","sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+        ),
+        (
+            "exp twice",
+            RAW_HEADER.into(),
+            format!(r#"{{"sub":"u1","exp":1,"exp":{exp},"ssegate":{grants}}}"#),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+        ),
+        (
+            "ssegate twice",
+            RAW_HEADER.into(),
+            format!(
+                r#"{{"sub":"u1","exp":{exp},"ssegate":{{"subscribe":[]}},"ssegate":{grants}}}"#
+            ),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+        ),
+        (
+            "sub twice, once escaped",
+            RAW_HEADER.into(),
+            format!(r#"{{"sub":"admin","s\u0075b":"u1","exp":{exp},"ssegate":{grants}}}"#),
+            format!(r#"{{"s\u0075b":"u1","exp":{exp},"ssegate":{grants}}}"#),
+        ),
+        (
+            "nested: subscribe twice in the ssegate claim",
+            RAW_HEADER.into(),
+            format!(
+                r#"{{"sub":"u1","exp":{exp},"ssegate":{{"subscribe":[],"subscribe":["logs:**"],"publish":["logs:**"]}}}}"#
+            ),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+        ),
+        (
+            "nested deeper: in an object inside a list of a custom claim",
+            RAW_HEADER.into(),
+            format!(
+                r#"{{"sub":"u1","exp":{exp},"ssegate":{grants},"org":[{{"id":"a","id":"b"}}]}}"#
+            ),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants},"org":[{{"id":"a"}}]}}"#),
+        ),
+        (
+            "an unknown header parameter twice",
+            r#"{"alg":"HS256","typ":"JWT","x5u":"a","x-note":"a","x-note":"b"}"#.into(),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+            format!(r#"{{"sub":"u1","exp":{exp},"ssegate":{grants}}}"#),
+        ),
+    ];
+    for (what, header, bad, good) in &cases {
+        expect_e2e_invalid(&server, &raw_hs256(header, bad), "more than once", what).await;
+        let header_fixed = header.replace(r#","x-note":"b""#, "");
+        expect_e2e_accepted(
+            &server,
+            &raw_hs256(&header_fixed, good),
+            &format!("{what}, fixed"),
+        )
+        .await;
+    }
+}
