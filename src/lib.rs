@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod event;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -327,29 +327,31 @@ async fn run_in_process(auth: &Auth, case: &Case) -> Result<(), TestCaseError> {
             .enumerate()
             .map(|(i, e)| AppendItem {
                 key: None,
-                events: vec![NewEvent {
-                    channel: format!("{root}:{}", e.channel.join(":")),
-                    kind: "t".into(),
-                    data: serde_json::value::RawValue::from_string(format!("{{\"i\":{i}}}"))
-                        .unwrap(),
-                    users: e
-                        .users
+                events: vec![NewEvent::new(
+                    format!("{root}:{}", e.channel.join(":")),
+                    "t".into(),
+                    serde_json::value::RawValue::from_string(format!("{{\"i\":{i}}}")).unwrap(),
+                    e.users
                         .as_ref()
                         .map(|us| us.iter().map(|u| u.to_string()).collect()),
-                    time_ms: 0,
-                }],
+                    0,
+                    usize::MAX,
+                )
+                .unwrap()],
             })
             .collect();
         // One sentinel per user, last.
         items.extend(case.users.iter().map(|u| AppendItem {
             key: None,
-            events: vec![NewEvent {
-                channel: format!("z:{}", u.name),
-                kind: "sentinel".into(),
-                data: serde_json::value::RawValue::from_string("null".into()).unwrap(),
-                users: None,
-                time_ms: 0,
-            }],
+            events: vec![NewEvent::new(
+format!("z:{}", u.name),
+"sentinel".into(),
+serde_json::value::RawValue::from_string("null".into()).unwrap(),
+None,
+0,
+usize::MAX,
+)
+.unwrap()],
         }));
         log.append(items, 0).await.expect("append");
     };

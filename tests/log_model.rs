@@ -418,17 +418,16 @@ async fn run(backend: Backend, opts: LogOptions, ops: Vec<Op>) -> Result<(), Tes
                             .iter()
                             .map(|&c| {
                                 model.counter += 1;
-                                NewEvent {
-                                    channel: CHANNELS[c].to_owned(),
-                                    kind: "t".into(),
-                                    data: RawValue::from_string(format!(
-                                        "{{\"n\":{}}}",
-                                        model.counter
-                                    ))
-                                    .unwrap(),
-                                    users: None,
-                                    time_ms: now,
-                                }
+                                NewEvent::new(
+                                    CHANNELS[c].to_owned(),
+                                    "t".into(),
+                                    RawValue::from_string(format!("{{\"n\":{}}}", model.counter))
+                                        .unwrap(),
+                                    None,
+                                    now,
+                                    usize::MAX,
+                                )
+                                .unwrap()
                             })
                             .collect(),
                     })

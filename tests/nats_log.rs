@@ -44,13 +44,15 @@ async fn open(url: &str, stream: &str, opts: LogOptions) -> Arc<dyn EventLog> {
 }
 
 fn event(channel: &str, n: &str) -> NewEvent {
-    NewEvent {
-        channel: channel.to_owned(),
-        kind: "t".into(),
-        data: RawValue::from_string(format!("{{\"n\":\"{n}\"}}")).unwrap(),
-        users: None,
-        time_ms: 1_700_000_000_000,
-    }
+    NewEvent::new(
+        channel.to_owned(),
+        "t".into(),
+        RawValue::from_string(format!("{{\"n\":\"{n}\"}}")).unwrap(),
+        None,
+        1_700_000_000_000,
+        usize::MAX,
+    )
+    .unwrap()
 }
 
 fn item(key: Option<&str>, names: &[&str]) -> AppendItem {

@@ -46,13 +46,15 @@ async fn open(url: &str, stream: &str, opts: LogOptions) -> Arc<dyn EventLog> {
 }
 
 fn event(channel: &str, data: serde_json::Value, time_ms: u64) -> NewEvent {
-    NewEvent {
-        channel: channel.to_owned(),
-        kind: "t".into(),
-        data: RawValue::from_string(data.to_string()).unwrap(),
-        users: None,
+    NewEvent::new(
+        channel.to_owned(),
+        "t".into(),
+        RawValue::from_string(data.to_string()).unwrap(),
+        None,
         time_ms,
-    }
+        usize::MAX,
+    )
+    .unwrap()
 }
 
 fn item(key: Option<&str>, events: Vec<NewEvent>) -> AppendItem {

@@ -99,7 +99,8 @@ pub(super) async fn broadcast(
             format!("the body must be {{\"type\": \"…\", \"data\": …}}: {e}"),
         )
     })?;
-    super::publish::check_type(&b.kind).map_err(|m| ApiError::bad_request("invalid_type", m))?;
+    crate::event::check_type(&b.kind)
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     if body.len() > state.cfg.limits.max_event_bytes {
         return Err(ApiError::TooLarge {
             code: "event_too_large",

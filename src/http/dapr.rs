@@ -41,7 +41,7 @@ pub(super) async fn deliver(
         }
         Err(e) => return e.into_response(),
     };
-    let reply = dapr::deliver(&state.sources, &name, &headers, &body, max).await;
+    let reply = dapr::deliver(&state.sources, &name, &headers, &body).await;
     let status = StatusCode::from_u16(reply.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(reply.body)).into_response()
 }

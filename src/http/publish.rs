@@ -13,15 +13,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{authenticate, ApiError, AppState};
-use crate::channel::validate_channel;
 use crate::config::LimitsConfig;
-use crate::hub::frame::compact_json;
-use crate::log::{AppendItem, NewEvent};
-
-/// Longest event type and idempotency key, in bytes.
-const MAX_TYPE_BYTES: usize = 128;
-const MAX_KEY_BYTES: usize = 256;
-const MAX_USERS: usize = 1_000;
+use crate::event::{check_key, EventError, NewEvent};
+use crate::log::AppendItem;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,25 +124,7 @@ pub fn parse_body(
         .collect()
 }
 
-/// Event types the stream uses for its own control events.
-pub const RESERVED_TYPES: [&str; 5] = ["connected", "gap", "subscribed", "unsubscribed", "closing"];
-
-/// Checks an event type: 1 to 128 bytes, no control characters (CR or LF would inject SSE
-/// fields), not one of the stream's control event types.
-pub(super) fn check_type(kind: &str) -> Result<(), String> {
-    if kind.is_empty() || kind.len() > MAX_TYPE_BYTES || kind.chars().any(char::is_control) {
-        return Err(format!(
-            "`type` must be 1 to {MAX_TYPE_BYTES} bytes without control characters (no CR or LF)"
-        ));
-    }
-    if RESERVED_TYPES.contains(&kind) {
-        return Err(format!(
-            "`type` {kind:?} is reserved for the stream's control events ({})",
-            RESERVED_TYPES.join(", ")
-        ));
-    }
-    Ok(())
-}
+pub use crate::event::RESERVED_TYPES;
 
 /// Validates one published event; `i` is its index in the request, for messages.
 fn to_item(
@@ -174,60 +150,34 @@ fn to_item(
             ))
         }
     };
-    for c in &channels {
-        validate_channel(c).map_err(|err| ApiError::invalid_channel(c, err))?;
-    }
     let kind = e.kind.unwrap_or_else(|| "message".into());
-    check_type(&kind).map_err(|m| ApiError::bad_request("invalid_type", at(m)))?;
-    if let Some(key) = &e.id {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(
-                "invalid_id",
-                at(format!(
-                    "the idempotency `id` must be 1 to {MAX_KEY_BYTES} bytes without control characters (no CR or LF)"
-                )),
-            ));
-        }
-    }
-    if let Some(users) = &e.users {
-        if users.len() > MAX_USERS
-            || users
-                .iter()
-                .any(|u| u.is_empty() || u.len() > 256 || u.chars().any(char::is_control))
-        {
-            return Err(ApiError::bad_request(
-                "invalid_users",
-                at(format!(
-                    "`users` must be at most {MAX_USERS} user ids of 1 to 256 printable characters"
-                )),
-            ));
-        }
-    }
-    let data = match e.data {
-        Some(raw) if raw.get().bytes().any(|b| b.is_ascii_whitespace()) => {
-            RawValue::from_string(compact_json(raw.get())).expect("compacted JSON stays valid")
-        }
-        Some(raw) => raw,
-        None => RawValue::from_string("null".into()).expect("null is JSON"),
+    let refused = |err: EventError| match err {
+        EventError::Channel { channel, source } => ApiError::invalid_channel(&channel, source),
+        EventError::TooLarge { .. } => ApiError::TooLarge {
+            code: err.code(),
+            message: at(err.to_string()),
+        },
+        other => ApiError::bad_request(other.code(), at(other.to_string())),
     };
+    if let Some(key) = &e.id {
+        check_key(key).map_err(refused)?;
+    }
+    let mut data = e
+        .data
+        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
     let mut events = Vec::with_capacity(channels.len());
     for channel in channels {
-        let event = NewEvent {
+        let event = NewEvent::new(
             channel,
-            kind: kind.clone(),
-            data: data.clone(),
-            users: e.users.clone(),
-            time_ms: now,
-        };
-        let size = event.encoded_size();
-        if size > max_event_bytes {
-            return Err(ApiError::TooLarge {
-                code: "event_too_large",
-                message: at(format!(
-                    "the event is {size} bytes encoded; the limit is {max_event_bytes} (limits.max_event_bytes)"
-                )),
-            });
-        }
+            kind.clone(),
+            data.clone(),
+            e.users.clone(),
+            now,
+            max_event_bytes,
+        )
+        .map_err(refused)?;
+        // Compacted once: the next channels take the compact data as it is.
+        data = event.data.clone();
         events.push(event);
     }
     Ok(AppendItem { key: e.id, events })

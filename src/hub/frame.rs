@@ -81,31 +81,6 @@ pub fn control_frame(kind: &str, data: &impl Serialize) -> Bytes {
 /// The heartbeat comment.
 pub const HEARTBEAT: &[u8] = b": hb\n\n";
 
-/// Removes insignificant whitespace from valid JSON text, keeping everything else byte for
-/// byte (numbers keep their precision, keys their order).
-pub fn compact_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,25 +88,18 @@ mod tests {
     use serde_json::value::RawValue;
 
     #[test]
-    fn compacts_without_touching_strings() {
-        let text = "{ \"a\" : [1, 2.50000000000000000001],\n \"b\": \"x y\\\" \\n z\" }";
-        assert_eq!(
-            compact_json(text),
-            "{\"a\":[1,2.50000000000000000001],\"b\":\"x y\\\" \\n z\"}"
-        );
-    }
-
-    #[test]
     fn event_frame_is_one_data_line() {
         let e = Event {
             pos: Position::seq(7),
-            event: NewEvent {
-                channel: "a:b".into(),
-                kind: "t.x".into(),
-                data: RawValue::from_string("{\"k\":\"v\"}".into()).unwrap(),
-                users: None,
-                time_ms: 0,
-            },
+            event: NewEvent::new(
+                "a:b".into(),
+                "t.x".into(),
+                RawValue::from_string("{\"k\":\"v\"}".into()).unwrap(),
+                None,
+                0,
+                1024,
+            )
+            .unwrap(),
         };
         let text = String::from_utf8(event_frame(&e).to_vec()).unwrap();
         assert_eq!(

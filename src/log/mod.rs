@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 
 use crate::config::{Config, LogKind};
 
@@ -92,42 +91,7 @@ impl Serialize for Position {
     }
 }
 
-/// An event to append: what a publisher sent, validated, one channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NewEvent {
-    pub channel: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Compact JSON text (no raw newline).
-    pub data: Box<RawValue>,
-    /// When set, only these users' connections receive the event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub users: Option<Vec<String>>,
-    /// Publish time, Unix milliseconds; retention by age uses it.
-    pub time_ms: u64,
-}
-
-/// Envelope bytes besides channel, type, users and data: `{"id":…,"time":…}` and the `id:` line.
-const ENVELOPE_OVERHEAD: usize = 128;
-
-impl NewEvent {
-    /// The event's size as a stream frame (an upper estimate): what `limits.max_event_bytes`
-    /// bounds.
-    pub fn encoded_size(&self) -> usize {
-        let users: usize = self.users.iter().flatten().map(|u| u.len() + 3).sum();
-        self.data.get().len() + self.channel.len() + self.kind.len() * 2 + users + ENVELOPE_OVERHEAD
-    }
-}
-
-impl PartialEq for NewEvent {
-    fn eq(&self, other: &Self) -> bool {
-        self.channel == other.channel
-            && self.kind == other.kind
-            && self.data.get() == other.data.get()
-            && self.users == other.users
-            && self.time_ms == other.time_ms
-    }
-}
+pub use crate::event::NewEvent;
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,20 +235,6 @@ pub(crate) fn scan_into<'a>(
         }
     }
     batch.at_head = scanned >= total;
-}
-
-impl NewEvent {
-    /// Roughly the memory the event takes, for byte-bounded caches.
-    pub fn approx_bytes(&self) -> usize {
-        self.data.get().len()
-            + self.channel.len()
-            + self.kind.len()
-            + self
-                .users
-                .as_ref()
-                .map_or(0, |u| u.iter().map(|s| s.len() + 24).sum())
-            + 96
-    }
 }
 
 /// Retention and dedupe settings every backend takes.

@@ -174,13 +174,7 @@ static DROPS: Throttle = Throttle::new(Duration::from_secs(30));
 static RETRIES: Throttle = Throttle::new(Duration::from_secs(30));
 
 /// Handles one delivery to source `name`'s route.
-pub async fn deliver(
-    sources: &Sources,
-    name: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    max_event_bytes: usize,
-) -> Reply {
+pub async fn deliver(sources: &Sources, name: &str, headers: &HeaderMap, body: &[u8]) -> Reply {
     let Some((cfg, cx)) = sources.contexts().find_map(|(c, cx)| match &c.kind {
         SourceKind::Dapr(d) if c.name == name => Some((d.clone(), cx)),
         _ => None,
@@ -229,17 +223,10 @@ pub async fn deliver(
         key: String::new(),
     };
     let now = crate::time::now_ms();
-    let event = match cx.mapping().event(&cx.name, &change, now) {
+    let event = match cx.event(&change, now) {
         Ok(e) => e,
         Err(e) => return drop(format!("cloudevent {:?}: {e}", ce.id)),
     };
-    let size = event.encoded_size();
-    if size > max_event_bytes {
-        return drop(format!(
-            "cloudevent {:?} is {size} bytes as an event; the limit is {max_event_bytes} (limits.max_event_bytes)",
-            ce.id
-        ));
-    }
     let key = format!("src:{}:{}", cx.name, event_key(&ce.source, &ce.id));
     let wait = Duration::from_millis(cfg.append_timeout_ms);
     match tokio::time::timeout(wait, cx.emit_events(vec![event], Some(key), None)).await {

@@ -91,8 +91,10 @@ pub enum MappingError {
         value: String,
         reason: String,
     },
-    #[error("template {template:?} gives an invalid event type")]
-    BadType { template: String },
+    /// The event the templates give does not pass the event gate (a reserved or invalid
+    /// type, invalid users, too large).
+    #[error("{0}")]
+    Invalid(#[from] crate::event::EventError),
 }
 
 impl Mapping {
@@ -117,12 +119,14 @@ impl Mapping {
         Ok(())
     }
 
-    /// The event for `change` (published at `time_ms` by source `source`).
+    /// The event for `change` (published at `time_ms` by source `source`), through the
+    /// event gate ([`NewEvent::new`]) with `max_bytes` as the size limit.
     pub fn event(
         &self,
         source: &str,
         change: &Change,
         time_ms: u64,
+        max_bytes: usize,
     ) -> Result<NewEvent, MappingError> {
         let lookup = |name: &str| -> Option<String> {
             match name {
@@ -160,30 +164,16 @@ impl Mapping {
             },
             None => missing(&self.channel, f),
         })?;
-        validate_channel(&channel).map_err(|e| MappingError::BadChannel {
-            template: self.channel.clone(),
-            value: channel.chars().take(100).collect(),
-            reason: e.to_string(),
-        })?;
         let kind = render(&self.event_type, &lookup).map_err(|f| missing(&self.event_type, f))?;
-        if kind.is_empty() || kind.len() > 128 || kind.chars().any(char::is_control) {
-            return Err(MappingError::BadType {
-                template: self.event_type.clone(),
-            });
-        }
         let users = match &self.users {
             None => None,
             Some(t) => Some(self.users_of(t, change).map_err(|f| missing(t, f))?),
         };
         let data = self.project(&change.record);
         let data = serde_json::value::to_raw_value(&data).expect("JSON values serialize");
-        Ok(NewEvent {
-            channel,
-            kind,
-            data,
-            users,
-            time_ms,
-        })
+        Ok(NewEvent::new(
+            channel, kind, data, users, time_ms, max_bytes,
+        )?)
     }
 
     /// `{row.owner}` alone may name an array field (several users); otherwise the template
@@ -288,6 +278,7 @@ mod tests {
                 "etl",
                 &change(json!({"ws": "w1", "wf": 7, "owner": "u1", "line": "hi", "secret": "s"})),
                 5,
+                65_536,
             )
             .unwrap();
         assert_eq!(e.channel, "logs:w1:7");
@@ -308,21 +299,45 @@ mod tests {
                 "s",
                 &change(json!({"ws": "w", "wf": "f", "owner": ["a", "b"]})),
                 0,
+                65_536,
             )
             .unwrap();
         assert_eq!(e.users, Some(vec!["a".to_owned(), "b".to_owned()]));
         assert!(matches!(
-            m.event("s", &change(json!({"ws": "w", "owner": "u"})), 0),
+            m.event("s", &change(json!({"ws": "w", "owner": "u"})), 0, 65_536),
             Err(MappingError::MissingField { .. })
         ));
         // A value with `:` or `*` never widens or shifts the channel.
         for bad in ["a:b", "*", "x y", ""] {
             assert!(
                 matches!(
-                    m.event("s", &change(json!({"ws": bad, "wf": "f", "owner": "u"})), 0),
+                    m.event(
+                        "s",
+                        &change(json!({"ws": bad, "wf": "f", "owner": "u"})),
+                        0,
+                        65_536
+                    ),
                     Err(MappingError::BadChannel { .. })
                 ),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rendered_control_type_does_not_pass_the_gate() {
+        let m = Mapping {
+            event_type: "{row.kind}".into(),
+            ..mapping()
+        };
+        for kind in crate::event::RESERVED_TYPES {
+            let change = change(json!({"ws": "w", "wf": "f", "owner": "u", "kind": kind}));
+            assert!(
+                matches!(
+                    m.event("s", &change, 0, 65_536),
+                    Err(MappingError::Invalid(crate::event::EventError::Type(_)))
+                ),
+                "{kind}"
             );
         }
     }

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{backoff_with_jitter, sleep_or_cancel};
 use crate::log::{AppendItem, EventLog, LogError, NewEvent};
-pub use mapping::{Change, Mapping, Op};
+pub use mapping::{Change, Mapping, MappingError, Op};
 
 /// Why a source stopped running.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -325,17 +325,7 @@ impl SourceContext {
         let now = crate::time::now_ms();
         let mut items = Vec::with_capacity(changes.len());
         for change in changes {
-            let event = self.mapping.event(&self.name, change, now);
-            let event = event.map_err(|e| e.to_string()).and_then(|event| {
-                let size = event.encoded_size();
-                if size > self.max_event_bytes {
-                    return Err(format!(
-                        "the event would be {size} bytes; the limit is {} (limits.max_event_bytes): exclude large fields",
-                        self.max_event_bytes
-                    ));
-                }
-                Ok(event)
-            });
+            let event = self.event(change, now);
             match event {
                 Ok(event) => items.push(AppendItem {
                     key: Some(format!("src:{}:{}", self.name, change.key)),
@@ -361,24 +351,40 @@ impl SourceContext {
         Ok(())
     }
 
-    /// Appends `events` as they are (already mapped: reset signals, ingested messages that
-    /// carry their own channel), under `key` when given.
+    /// The event of `change` by this source's mapping, through the event gate with
+    /// `limits.max_event_bytes`: a change whose event fails it is to be skipped (counted in
+    /// `skipped`, logged), as a publish would be refused.
+    pub fn event(&self, change: &Change, time_ms: u64) -> Result<NewEvent, MappingError> {
+        self.mapping
+            .event(&self.name, change, time_ms, self.max_event_bytes)
+    }
+
+    /// An event of this source's own (a reset signal), through the event gate.
+    pub fn own_event(
+        &self,
+        channel: String,
+        kind: &str,
+        data: Box<serde_json::value::RawValue>,
+        time_ms: u64,
+    ) -> Result<NewEvent, crate::event::EventError> {
+        NewEvent::new(
+            channel,
+            kind.into(),
+            data,
+            None,
+            time_ms,
+            self.max_event_bytes,
+        )
+    }
+
+    /// Appends `events` (made by [`SourceContext::event`] or [`SourceContext::own_event`]),
+    /// under `key` when given.
     pub async fn emit_events(
         &self,
         events: Vec<NewEvent>,
         key: Option<String>,
         checkpoint: Option<&str>,
     ) -> Result<(), SourceError> {
-        let mut events = events;
-        events.retain(|event| {
-            let size = event.encoded_size();
-            let fits = size <= self.max_event_bytes;
-            if !fits {
-                self.status.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(source = %self.name, channel = %event.channel, size, limit = self.max_event_bytes, "event larger than limits.max_event_bytes skipped");
-            }
-            fits
-        });
         let count = events.len() as u64;
         if !events.is_empty() {
             self.append(vec![AppendItem { key, events }]).await?;

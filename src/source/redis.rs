@@ -101,7 +101,7 @@ pub(super) async fn emit_ingested(
         let now = crate::time::now_ms();
         let mut events = Vec::with_capacity(changes.len());
         for change in &changes {
-            match cx.mapping().event(&cx.name, change, now) {
+            match cx.event(change, now) {
                 Ok(e) => events.push(e),
                 Err(e) => {
                     cx.status.skipped.fetch_add(1, Ordering::Relaxed);

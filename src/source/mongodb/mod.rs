@@ -61,7 +61,6 @@ use sha2::{Digest, Sha256};
 
 use super::{BuildSource, Change, Op, Source, SourceContext, SourceError};
 use crate::hub::backoff_with_jitter;
-use crate::log::NewEvent;
 pub use driver::{
     ChangeCursor, ChangeStreamDriver, DriverError, DriverErrorKind, MongoDriver, StartAt, Target,
     WatchSpec,
@@ -617,18 +616,16 @@ impl MongoSource {
         }
         let data = serde_json::value::to_raw_value(&data).expect("JSON values serialize");
         let now = crate::time::now_ms();
-        let events = self
-            .cfg
-            .reset_channels
-            .iter()
-            .map(|channel| NewEvent {
-                channel: channel.clone(),
-                kind: RESET_TYPE.into(),
-                data: data.clone(),
-                users: None,
-                time_ms: now,
-            })
-            .collect();
+        let mut events = Vec::with_capacity(self.cfg.reset_channels.len());
+        for channel in &self.cfg.reset_channels {
+            match cx.own_event(channel.clone(), RESET_TYPE, data.clone(), now) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    cx.status.skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(source = %cx.name, %channel, error = %e, "reset signal skipped");
+                }
+            }
+        }
         cx.emit_events(events, Some(key), Some(checkpoint)).await
     }
 
