@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of ssegate for a bounded time, one after the other:
 #
-#   fuzz/run.sh SECONDS [TARGET...]      (default targets: token channel publish)
+#   fuzz/run.sh SECONDS [TARGET...]      (default targets: token channel publish head)
 #
 # cargo-fuzz needs nightly compiler flags (-Zsanitizer=address); on a stable toolchain they
 # are enabled with RUSTC_BOOTSTRAP=1. When fuzzing is not possible here (cargo-fuzz cannot
@@ -17,12 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 fuzz_dir="$PWD"
 
-usage() { echo "usage: fuzz/run.sh SECONDS [token|channel|publish ...]" >&2; exit 2; }
+usage() { echo "usage: fuzz/run.sh SECONDS [token|channel|publish|head ...]" >&2; exit 2; }
 [[ $# -ge 1 && "$1" =~ ^[0-9]+$ && "$1" -gt 0 ]] || usage
 seconds="$1"
 shift
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(token channel publish)
+[[ ${#targets[@]} -gt 0 ]] || targets=(token channel publish head)
 for t in "${targets[@]}"; do
   [[ -f "fuzz_targets/$t.rs" ]] || { echo "fuzz: unknown target $t" >&2; exit 2; }
 done
