@@ -58,11 +58,18 @@
 //!   acknowledged (tested with SIGKILL), a power loss of the machine may lose the last
 //!   moments. With replicas, a quorum of them has it.
 //! - **Outages**: async-nats reconnects by itself (forever, backoff up to 2 s). While the
-//!   connection is down, `append`, `read` and `bounds` return [`LogError::Unavailable`] at
-//!   once (`/readyz` turns not ready) and nothing is sent; requests are bounded by a 5 s
-//!   timeout. An append cut off after it was sent, or not acknowledged in time, has an
-//!   unknown outcome: it is reported `Unavailable` but may have been stored — a retry with
-//!   the same idempotency key is safe. Once reconnected, the stream is re-checked (created
+//!   connection is known to be down, `append`, `read` and `bounds` return
+//!   [`LogError::Unavailable`] at once (`/readyz` turns not ready) and nothing is sent;
+//!   requests are bounded by a 5 s timeout (one waiting for its answer when the connection
+//!   broke gets no answer and ends only then). An append cut off after it was sent, or not
+//!   acknowledged in time, has an unknown outcome: it is reported `Unavailable` but may
+//!   have been stored — a retry with the same idempotency key is safe. That includes an
+//!   append made just as the connection broke, before the client noticed (it notices when
+//!   it next reads the socket; on a busy machine a request may come first): async-nats
+//!   keeps what it had not written yet and sends it once connected again, so that append,
+//!   reported `Unavailable` when its acknowledgement timed out, is stored when NATS is
+//!   back — before any later append of this node (the client sends in order), so a retry
+//!   with its key is still recognised. Once reconnected, the stream is re-checked (created
 //!   again if the server lost it), the head refreshed, and the head consumer (recreated by
 //!   the client) wakes readers again; nothing needs a restart. [`NatsLog::open`] succeeds
 //!   while NATS is down (it waits for the stream to be set up, up to 3 s, or until a first
