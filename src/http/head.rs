@@ -42,13 +42,19 @@ pub fn parse(buf: &[u8]) -> Head {
     };
     let is_stream = path == "/v1/stream" || path.starts_with("/v1/stream?");
     // A body or an upgrade is not a stream request; anything pipelined after the head
-    // (clients do not do that with streams) is left to hyper too.
+    // (clients do not do that with streams) is left to hyper too, and so is a repeated
+    // `Content-Length` (hyper keeps one of equal ones and refuses different ones).
     let has_body = req.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("transfer-encoding")
             || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
             || h.name.eq_ignore_ascii_case("upgrade")
     });
-    if !is_stream || has_body || len != buf.len() {
+    let lengths = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .count();
+    if !is_stream || has_body || lengths > 1 || len != buf.len() {
         return Head::Other;
     }
     let mut builder = Request::builder()
