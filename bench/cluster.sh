@@ -108,7 +108,7 @@ if [ "${BENCH_BUILD:-1}" = 0 ] && [ -x "$SSEGATE" ] && [ -x "$BENCH" ]; then
   say "using the release binaries as they are (BENCH_BUILD=0)"
 else
   say "building ssegate and ssegate-bench (release)"
-  cargo build --release --quiet --bin ssegate --bin ssegate-bench
+  cargo build --release --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-bench
 fi
 
 TMP=$(mktemp -d /tmp/ssegate-cluster.XXXXXX)

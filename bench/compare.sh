@@ -90,7 +90,7 @@ fi
 command -v curl >/dev/null || { say "installing curl"; apt-get install -y -q curl >/dev/null; }
 
 say "building ssegate and ssegate-bench (release)"
-cargo build --release --quiet --bin ssegate --bin ssegate-bench
+cargo build --release --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-bench
 SSEGATE=${BENCH_SSEGATE_BIN:-$ROOT/target/release/ssegate}
 BENCH=$ROOT/target/release/ssegate-bench
 

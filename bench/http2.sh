@@ -23,7 +23,7 @@ RUNS=${BENCH_RUNS:-3}
 BIN=$ROOT/target/release
 
 if [ "${BENCH_BUILD:-1}" != 0 ]; then
-  cargo build --release --quiet --bin ssegate --bin ssegate-tlsbench
+  cargo build --release --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-tlsbench
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/lib.sh

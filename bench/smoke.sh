@@ -12,10 +12,10 @@ ROOT=$PWD
 
 PROFILE=${BENCH_PROFILE:-debug}
 if [ "$PROFILE" = release ]; then
-  cargo build --release --quiet --bin ssegate --bin ssegate-bench
+  cargo build --release --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-bench
   BIN=$ROOT/target/release
 else
-  cargo build --quiet --bin ssegate --bin ssegate-bench
+  cargo build --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-bench
   BIN=$ROOT/target/debug
 fi
 

@@ -55,7 +55,7 @@ if [ -n "${BENCH_BIN_DIR:-}" ]; then
   BIN_DIR=$BENCH_BIN_DIR
 else
   say "building ssegate and ssegate-sourcebench ($PROFILE)"
-  cargo build --profile "$PROFILE" --quiet --bin ssegate --bin ssegate-sourcebench
+  cargo build --profile "$PROFILE" --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-sourcebench
   case $PROFILE in dev | test) DIR=debug ;; *) DIR=$PROFILE ;; esac
   BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/$DIR
 fi

@@ -9,14 +9,10 @@
 //! stdout (deliveries/s, publish→delivery latency p50/p99/p99.9, missing deliveries) and a
 //! human line on stderr. Traffic goes to loopback only.
 
-#[allow(dead_code)]
-#[path = "ssegate-bench/wire.rs"]
-mod wire;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -28,6 +24,9 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
+use ssegate_loadgen::now_us;
+use ssegate_loadgen::scan::SseScan;
+use ssegate_loadgen::token::{Grants, Minter};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -118,24 +117,8 @@ impl Target {
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
-fn token(
-    minter: &ssegate::auth::Minter,
-    user: &str,
-    grants: ssegate::auth::Grants,
-) -> anyhow::Result<String> {
-    minter
-        .mint(user, grants, 7200)
-        .map_err(|e| anyhow::anyhow!("cannot mint a token: {e}"))
 }
 
 #[derive(Default)]
@@ -165,7 +148,7 @@ async fn subscriber(
     }
     counters.connected.fetch_add(1, Relaxed);
     let mut body = res.into_body();
-    let mut scan = wire::SseScan::default();
+    let mut scan = SseScan::default();
     let mut local = histogram();
     while !stop.load(Relaxed) {
         let frame = match tokio::time::timeout(Duration::from_millis(200), body.frame()).await {
@@ -178,7 +161,7 @@ async fn subscriber(
         };
         scan.feed(data);
         if !scan.ts.is_empty() {
-            let now = now_micros();
+            let now = now_us();
             counters.delivered.fetch_add(scan.ts.len() as u64, Relaxed);
             for t in scan.ts.drain(..) {
                 local.saturating_record(now.saturating_sub(t).max(1));
@@ -204,7 +187,7 @@ async fn publisher(
         let s = seq.fetch_add(1, Relaxed);
         let body = format!(
             r#"{{"channel":"{CHANNEL}","type":"b","data":{{"t":{},"s":{s}}}}}"#,
-            now_micros()
+            now_us()
         );
         let req = Request::post("/v1/publish")
             .header("host", &host)
@@ -275,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
         host: addr.ip().to_string(),
         tls: TlsConnector::from(Arc::new(tls)),
     });
-    let minter = ssegate::auth::Minter::new(&args.secret, &ssegate::config::AuthConfig::default());
+    let minter = Minter::new(&args.secret);
     let host = addr.to_string();
 
     // Subscribers: one connection each (h1), or streams_per_connection per connection (h2).
@@ -294,14 +277,14 @@ async fn main() -> anyhow::Result<()> {
         if j % per_conn == 0 {
             sender = Some(target.connect(args.http).await.context("connect")?);
         }
-        let grants = ssegate::auth::Grants {
+        let grants = Grants {
             subscribe: vec![CHANNEL.into()],
             ..Default::default()
         };
         subs.spawn(subscriber(
             sender.clone().context("a connection")?,
             host.clone(),
-            token(&minter, &format!("tls-u{j}"), grants)?,
+            minter.mint(&format!("tls-u{j}"), grants, 7200)?,
             counters.clone(),
             latency.clone(),
             stop.clone(),
@@ -322,13 +305,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Publishers: one keep-alive connection each (h1), or all on one connection (h2).
-    let publish_token = token(
-        &minter,
+    let publish_token = minter.mint(
         "tls-publisher",
-        ssegate::auth::Grants {
+        Grants {
             publish: vec![CHANNEL.into()],
             ..Default::default()
         },
+        7200,
     )?;
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.duration);

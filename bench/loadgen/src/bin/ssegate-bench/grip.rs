@@ -27,7 +27,7 @@ async fn hold(Path(channel): Path<String>) -> impl IntoResponse {
 }
 
 pub async fn serve(listen: &str) -> anyhow::Result<()> {
-    let addr = crate::wire::Url::parse(&format!("http://{listen}"))?.addr;
+    let addr = ssegate_loadgen::wire::Url::parse(&format!("http://{listen}"))?.addr;
     // A long accept queue: pushpin's zurl opens many backend connections at once during a
     // connection storm (tokio's default of 128 made it answer 502).
     let socket = tokio::net::TcpSocket::new_v4()?;
