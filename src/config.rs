@@ -201,60 +201,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// Which log backend stores events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogKind {
-    /// In memory: lost on restart; for tests and throwaway runs.
-    Memory,
-    /// The embedded on-disk log in `server.data_dir` (the default).
-    File,
-    /// A Redis stream shared by every node (`log.url`, `log.stream`).
-    Redis,
-    /// A NATS JetStream stream shared by every node (`log.url`, `log.stream`).
-    Nats,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub kind: LogKind,
-    /// Keep at most this many events; older ones are dropped (clients resuming from before
-    /// them get `event: gap`).
-    pub retention_events: u64,
-    /// Drop events older than this many seconds (0 = no age limit).
-    pub retention_age_s: u64,
-    /// How long an idempotency key is remembered.
-    pub dedupe_window_s: u64,
-    /// Page cache of the `file` log, in MiB; recent events are read from it.
-    pub file_cache_mb: usize,
-    /// The Redis or NATS server: `redis://[user:password@]host:port[/db]` (`rediss://` for
-    /// TLS), `nats://[user:password@]host:port` (`tls://` for TLS).
-    pub url: Option<String>,
-    /// Name of the Redis stream key / JetStream stream (other keys of ssegate are prefixed
-    /// with it).
-    pub stream: String,
-    /// PEM file of the CA that signed the engine's TLS certificate (else the system's).
-    pub tls_ca_file: Option<PathBuf>,
-    /// NATS credentials file (`.creds`), when the server uses NKEYS/JWT auth.
-    pub nats_credentials_file: Option<PathBuf>,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            kind: LogKind::File,
-            retention_events: 1_000_000,
-            retention_age_s: 604_800,
-            dedupe_window_s: 300,
-            file_cache_mb: 64,
-            url: None,
-            stream: "ssegate".into(),
-            tls_ca_file: None,
-            nats_credentials_file: None,
-        }
-    }
-}
+pub use crate::log::config::{Backend as LogBackend, LogConfig, LogKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -389,7 +336,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_event_bytes: 65_536,
+            max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
             max_batch_events: 1_000,
             max_channels_per_connection: 100,
             max_connections: 100_000,
@@ -479,21 +426,6 @@ impl Config {
         }
         if self.stream.queue_frames == 0 || self.stream.catchup_batch == 0 {
             return bad("stream.queue_frames and stream.catchup_batch must be greater than 0");
-        }
-        if matches!(self.log.kind, LogKind::Redis | LogKind::Nats) && self.log.url.is_none() {
-            return bad("log.url is required for log.kind = \"redis\" or \"nats\"");
-        }
-        if self.log.stream.is_empty()
-            || !self
-                .log
-                .stream
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return bad("log.stream must be letters, digits, `_` and `-`");
-        }
-        if self.log.retention_events == 0 {
-            return bad("log.retention_events must be greater than 0");
         }
         if self.limits.max_event_bytes < 64 {
             return bad("limits.max_event_bytes must be at least 64");
@@ -641,7 +573,7 @@ mod tests {
     fn defaults_match_the_contract() {
         let cfg = Config::from_toml_str("").unwrap();
         assert_eq!(cfg.server.listen, "127.0.0.1:8080");
-        assert_eq!(cfg.log.kind, LogKind::File);
+        assert_eq!(cfg.log.kind(), LogKind::File);
         assert_eq!(cfg.limits.max_event_bytes, 65_536);
         assert_eq!(cfg.stream.heartbeat_ms, 15_000);
         assert_eq!(cfg.auth.cookie_name, "ssegate_token");
@@ -677,7 +609,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.server.listen, "127.0.0.1:2");
-        assert_eq!(cfg.log.kind, LogKind::Memory);
+        assert_eq!(cfg.log.kind(), LogKind::Memory);
         assert_eq!(cfg.limits.max_event_bytes, 1024);
         assert_eq!(cfg.auth.grants.subscribe, vec!["a:{claims.x}"]);
     }

@@ -24,6 +24,8 @@ use serde_json::value::RawValue;
 
 use crate::channel::{validate_channel, ChannelError};
 
+/// The default of `limits.max_event_bytes`: the largest encoded event.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 65_536;
 /// Longest event type, in bytes.
 pub const MAX_TYPE_BYTES: usize = 128;
 /// Longest idempotency key, in bytes.

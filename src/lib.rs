@@ -29,6 +29,7 @@ pub mod limits;
 pub mod log;
 pub mod logfmt;
 pub mod metrics;
+pub mod retry;
 pub mod server;
 pub mod source;
 pub mod throttle;

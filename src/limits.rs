@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
+use crate::retry::lock;
+
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -75,10 +77,6 @@ pub struct ConnLimits {
     max_per_user: usize,
     max_per_ip: usize,
     counts: Mutex<Counts>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ConnLimits {

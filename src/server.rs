@@ -18,9 +18,10 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{router, AppState};
-use crate::hub::{sleep_or_cancel, Hub};
+use crate::hub::Hub;
 use crate::limits::{ConnLimits, Limit, RateLimiter, SocketLimits};
 use crate::metrics::Metrics;
+use crate::retry::sleep_or_cancel;
 use crate::source::Sources;
 
 /// How often retention by age and the dedupe window are applied.
@@ -51,7 +52,7 @@ impl Gateway {
     /// authenticate anyone.
     pub async fn open(cfg: Config) -> anyhow::Result<Self> {
         let mut metrics = Metrics::default();
-        let log = crate::log::open(&cfg)
+        let log = crate::log::open(&cfg.log, &cfg.server.data_dir)
             .await
             .context("cannot open the event log")?;
         let hub = Hub::new(log, cfg.stream.queue_frames);

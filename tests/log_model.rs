@@ -22,7 +22,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::value::RawValue;
-use ssegate::config::{LogConfig, LogKind};
+use ssegate::log::config::EngineConfig;
 use ssegate::log::file::FileLog;
 use ssegate::log::memory::MemoryLog;
 use ssegate::log::nats::NatsLog;
@@ -364,22 +364,22 @@ impl Backend {
                 Arc::new(FileLog::open(&dir.path().join("log.redb"), opts).expect("open file log"))
             }
             Backend::Redis { url, stream } => {
-                let cfg = LogConfig {
-                    kind: LogKind::Redis,
-                    url: Some(url.clone()),
+                let cfg = EngineConfig {
+                    url: url.clone(),
                     stream: stream.clone(),
-                    ..LogConfig::default()
+                    tls_ca_file: None,
                 };
                 RedisLog::open(&cfg, opts).await.expect("open redis log")
             }
             Backend::Nats { url, stream } => {
-                let cfg = LogConfig {
-                    kind: LogKind::Nats,
-                    url: Some(url.clone()),
+                let cfg = EngineConfig {
+                    url: url.clone(),
                     stream: stream.clone(),
-                    ..LogConfig::default()
+                    tls_ca_file: None,
                 };
-                NatsLog::open(&cfg, opts).await.expect("open nats log")
+                NatsLog::open(&cfg, None, opts)
+                    .await
+                    .expect("open nats log")
             }
         }
     }

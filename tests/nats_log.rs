@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use engines::nats as engine;
 use engines::Engine;
 use serde_json::value::RawValue;
-use ssegate::config::{LogConfig, LogKind};
+use ssegate::log::config::EngineConfig;
 use ssegate::log::nats::NatsLog;
 use ssegate::log::{
     all_events, AppendItem, Appended, Event, EventLog, Gap, LogError, LogOptions, NewEvent,
@@ -28,17 +28,16 @@ fn options(retention_events: u64, retention_age_ms: u64, dedupe_window_ms: u64) 
     }
 }
 
-fn config(url: &str, stream: &str) -> LogConfig {
-    LogConfig {
-        kind: LogKind::Nats,
-        url: Some(url.to_owned()),
+fn config(url: &str, stream: &str) -> EngineConfig {
+    EngineConfig {
+        url: url.to_owned(),
         stream: stream.to_owned(),
-        ..LogConfig::default()
+        tls_ca_file: None,
     }
 }
 
 async fn open(url: &str, stream: &str, opts: LogOptions) -> Arc<dyn EventLog> {
-    NatsLog::open(&config(url, stream), opts)
+    NatsLog::open(&config(url, stream), None, opts)
         .await
         .expect("open nats log")
 }
@@ -302,7 +301,7 @@ async fn survives_a_nats_outage_without_losing_acknowledged_events() {
 
     // Opening another node while NATS is down works; it connects later by itself.
     let t = Instant::now();
-    let late = NatsLog::open(&config(&url, "outage"), opts)
+    let late = NatsLog::open(&config(&url, "outage"), None, opts)
         .await
         .expect("open while nats-server is down");
     eprintln!("opened while nats-server is down in {:?}", t.elapsed());
@@ -522,23 +521,22 @@ async fn configuration_errors_say_what_is_wrong() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("opened"),
     };
-    let e = err(NatsLog::open(&config("http://127.0.0.1:1", "s"), opts).await);
+    let e = err(NatsLog::open(&config("http://127.0.0.1:1", "s"), None, opts).await);
     assert!(e.contains("log.url"), "{e}");
-    let e = err(NatsLog::open(&config("nats://[::1", "s"), opts).await);
+    let e = err(NatsLog::open(&config("nats://[::1", "s"), None, opts).await);
     assert!(e.contains("log.url"), "{e}");
-    let mut cfg = config("nats://127.0.0.1:1", "s");
-    cfg.nats_credentials_file = Some("/nonexistent/user.creds".into());
-    let e = err(NatsLog::open(&cfg, opts).await);
+    let cfg = config("nats://127.0.0.1:1", "s");
+    let missing = std::path::Path::new("/nonexistent/user.creds");
+    let e = err(NatsLog::open(&cfg, Some(missing), opts).await);
     assert!(e.contains("nats_credentials_file"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.creds");
     std::fs::write(&junk, "not a creds file").unwrap();
-    cfg.nats_credentials_file = Some(junk);
-    let e = err(NatsLog::open(&cfg, opts).await);
+    let e = err(NatsLog::open(&cfg, Some(&junk), opts).await);
     assert!(e.contains("nats_credentials_file"), "{e}");
     let mut cfg = config("tls://127.0.0.1:1", "s");
     cfg.tls_ca_file = Some(dir.path().join("missing.pem"));
-    let e = err(NatsLog::open(&cfg, opts).await);
+    let e = err(NatsLog::open(&cfg, None, opts).await);
     assert!(e.contains("tls_ca_file"), "{e}");
 }
 
@@ -619,10 +617,11 @@ async fn tls_with_a_private_ca() {
     let url = format!("tls://127.0.0.1:{}", nats.port());
 
     let trusted = NatsLog::open(
-        &LogConfig {
+        &EngineConfig {
             tls_ca_file: Some(d.join("ca.pem")),
             ..config(&url, "tls")
         },
+        None,
         options(100, 0, 0),
     )
     .await
@@ -669,13 +668,13 @@ async fn refuses_a_stream_it_cannot_own() {
     .unwrap();
     let opts = options(100, 0, 0);
     let t = Instant::now();
-    let e = match NatsLog::open(&config(&url, "taken"), opts).await {
+    let e = match NatsLog::open(&config(&url, "taken"), None, opts).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("opened a stream whose subject another stream has"),
     };
     assert!(e.contains("taken"), "{e}");
     eprintln!("overlap: {e}");
-    let e = match NatsLog::open(&config(&url, "mem"), opts).await {
+    let e = match NatsLog::open(&config(&url, "mem"), None, opts).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("opened a memory stream"),
     };
@@ -810,7 +809,7 @@ async fn refused_credentials_are_an_error_at_open() {
     let opts = options(100, 0, 0);
     let wrong = format!("nats://ssegate:wrong@127.0.0.1:{}", nats.port());
     let t = Instant::now();
-    let e = match NatsLog::open(&config(&wrong, "auth"), opts).await {
+    let e = match NatsLog::open(&config(&wrong, "auth"), None, opts).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("opened with a wrong password"),
     };

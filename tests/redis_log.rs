@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use engines::redis::{self as engine, Persistence};
 use engines::Engine;
 use serde_json::value::RawValue;
-use ssegate::config::{LogConfig, LogKind};
+use ssegate::log::config::EngineConfig;
 use ssegate::log::redis::RedisLog;
 use ssegate::log::{
     all_events, AppendItem, Appended, Event, EventLog, LogError, LogOptions, NewEvent, Position,
@@ -30,12 +30,11 @@ fn options(retention_events: u64, retention_age_ms: u64) -> LogOptions {
     }
 }
 
-fn config(url: &str, stream: &str) -> LogConfig {
-    LogConfig {
-        kind: LogKind::Redis,
-        url: Some(url.to_owned()),
+fn config(url: &str, stream: &str) -> EngineConfig {
+    EngineConfig {
+        url: url.to_owned(),
         stream: stream.to_owned(),
-        ..LogConfig::default()
+        tls_ca_file: None,
     }
 }
 
@@ -553,7 +552,7 @@ async fn dedupe_window_follows_the_callers_clock() {
 
 #[tokio::test]
 async fn unusable_configuration_is_refused_at_open() {
-    let refused = |cfg: LogConfig| async move {
+    let refused = |cfg: EngineConfig| async move {
         match RedisLog::open(&cfg, options(10, 0)).await {
             Err(LogError::Config(m)) => m,
             Err(e) => panic!("{e}"),
@@ -562,7 +561,7 @@ async fn unusable_configuration_is_refused_at_open() {
     };
     let m = refused(config("http://127.0.0.1:6379", "s")).await;
     assert!(m.contains("log.url"), "{m}");
-    let m = refused(LogConfig {
+    let m = refused(EngineConfig {
         tls_ca_file: Some("/nonexistent/ca.pem".into()),
         ..config("redis://user:hunter2@127.0.0.1:6379", "s")
     })
@@ -659,7 +658,7 @@ async fn tls_with_a_private_ca() {
     let url = format!("rediss://127.0.0.1:{}", redis.port());
 
     let trusted = RedisLog::open(
-        &LogConfig {
+        &EngineConfig {
             tls_ca_file: Some(d.join("ca.pem")),
             ..config(&url, "tls")
         },

@@ -216,7 +216,7 @@ impl Forward {
     /// readiness recovers without traffic; drops expired cache entries once a minute.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticks = 0u64;
-        while !crate::hub::sleep_or_cancel(Duration::from_secs(2), &shutdown).await {
+        while !crate::retry::sleep_or_cancel(Duration::from_secs(2), &shutdown).await {
             ticks += 1;
             if !self.up() {
                 let probe = self.http.get(&self.url).timeout(self.timeout).send().await;

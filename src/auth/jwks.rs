@@ -14,7 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::time::Instant;
 
-use super::jwt::{Key, KeyKind};
+use super::keys::{Key, KeyKind};
 
 pub struct Jwks {
     url: String,

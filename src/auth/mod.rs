@@ -18,6 +18,7 @@
 pub mod forward;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -173,7 +174,7 @@ impl Auth {
                     .map(|n| {
                         n.parse::<Algorithm>()
                             .ok()
-                            .filter(|a| !jwt::KeyKind::Hmac.algorithms().contains(a))
+                            .filter(|a| !keys::KeyKind::Hmac.algorithms().contains(a))
                             .ok_or_else(|| {
                                 format!(
                                     "auth.jwks_algorithms: {n:?} is not an asymmetric algorithm"

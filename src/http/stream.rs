@@ -22,9 +22,9 @@ use super::{
 use crate::auth::{AuthError, Via};
 use crate::channel::validate_subscription;
 use crate::hub::{
-    frame, sleep_or_cancel, ChannelChange, Conn, ConnInfo, Control, Cursor, CursorOptions,
-    UpdateError,
+    frame, ChannelChange, Conn, ConnInfo, Control, Cursor, CursorOptions, UpdateError,
 };
+use crate::retry::sleep_or_cancel;
 
 /// Largest body of a subscription change (100 channels of 256 bytes each way fit).
 const SUBSCRIPTION_BODY_BYTES: usize = 256 * 1024;

@@ -35,6 +35,8 @@ pub use cursor::{Cursor, CursorOptions};
 
 use crate::channel::{is_pattern, pattern_matches, subscription_matches};
 use crate::log::{all_events, Event, EventLog, Position};
+pub(crate) use crate::retry::lock;
+use crate::retry::{backoff_with_jitter, sleep_or_cancel};
 
 /// One encoded event in a connection's queue.
 #[derive(Clone)]
@@ -196,11 +198,6 @@ impl Conn {
     fn take_control(&self) -> Option<Control> {
         lock(&self.control).pop_front()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One connection's entry under a channel of the index.
@@ -744,19 +741,5 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.unregister(&self.conn);
-    }
-}
-
-/// Exponential backoff from 100 ms to 5 s with full jitter.
-pub fn backoff_with_jitter(failures: u32) -> Duration {
-    let cap_ms = (100u64 << failures.min(6)).min(5_000);
-    Duration::from_millis(rand::thread_rng().gen_range(cap_ms / 2..=cap_ms))
-}
-
-/// Sleeps; returns true if cancelled first.
-pub async fn sleep_or_cancel(d: Duration, token: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = token.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
     }
 }

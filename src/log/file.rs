@@ -26,6 +26,8 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::retry::lock;
+
 use super::{
     scan_into, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions,
     NewEvent, Position, ReadBatch,
@@ -391,10 +393,6 @@ struct Tables<'a, 't> {
     events: &'a mut redb::Table<'t, u64, &'static [u8]>,
     keys: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
     expiry: &'a mut redb::Table<'t, (u64, &'static str), ()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn reply_of(cmd: Cmd) -> oneshot::Sender<Result<Vec<Appended>, LogError>> {

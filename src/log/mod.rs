@@ -18,12 +18,14 @@
 //! positions are two numbers (`ms-seq` for Redis), reads block with a timeout, and retention
 //! and dedupe are the backend's business.
 
+pub mod config;
 pub mod file;
 pub mod memory;
 pub mod nats;
 pub mod redis;
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::{Config, LogKind};
+use config::{Backend, LogConfig};
 
 /// A place in the log. Clients see it as an opaque string: `"42"`, or `"1700000000000-3"` for
 /// backends whose positions have two parts. `Position::ZERO` is before every event.
@@ -248,30 +250,19 @@ pub struct LogOptions {
     pub file_cache_bytes: usize,
 }
 
-impl LogOptions {
-    pub fn from_config(cfg: &Config) -> Self {
-        Self {
-            retention_events: cfg.log.retention_events,
-            retention_age_ms: cfg.log.retention_age_s.saturating_mul(1000),
-            dedupe_window_ms: cfg.log.dedupe_window_s.saturating_mul(1000),
-            file_cache_bytes: cfg.log.file_cache_mb.saturating_mul(1 << 20),
-        }
-    }
-}
-
 /// Opens the configured backend. A shared engine (Redis, NATS) that cannot be reached yet
 /// is not an error here: the backend reconnects in the background and reports
 /// `Unavailable` meanwhile (`/readyz` shows it).
-pub async fn open(cfg: &Config) -> Result<Arc<dyn EventLog>, LogError> {
-    let opts = LogOptions::from_config(cfg);
-    Ok(match cfg.log.kind {
-        LogKind::Memory => Arc::new(memory::MemoryLog::new(opts)),
-        LogKind::File => Arc::new(file::FileLog::open(
-            &cfg.server.data_dir.join("log.redb"),
-            opts,
-        )?),
-        LogKind::Redis => redis::RedisLog::open(&cfg.log, opts).await?,
-        LogKind::Nats => nats::NatsLog::open(&cfg.log, opts).await?,
+pub async fn open(cfg: &LogConfig, data_dir: &Path) -> Result<Arc<dyn EventLog>, LogError> {
+    let opts = cfg.options();
+    Ok(match &cfg.backend {
+        Backend::Memory => Arc::new(memory::MemoryLog::new(opts)),
+        Backend::File { .. } => Arc::new(file::FileLog::open(&data_dir.join("log.redb"), opts)?),
+        Backend::Redis(engine) => redis::RedisLog::open(engine, opts).await?,
+        Backend::Nats {
+            engine,
+            credentials_file,
+        } => nats::NatsLog::open(engine, credentials_file.as_deref(), opts).await?,
     })
 }
 

@@ -130,12 +130,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::config::EngineConfig;
 use super::{
     AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions, NewEvent,
     Position, ReadBatch,
 };
-use crate::config::LogConfig;
-use crate::hub::{backoff_with_jitter, sleep_or_cancel};
+use crate::retry::{backoff_with_jitter, lock, sleep_or_cancel};
 
 /// Every request to NATS (publish acknowledgement, direct get, stream info) gives up after this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -376,11 +376,6 @@ struct Shared {
     direct_off_until: Mutex<Option<Instant>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 pub struct NatsLog {
     shared: Arc<Shared>,
     /// Stops the background tasks when the log is dropped.
@@ -390,11 +385,12 @@ pub struct NatsLog {
 impl NatsLog {
     /// Connects (in the background when NATS is down), creates or updates the stream, and
     /// starts following its head.
-    pub async fn open(cfg: &LogConfig, opts: LogOptions) -> Result<Arc<dyn EventLog>, LogError> {
-        let url = cfg
-            .url
-            .as_deref()
-            .ok_or_else(|| invalid("log.url is required for the nats log".into()))?;
+    pub async fn open(
+        cfg: &EngineConfig,
+        credentials_file: Option<&std::path::Path>,
+        opts: LogOptions,
+    ) -> Result<Arc<dyn EventLog>, LogError> {
+        let url = cfg.url.as_str();
         let addrs = url
             .split(',')
             .map(str::trim)
@@ -476,7 +472,7 @@ impl NatsLog {
                 None => options.token(user),
             };
         }
-        if let Some(creds) = &cfg.nats_credentials_file {
+        if let Some(creds) = credentials_file {
             options = options.credentials_file(creds).await.map_err(|e| {
                 invalid(format!(
                     "log.nats_credentials_file {} is not a usable .creds file: {e}",

@@ -78,12 +78,12 @@ use redis::{
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::config::EngineConfig;
 use super::{
     AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions, NewEvent,
     Position, ReadBatch,
 };
-use crate::config::LogConfig;
-use crate::hub::{backoff_with_jitter, sleep_or_cancel};
+use crate::retry::{backoff_with_jitter, sleep_or_cancel};
 
 /// Entries fetched per read at most, whatever the filter keeps.
 const MAX_SCAN: usize = 1_024;
@@ -265,7 +265,7 @@ struct Shared {
 
 impl RedisLog {
     /// Builds the log for `cfg.url` and starts its tailer. Redis need not be reachable yet.
-    pub async fn open(cfg: &LogConfig, opts: LogOptions) -> Result<Arc<dyn EventLog>, LogError> {
+    pub async fn open(cfg: &EngineConfig, opts: LogOptions) -> Result<Arc<dyn EventLog>, LogError> {
         let client = client(cfg)?;
         let endpoint = client.get_connection_info().addr().to_string();
         let stream = cfg.stream.clone();
@@ -297,12 +297,9 @@ impl RedisLog {
 }
 
 /// The client for `cfg.url`, with `cfg.tls_ca_file` as the only trusted CA when set.
-fn client(cfg: &LogConfig) -> Result<Client, LogError> {
+fn client(cfg: &EngineConfig) -> Result<Client, LogError> {
     let config_error = LogError::Config;
-    let url = cfg
-        .url
-        .as_deref()
-        .ok_or_else(|| config_error("log.url is required for the redis log".into()))?;
+    let url = cfg.url.as_str();
     let client = match &cfg.tls_ca_file {
         None => Client::open(url),
         Some(path) => {
@@ -971,12 +968,12 @@ mod tests {
 
     #[test]
     fn bad_urls_and_ca_files_are_refused_with_a_reason() {
-        let cfg = |url: &str, ca: Option<&str>| LogConfig {
-            url: Some(url.into()),
+        let cfg = |url: &str, ca: Option<&str>| EngineConfig {
+            url: url.into(),
+            stream: "s".into(),
             tls_ca_file: ca.map(Into::into),
-            ..LogConfig::default()
         };
-        let message = |c: &LogConfig| match client(c) {
+        let message = |c: &EngineConfig| match client(c) {
             Err(LogError::Config(m)) => m,
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("accepted"),

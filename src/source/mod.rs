@@ -38,8 +38,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{backoff_with_jitter, sleep_or_cancel};
 use crate::log::{AppendItem, EventLog, LogError, NewEvent};
+use crate::retry::{backoff_with_jitter, sleep_or_cancel};
 pub use mapping::{Change, Mapping, MappingError, Op};
 
 /// Why a source stopped running.
@@ -288,7 +288,7 @@ impl SourceContext {
             checkpoints: CheckpointStore::new(checkpoint_dir),
             status: Arc::new(SourceStatus::default()),
             stop,
-            max_event_bytes: crate::config::LimitsConfig::default().max_event_bytes,
+            max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 

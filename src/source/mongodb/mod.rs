@@ -60,7 +60,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{BuildSource, Change, Op, Source, SourceContext, SourceError};
-use crate::hub::backoff_with_jitter;
+use crate::retry::backoff_with_jitter;
 pub use driver::{
     ChangeCursor, ChangeStreamDriver, DriverError, DriverErrorKind, MongoDriver, StartAt, Target,
     WatchSpec,
