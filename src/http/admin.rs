@@ -93,7 +93,7 @@ pub(super) async fn broadcast(
     // A little over the event limit, so an oversized broadcast is told so below.
     let body =
         super::edge::read_body(&state, body, state.cfg.limits.max_event_bytes + 4096).await?;
-    let b: Broadcast = serde_json::from_slice(&body).map_err(|e| {
+    let b: Broadcast = super::json_object(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("the body must be {{\"type\": \"…\", \"data\": …}}: {e}"),

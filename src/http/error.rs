@@ -29,6 +29,8 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     /// 404.
     NotFound { code: &'static str, message: String },
+    /// 405: the endpoint exists, not with this method (`Allow` lists the methods).
+    MethodNotAllowed,
     /// 408: the request (its body) did not arrive in time.
     Timeout { code: &'static str, message: String },
     /// 413: too large.
@@ -88,6 +90,12 @@ impl ApiError {
             ),
             ApiError::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message.clone()),
             ApiError::NotFound { code, message } => (StatusCode::NOT_FOUND, code, message.clone()),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take this method (see the Allow header and docs/api.md)"
+                    .into(),
+            ),
             ApiError::Timeout { code, message } => {
                 (StatusCode::REQUEST_TIMEOUT, code, message.clone())
             }

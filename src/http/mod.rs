@@ -110,7 +110,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(ops::not_found);
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     let router = router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -298,6 +299,16 @@ async fn authenticate(
         .map_err(ApiError::Unauthorized)
 }
 
+/// Parses one JSON object into `T`. serde's derived structs also take a JSON array of the
+/// fields in order (`["logs:a", null]`), which no body of this API is: only an object is.
+fn json_object<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Result<T, String> {
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err("expected a JSON object".into());
+    }
+    serde_json::from_slice(text).map_err(|e| e.to_string())
+}
+
 /// Refuses principals without the admin grant.
 fn require_admin(principal: &Principal) -> Result<(), ApiError> {
     if principal.grants.admin {
@@ -308,6 +319,40 @@ fn require_admin(principal: &Principal) -> Result<(), ApiError> {
             message: "this endpoint needs credentials with the admin grant".into(),
         })
     }
+}
+
+/// A stream or poll request, checked: the client's address (its connect rate counted), the
+/// principal, the channels it may have and where it resumes.
+struct Subscribe {
+    query: StreamQuery,
+    ip: IpAddr,
+    principal: Principal,
+    channels: Vec<String>,
+    resume: Option<Position>,
+}
+
+/// The opening every stream and poll request goes through (and `HEAD /v1/stream`).
+async fn subscribe_request(
+    state: &AppState,
+    peer: SocketAddr,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Subscribe, ApiError> {
+    let query = StreamQuery::parse(raw_query);
+    let ip = client_ip(state, peer, headers);
+    state
+        .connect_rate
+        .check(&ip, 1)
+        .map_err(|r| state.limited(r))?;
+    let (principal, channels) = subscriber(state, &query, headers).await?;
+    let resume = resume_position(headers, &query)?;
+    Ok(Subscribe {
+        query,
+        ip,
+        principal,
+        channels,
+        resume,
+    })
 }
 
 /// The channels of a stream or poll request, checked (see [`check_channels`]).

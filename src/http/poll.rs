@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{client_ip, resume_position, subscriber, ApiError, AppState, StreamQuery};
+use super::{subscribe_request, ApiError, AppState, Subscribe};
 use crate::channel::subscription_matches;
 use crate::hub::frame::envelope;
 use crate::log::{Event, Gap};
@@ -28,13 +28,13 @@ pub(super) async fn poll(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<PollResponse>, ApiError> {
-    let query = StreamQuery::parse(raw.as_deref());
-    let ip = client_ip(&state, peer, &headers);
-    state
-        .connect_rate
-        .check(&ip, 1)
-        .map_err(|r| state.limited(r))?;
-    let (principal, channels) = subscriber(&state, &query, &headers).await?;
+    let Subscribe {
+        query,
+        principal,
+        channels,
+        resume,
+        ..
+    } = subscribe_request(&state, peer, raw.as_deref(), &headers).await?;
     let timeout_ms = match query.timeout_ms.as_deref() {
         None => 25_000,
         Some(t) => t.parse::<u64>().map_err(|_| {
@@ -46,7 +46,7 @@ pub(super) async fn poll(
     }
     .min(state.cfg.stream.max_poll_timeout_ms);
     let log = state.hub.log();
-    let mut after = match resume_position(&headers, &query)? {
+    let mut after = match resume {
         Some(pos) => pos,
         None => log.bounds().await.map_err(ApiError::from)?.head,
     };

@@ -86,12 +86,18 @@ pub fn parse_body(
 ) -> Result<Vec<AppendItem>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("invalid_json", "the body is not UTF-8 text"))?;
-    let events: Vec<PublishEvent> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(text)
+    let events: Result<Vec<PublishEvent>, String> = if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<&RawValue>>(text)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| {
+                raw.iter()
+                    .map(|r| super::json_object(r.get().as_bytes()))
+                    .collect()
+            })
     } else {
-        serde_json::from_str(text).map(|e| vec![e])
-    }
-    .map_err(|e| {
+        super::json_object(text.as_bytes()).map(|e| vec![e])
+    };
+    let events = events.map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("the body is not a valid event or array of events: {e}"),

@@ -16,8 +16,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{
-    authenticate, check_channels, client_ip, parse_event_id, resume_position, subscriber, ApiError,
-    AppState, StreamQuery,
+    authenticate, check_channels, parse_event_id, subscribe_request, ApiError, AppState,
+    StreamQuery, Subscribe,
 };
 use crate::auth::{AuthError, Via};
 use crate::channel::validate_subscription;
@@ -38,28 +38,14 @@ pub(super) async fn stream(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let query = StreamQuery::parse(raw.as_deref());
-    let ip = client_ip(&state, peer, &headers);
-    state
-        .connect_rate
-        .check(&ip, 1)
-        .map_err(|r| state.limited(r))?;
-    let (principal, channels) = subscriber(&state, &query, &headers).await?;
-    let resume = resume_position(&headers, &query)?;
-    let session_id = match query.session_id.as_deref() {
-        None | Some("") => None,
-        Some(s) if s.len() <= MAX_SESSION_ID_BYTES && !s.chars().any(|c| c.is_control()) => {
-            Some(s.to_owned())
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_session_id",
-                format!(
-                "`session_id` must be 1 to {MAX_SESSION_ID_BYTES} bytes without control characters"
-            ),
-            ))
-        }
-    };
+    let Subscribe {
+        query,
+        ip,
+        principal,
+        channels,
+        resume,
+    } = subscribe_request(&state, peer, raw.as_deref(), &headers).await?;
+    let session_id = session_id(&query)?;
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         // A native EventSource gives up for good on a 5xx: tell it to come back (to another
         // node, now that this one is not ready).
@@ -177,18 +163,33 @@ fn event_stream(body: Body) -> Response {
     response
 }
 
-/// `HEAD /v1/stream`: the status and headers a `GET` would get (credentials, channels and
-/// the resume id checked the same way), without opening a stream — nothing is registered,
-/// counted or read from the log.
+/// `HEAD /v1/stream`: the status and headers a `GET` would get (the same checks), without
+/// opening a stream — nothing is registered, counted or read from the log.
 pub(super) async fn stream_head(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let query = StreamQuery::parse(raw.as_deref());
-    subscriber(&state, &query, &headers).await?;
-    resume_position(&headers, &query)?;
+    let checked = subscribe_request(&state, peer, raw.as_deref(), &headers).await?;
+    session_id(&checked.query)?;
     Ok(event_stream(Body::empty()))
+}
+
+/// The stream's `session_id`, checked: 1 to 128 bytes without control characters.
+fn session_id(query: &StreamQuery) -> Result<Option<String>, ApiError> {
+    match query.session_id.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) if s.len() <= MAX_SESSION_ID_BYTES && !s.chars().any(|c| c.is_control()) => {
+            Ok(Some(s.to_owned()))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_session_id",
+            format!(
+                "`session_id` must be 1 to {MAX_SESSION_ID_BYTES} bytes without control characters"
+            ),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,7 +277,7 @@ pub(super) async fn subscriptions(
     let query = StreamQuery::parse(raw.as_deref());
     let principal = authenticate(&state, &headers, query.access_token.as_deref()).await?;
     let body = super::edge::read_body(&state, body, SUBSCRIPTION_BODY_BYTES).await?;
-    let change: SubscriptionChange = serde_json::from_slice(&body).map_err(|e| {
+    let change: SubscriptionChange = super::json_object(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
             format!("the body must be {{\"add\": [...], \"remove\": [...]}}: {e}"),
