@@ -173,59 +173,7 @@ struct HubCollector {
 impl Collector for HubCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.hub.stats;
-        let counters: [(&str, &str, u64); 10] = [
-            (
-                "events_delivered",
-                "Event frames written to connections (live, caught up or replayed)",
-                s.events_delivered.load(Ordering::Relaxed),
-            ),
-            (
-                "catchup_entries",
-                "Times a connection switched to reading the log after its queue overflowed",
-                s.catchup_entries.load(Ordering::Relaxed),
-            ),
-            (
-                "resumes",
-                "Streams opened with a resume position (Last-Event-ID)",
-                s.resumes.load(Ordering::Relaxed),
-            ),
-            (
-                "connections_opened",
-                "Streams opened",
-                s.connections_opened.load(Ordering::Relaxed),
-            ),
-            (
-                "events_dispatched",
-                "Events read from the log by the dispatcher",
-                s.events_dispatched.load(Ordering::Relaxed),
-            ),
-            (
-                "frames_queued",
-                "Event frames queued for connections (live deliveries)",
-                s.frames_queued.load(Ordering::Relaxed),
-            ),
-            (
-                "queue_overflows",
-                "Times a connection's queue was full and it switched to reading the log",
-                s.queue_overflows.load(Ordering::Relaxed),
-            ),
-            (
-                "gaps",
-                "gap events sent (retention dropped what a client asked for)",
-                s.gaps.load(Ordering::Relaxed),
-            ),
-            (
-                "log_read_failures",
-                "Failed reads of the log by the dispatcher",
-                s.log_read_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "log_recoveries",
-                "Times the dispatcher could read the log again after failing",
-                s.log_recoveries.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, value) in counters {
+        for (name, help, value) in s.counters() {
             let c = ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }

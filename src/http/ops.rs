@@ -1,7 +1,6 @@
 //! Operations endpoints: `/healthz` (alive), `/readyz` (log reachable, not shutting down),
 //! `/v1/status` (admin).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -61,7 +60,13 @@ pub(super) async fn status(
     require_admin(&authenticate(&state, &headers, None).await?)?;
     let log = state.hub.log();
     let bounds = log.bounds().await.map_err(ApiError::from)?;
-    let stats = &state.hub.stats;
+    let hub: serde_json::Map<String, serde_json::Value> = state
+        .hub
+        .stats
+        .counters()
+        .into_iter()
+        .map(|(name, _, value)| (name.to_owned(), value.into()))
+        .collect();
     Ok(Json(json!({
         "node_id": state.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -73,13 +78,7 @@ pub(super) async fn status(
             "head": bounds.head.to_string(),
             "oldest": bounds.oldest.map(|p| p.to_string()),
         },
-        "hub": {
-            "connections_opened": stats.connections_opened.load(Ordering::Relaxed),
-            "events_dispatched": stats.events_dispatched.load(Ordering::Relaxed),
-            "frames_queued": stats.frames_queued.load(Ordering::Relaxed),
-            "queue_overflows": stats.queue_overflows.load(Ordering::Relaxed),
-            "gaps": stats.gaps.load(Ordering::Relaxed),
-        },
+        "hub": hub,
         "auth": {
             "forward_auth_up": state.auth.forward().map(|f| f.up()),
         },

@@ -115,6 +115,66 @@ impl Default for Stats {
     }
 }
 
+impl Stats {
+    /// The counters as `(name, help, value)`: the one list `/metrics` (as
+    /// `ssegate_<name>_total`) and `/v1/status` (under `hub`) both show.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 10] {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "events_delivered",
+                "Event frames written to connections (live, caught up or replayed)",
+                c(&self.events_delivered),
+            ),
+            (
+                "catchup_entries",
+                "Times a connection switched to reading the log after its queue overflowed",
+                c(&self.catchup_entries),
+            ),
+            (
+                "resumes",
+                "Streams opened with a resume position (Last-Event-ID)",
+                c(&self.resumes),
+            ),
+            (
+                "connections_opened",
+                "Streams opened",
+                c(&self.connections_opened),
+            ),
+            (
+                "events_dispatched",
+                "Events read from the log by the dispatcher",
+                c(&self.events_dispatched),
+            ),
+            (
+                "frames_queued",
+                "Event frames queued for connections (live deliveries)",
+                c(&self.frames_queued),
+            ),
+            (
+                "queue_overflows",
+                "Times a connection's queue was full and it switched to reading the log",
+                c(&self.queue_overflows),
+            ),
+            (
+                "gaps",
+                "gap events sent (retention dropped what a client asked for)",
+                c(&self.gaps),
+            ),
+            (
+                "log_read_failures",
+                "Failed reads of the log by the dispatcher",
+                c(&self.log_read_failures),
+            ),
+            (
+                "log_recoveries",
+                "Times the dispatcher could read the log again after failing",
+                c(&self.log_recoveries),
+            ),
+        ]
+    }
+}
+
 /// A live connection as the hub sees it.
 pub struct Conn {
     /// Internal key in the channel index.

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::retry::lock;
 
 use super::{
-    scan_into, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions,
-    NewEvent, Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
+    LogOptions, NewEvent, Position, ReadBatch,
 };
 
 /// Position (sequence) → JSON-encoded [`NewEvent`].
@@ -448,8 +448,7 @@ impl EventLog for FileLog {
         wait: Option<Duration>,
     ) -> Result<ReadBatch, LogError> {
         if let Some(wait) = wait {
-            let mut rx = self.head.clone();
-            let _ = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await;
+            wait_for_head(self.head.clone(), after, wait).await;
         }
         let state = state_of(&self.state);
         let mut batch = ReadBatch {
@@ -463,13 +462,9 @@ impl EventLog for FileLog {
         if after.lo >= state.trimmed_through {
             let tail = lock(&self.tail);
             if let Some(start) = tail.start_after(after) {
-                scan_into(
-                    tail.events.range(start..),
-                    &mut batch,
-                    max,
-                    MAX_SCAN,
-                    filter,
-                );
+                let mut scan_left = MAX_SCAN;
+                let events = tail.events.range(start..);
+                batch.at_head = fill(&mut batch, events, max, &mut scan_left, filter);
                 return Ok(batch);
             }
         }
@@ -490,15 +485,10 @@ impl EventLog for FileLog {
             });
             batch.next = Position::seq(first.map_or(state.last_seq, |f| f - 1));
         }
-        for event in raw {
-            if batch.events.len() >= max {
-                batch.at_head = false;
-                break;
-            }
-            batch.next = event.pos;
-            if filter(&event) {
-                batch.events.push(Arc::new(event));
-            }
+        // At most `scan` events came back, so only `max` can stop the fill.
+        let mut scan_left = scan;
+        if !fill(&mut batch, raw, max, &mut scan_left, filter) {
+            batch.at_head = false;
         }
         Ok(batch)
     }

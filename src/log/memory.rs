@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{
-    scan_into, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions,
-    Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
+    LogOptions, Position, ReadBatch,
 };
 
 /// Events scanned per read at most, whatever the filter keeps; bounds the time the lock is held.
@@ -124,8 +124,7 @@ impl EventLog for MemoryLog {
         wait: Option<Duration>,
     ) -> Result<ReadBatch, LogError> {
         if let Some(wait) = wait {
-            let mut rx = self.head.subscribe();
-            let _ = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await;
+            wait_for_head(self.head.subscribe(), after, wait).await;
         }
         let inner = self.lock();
         let mut batch = ReadBatch {
@@ -143,13 +142,9 @@ impl EventLog for MemoryLog {
         } else {
             (after.lo - inner.trimmed_through) as usize
         };
-        scan_into(
-            inner.events.range(start..),
-            &mut batch,
-            max,
-            MAX_SCAN,
-            filter,
-        );
+        let mut scan_left = MAX_SCAN;
+        let events = inner.events.range(start..);
+        batch.at_head = fill(&mut batch, events, max, &mut scan_left, filter);
         Ok(batch)
     }
 

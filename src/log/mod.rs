@@ -22,6 +22,7 @@ pub mod config;
 pub mod file;
 pub mod memory;
 pub mod nats;
+pub mod nats_url;
 pub mod redis;
 
 use std::fmt;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use config::{Backend, LogConfig};
 
@@ -213,30 +215,63 @@ pub trait EventLog: Send + Sync + 'static {
     async fn enforce_retention(&self, now_ms: u64) -> Result<(), LogError>;
 }
 
-/// Scans `events` (in log order, after the requested position) into `batch`: the ones passing
-/// `filter`, at most `max` of them, looking at no more than `max_scan`; `batch.next` becomes
-/// the last one looked at and `batch.at_head` whether the scan reached the end. Shared by
-/// the in-memory stores (the memory log, the file log's recent-events cache).
-pub(crate) fn scan_into<'a>(
-    events: impl ExactSizeIterator<Item = &'a Arc<Event>>,
+/// An event a read looks at: borrowed from an in-memory store or freshly decoded. Shared
+/// only when the filter keeps it, so skipped events cost no allocation.
+pub(crate) trait Scanned {
+    fn event(&self) -> &Event;
+    fn into_shared(self) -> Arc<Event>;
+}
+
+impl Scanned for &Arc<Event> {
+    fn event(&self) -> &Event {
+        self
+    }
+    fn into_shared(self) -> Arc<Event> {
+        self.clone()
+    }
+}
+
+impl Scanned for Event {
+    fn event(&self) -> &Event {
+        self
+    }
+    fn into_shared(self) -> Arc<Event> {
+        Arc::new(self)
+    }
+}
+
+/// Adds `events` (in log order, after the requested position) to `batch`: the ones passing
+/// `filter`, until `batch` holds `max` events or `scan_left` (counted down per event looked
+/// at) runs out; `batch.next` becomes the last one looked at. Returns whether every event
+/// was looked at. Every backend fills its batches through here.
+pub(crate) fn fill<E: Scanned>(
     batch: &mut ReadBatch,
+    events: impl IntoIterator<Item = E>,
     max: usize,
-    max_scan: usize,
+    scan_left: &mut usize,
     filter: Filter<'_>,
-) {
-    let total = events.len();
-    let mut scanned = 0;
+) -> bool {
     for event in events {
-        if batch.events.len() >= max || scanned >= max_scan {
-            break;
+        if batch.events.len() >= max || *scan_left == 0 {
+            return false;
         }
-        scanned += 1;
-        batch.next = event.pos;
-        if filter(event) {
-            batch.events.push(event.clone());
+        *scan_left -= 1;
+        batch.next = event.event().pos;
+        if filter(event.event()) {
+            batch.events.push(event.into_shared());
         }
     }
-    batch.at_head = scanned >= total;
+    true
+}
+
+/// Waits until `head` moves past `after`, or `wait` is over: how a read with a wait blocks
+/// when nothing is after the reader.
+pub(crate) async fn wait_for_head(
+    mut head: watch::Receiver<Position>,
+    after: Position,
+    wait: Duration,
+) {
+    let _ = tokio::time::timeout(wait, head.wait_for(|h| *h > after)).await;
 }
 
 /// Retention and dedupe settings every backend takes.

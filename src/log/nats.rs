@@ -123,7 +123,7 @@ use async_nats::jetstream::stream::{
     RawMessageErrorKind, StorageType, Stream,
 };
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::{Client, ConnectOptions, Event as NatsEvent, HeaderMap, ServerAddr, ServerError};
+use async_nats::{Client, ConnectOptions, Event as NatsEvent, HeaderMap, ServerError};
 use async_trait::async_trait;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -131,9 +131,10 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::config::EngineConfig;
+use super::nats_url::{servers, with_user_info};
 use super::{
-    AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions, NewEvent,
-    Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
+    LogOptions, NewEvent, Position, ReadBatch,
 };
 use crate::retry::{backoff_with_jitter, lock, sleep_or_cancel};
 
@@ -288,31 +289,6 @@ fn is_config_error(kind: &CreateStreamErrorKind) -> bool {
     .contains(&e.error_code())
 }
 
-/// `%XX` escapes of a URL's user info decoded (anything malformed is kept as it is).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("nats: {what}: {e}"))
 }
@@ -391,18 +367,7 @@ impl NatsLog {
         opts: LogOptions,
     ) -> Result<Arc<dyn EventLog>, LogError> {
         let url = cfg.url.as_str();
-        let addrs = url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| {
-                u.parse::<ServerAddr>()
-                    .map_err(|e| invalid(format!("log.url {u:?} is not a NATS URL: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if addrs.is_empty() {
-            return Err(invalid("log.url is empty".into()));
-        }
+        let addrs = servers(url, "log.url").map_err(|e| invalid(e.to_string()))?;
         let name = cfg.stream.clone();
         if name.is_empty()
             || !name
@@ -464,14 +429,7 @@ impl NatsLog {
             }
             options = options.add_root_certificates(ca.clone());
         }
-        // async-nats does not use the URL's user info itself.
-        if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
-            let user = percent_decode(addr.username().unwrap_or_default());
-            options = match addr.password() {
-                Some(pass) => options.user_and_password(user, percent_decode(pass)),
-                None => options.token(user),
-            };
-        }
+        options = with_user_info(options, &addrs);
         if let Some(creds) = credentials_file {
             options = options.credentials_file(creds).await.map_err(|e| {
                 invalid(format!(
@@ -1000,13 +958,11 @@ impl Shared {
         }
         let mut expect = first.sequence;
         let mut pending = std::collections::VecDeque::from([Ok(Some(first))]);
-        let mut scanned = 0usize;
+        let mut scan_left = MAX_SCAN;
         let mut progressed = false;
         loop {
             let Some(next) = pending.pop_front() else {
-                let room = max
-                    .saturating_sub(batch.events.len())
-                    .min(MAX_SCAN - scanned);
+                let room = max.saturating_sub(batch.events.len()).min(scan_left);
                 if room == 0 {
                     break;
                 }
@@ -1050,20 +1006,16 @@ impl Shared {
                             oldest: Some(event_pos(expect, 0, n)),
                         });
                     }
-                    for (i, event) in events.into_iter().enumerate() {
-                        let pos = event_pos(expect, i, n);
-                        if pos <= after {
-                            continue;
-                        }
-                        if batch.events.len() >= max || scanned >= MAX_SCAN {
-                            return Ok(batch);
-                        }
-                        scanned += 1;
-                        batch.next = pos;
-                        let event = Event { pos, event };
-                        if filter(&event) {
-                            batch.events.push(Arc::new(event));
-                        }
+                    let events = events
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, event)| Event {
+                            pos: event_pos(expect, i, n),
+                            event,
+                        })
+                        .filter(|e| e.pos > after);
+                    if !fill(&mut batch, events, max, &mut scan_left, filter) {
+                        return Ok(batch);
                     }
                 }
                 Err(why) => {
@@ -1182,8 +1134,7 @@ impl EventLog for NatsLog {
         let s = &self.shared;
         s.ready().await?;
         if let Some(wait) = wait {
-            let mut rx = s.head.subscribe();
-            let _ = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await;
+            wait_for_head(s.head.subscribe(), after, wait).await;
             s.check_connected()?;
         }
         s.read_from(after, max, filter).await
@@ -1259,14 +1210,6 @@ mod tests {
                 vec![event_pos(5, 2, 3)]
             ]
         );
-    }
-
-    #[test]
-    fn url_user_info_is_decoded() {
-        assert_eq!(percent_decode("p%40ss%3Aw0rd"), "p@ss:w0rd");
-        assert_eq!(percent_decode("plain"), "plain");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
     #[test]

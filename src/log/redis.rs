@@ -80,8 +80,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::config::EngineConfig;
 use super::{
-    AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError, LogOptions, NewEvent,
-    Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
+    LogOptions, NewEvent, Position, ReadBatch,
 };
 use crate::retry::{backoff_with_jitter, sleep_or_cancel};
 
@@ -781,8 +781,7 @@ impl EventLog for RedisLog {
         wait: Option<Duration>,
     ) -> Result<ReadBatch, LogError> {
         if let Some(wait) = wait {
-            let mut rx = self.head.clone();
-            let _ = tokio::time::timeout(wait, rx.wait_for(|h| *h > after)).await;
+            wait_for_head(self.head.clone(), after, wait).await;
         }
         let scan = max.clamp(1, MAX_SCAN);
         let snap = parse_snapshot(
@@ -805,15 +804,10 @@ impl EventLog for RedisLog {
             });
             batch.next = trimmed;
         }
-        for event in snap.entries {
-            if batch.events.len() >= max {
-                batch.at_head = false;
-                break;
-            }
-            batch.next = event.pos;
-            if filter(&event) {
-                batch.events.push(Arc::new(event));
-            }
+        // At most `scan` entries came back, so only `max` can stop the fill.
+        let mut scan_left = scan;
+        if !fill(&mut batch, snap.entries, max, &mut scan_left, filter) {
+            batch.at_head = false;
         }
         Ok(batch)
     }

@@ -20,6 +20,7 @@
 pub mod nats;
 pub mod postgres;
 pub mod redis;
+pub mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
