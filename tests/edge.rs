@@ -212,7 +212,14 @@ async fn a_client_holding_connections_cannot_exhaust_a_node() {
         .unwrap()
             > 0.0
     );
-    assert!(metric(&metrics, "ssegate_timeouts_total{deadline=\"head\"}").unwrap() > 0.0);
+    // Both kinds of unfinished head are cut by the head deadline — also the request line
+    // without a version, which goes to hyper — and only the keep-alive ones by idleness.
+    let unfinished = kept.iter().filter(|(kind, _)| *kind != 2).count() as f64;
+    let head = metric(&metrics, "ssegate_timeouts_total{deadline=\"head\"}").unwrap();
+    assert!(
+        head >= unfinished,
+        "{head} head timeouts for {unfinished} unfinished heads"
+    );
     assert!(metric(&metrics, "ssegate_timeouts_total{deadline=\"idle\"}").unwrap() > 0.0);
     // Back to normal: the address may connect again.
     let mut again = connect_from(&server, "127.0.0.2").await.unwrap();

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -103,13 +104,14 @@ pub async fn serve(
         match opts.tls.clone() {
             None => {
                 streams.spawn(async move {
-                    connection(tcp, peer, router, watcher, &opts).await;
+                    connection(tcp, peer, router, watcher, &opts, Instant::now()).await;
                     drop(permit);
                 });
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
                 streams.spawn(async move {
+                    let accepted = Instant::now();
                     let handshake = tokio::time::timeout(opts.head_timeout, acceptor.accept(tcp));
                     let tls = match handshake.await {
                         Ok(Ok(tls)) => tls,
@@ -123,9 +125,10 @@ pub async fn serve(
                         }
                     };
                     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        hyper_connection(tls, Bytes::new(), peer, router, watcher, &opts).await
+                        hyper_connection(tls, Bytes::new(), peer, router, watcher, &opts, accepted)
+                            .await
                     } else {
-                        connection(tls, peer, router, watcher, &opts).await
+                        connection(tls, peer, router, watcher, &opts, accepted).await
                     }
                     drop(permit);
                 });
@@ -218,12 +221,16 @@ async fn connection<I: Io>(
     router: Router,
     watcher: Watcher,
     opts: &Options,
+    accepted: Instant,
 ) {
     let first = Box::pin(first_request(&mut io, peer, router.clone(), opts)).await;
     let (head, body) = match first {
         First::Answer { head, body } => (head, body),
         First::Other(prefix) => {
-            return Box::pin(hyper_connection(io, prefix, peer, router, watcher, opts)).await
+            return Box::pin(hyper_connection(
+                io, prefix, peer, router, watcher, opts, accepted,
+            ))
+            .await
         }
         First::Done => return,
     };
@@ -374,10 +381,12 @@ async fn pump<I: Io>(io: I, mut body: Body) -> io::Result<()> {
 }
 
 /// Hands a connection to hyper (HTTP/1.1 with keep-alive, or HTTP/2 prior knowledge), with
-/// the bytes this module already read put back in front. The connection is closed once it
-/// has gone `opts.idle_timeout` without a request in progress: counted from the hand-over
-/// and from the end of each response, so a slow later head or an idle keep-alive cannot hold
-/// it open.
+/// the bytes this module already read put back in front. Until its first request starts, the
+/// connection has what is left of `opts.head_timeout` since it was `accepted` (a head this
+/// module could not parse, such as a request line without a version, gets no more time in
+/// hyper); after that it is closed once it has gone `opts.idle_timeout` without a request in
+/// progress, counted from the end of each response, so a slow later head or an idle
+/// keep-alive cannot hold it open.
 async fn hyper_connection<I: Io>(
     io: I,
     prefix: Bytes,
@@ -385,6 +394,7 @@ async fn hyper_connection<I: Io>(
     router: Router,
     watcher: Watcher,
     opts: &Options,
+    accepted: Instant,
 ) {
     let activity = Arc::new(Activity::new());
     let service = {
@@ -410,17 +420,19 @@ async fn hyper_connection<I: Io>(
         result = watcher.watch(conn) => if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         },
-        _ = activity.idle_for(opts.idle_timeout) => {
-            opts.metrics.timed_out("idle");
-            tracing::debug!(%peer, "connection idle; closed");
+        deadline = activity.idle_for(opts.idle_timeout, accepted + opts.head_timeout) => {
+            opts.metrics.timed_out(deadline);
+            tracing::debug!(%peer, deadline, "connection without a request in time; closed");
         }
     }
 }
 
 /// Whether a hyper connection has a request in progress, and since when it has none.
 struct Activity {
-    started: tokio::time::Instant,
+    started: Instant,
     in_progress: AtomicUsize,
+    /// Whether any request has started (until then the head deadline applies).
+    any_started: AtomicBool,
     /// Milliseconds after `started` when the last request ended (0: none has).
     idle_since_ms: AtomicU64,
 }
@@ -428,24 +440,33 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Self {
-            started: tokio::time::Instant::now(),
+            started: Instant::now(),
             in_progress: AtomicUsize::new(0),
+            any_started: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
         }
     }
 
     /// Resolves once no request has been in progress for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    /// Resolves once no request has started by `first_deadline` (with `"head"`), or once no
+    /// request has been in progress for `limit` after one did (with `"idle"`).
+    async fn idle_for(&self, limit: Duration, first_deadline: Instant) -> &'static str {
         loop {
-            let since =
-                self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
             if self.in_progress.load(Ordering::Acquire) > 0 {
                 tokio::time::sleep(limit).await;
-            } else if tokio::time::Instant::now() >= since + limit {
-                return;
-            } else {
-                tokio::time::sleep_until(since + limit).await;
+                continue;
             }
+            let (deadline, which) = if self.any_started.load(Ordering::Acquire) {
+                let since = self.started
+                    + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+                (since + limit, "idle")
+            } else {
+                (first_deadline, "head")
+            };
+            if Instant::now() >= deadline {
+                return which;
+            }
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
@@ -456,6 +477,7 @@ struct Busy(Arc<Activity>);
 impl Busy {
     fn new(activity: &Arc<Activity>) -> Self {
         activity.in_progress.fetch_add(1, Ordering::AcqRel);
+        activity.any_started.store(true, Ordering::Release);
         Busy(activity.clone())
     }
 }
