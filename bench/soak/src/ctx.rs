@@ -86,6 +86,8 @@ pub struct Options {
     pub fault: Option<Fault>,
     pub report: Option<PathBuf>,
     pub profile: String,
+    /// Timing checks are reported, not counted (see `report::TIMING_CHECKS`).
+    pub timing_advisory: bool,
 }
 
 /// Live counters, read by the sampler and the report.

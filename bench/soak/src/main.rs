@@ -82,7 +82,8 @@ ssegate-soak --url http://127.0.0.1:PORT --server-pid PID --server-log FILE [opt
   --fault append         debug: one event appended to the canary's channel (with a bearer
                          token), to show the cross-site check sees a change
   --report FILE          write the JSON report there instead of stdout
-  --profile NAME         build profile of the node, for the report (debug)";
+  --profile NAME         build profile of the node, for the report (debug)
+  --timing-advisory      report the timing checks (/healthz p99) without failing on them";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -116,10 +117,15 @@ fn parse_args() -> Result<Options, String> {
         fault: None,
         report: None,
         profile: "debug".into(),
+        timing_advisory: false,
     };
     let mut warmup = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--timing-advisory" {
+            o.timing_advisory = true;
+            continue;
+        }
         if flag == "--no-attack" {
             o.attack = false;
             continue;

@@ -43,6 +43,11 @@ pub struct Outcome {
     pub aborted: bool,
 }
 
+/// The checks on timing: with `--timing-advisory` (the short run in the test command, on a
+/// debug build of a shared machine) they are reported but fail nothing — figures, not
+/// assertions; the recorded runs keep them strict.
+const TIMING_CHECKS: [&str; 1] = ["/healthz p99 < 50 ms"];
+
 struct Check {
     name: &'static str,
     ok: bool,
@@ -402,7 +407,8 @@ pub fn build(ctx: &Ctx, o: &Outcome) -> (Value, String, bool) {
         }
     }
 
-    let ok = checks.iter().all(|c| c.ok);
+    let counts = |c: &Check| !(opts.timing_advisory && TIMING_CHECKS.contains(&c.name));
+    let ok = checks.iter().all(|c| c.ok || !counts(c));
 
     // --- the JSON document ---
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
@@ -600,12 +606,16 @@ pub fn build(ctx: &Ctx, o: &Outcome) -> (Value, String, bool) {
         let _ = writeln!(
             s,
             "  {} {}: {}",
-            if c.ok { "PASS" } else { "FAIL" },
+            match (c.ok, counts(c)) {
+                (true, _) => "PASS",
+                (false, true) => "FAIL",
+                (false, false) => "ADVISORY (not counted)",
+            },
             c.name,
             c.detail
         );
     }
-    let failed_n = checks.iter().filter(|c| !c.ok).count();
+    let failed_n = checks.iter().filter(|c| !c.ok && counts(c)).count();
     let _ = write!(
         s,
         "soak: {}",
