@@ -231,7 +231,7 @@ pub async fn deliver(sources: &Sources, name: &str, headers: &HeaderMap, body: &
     let wait = Duration::from_millis(cfg.append_timeout_ms);
     match tokio::time::timeout(wait, cx.emit_events(vec![event], Some(key), None)).await {
         Ok(Ok(())) => Reply::status(200, "SUCCESS"),
-        Ok(Err(SourceError::Fatal(e))) => drop(e),
+        Ok(Err(SourceError::Fatal(e))) => drop(e.chain()),
         Ok(Err(SourceError::Recoverable(_))) => Reply::status(503, "RETRY"),
         Err(_) => {
             if let Some(suppressed) = RETRIES.allow() {

@@ -42,17 +42,150 @@ use crate::log::{AppendItem, EventLog, LogError, NewEvent};
 use crate::retry::{backoff_with_jitter, sleep_or_cancel};
 pub use mapping::{Change, Mapping, MappingError, Op};
 
+/// Any error a source wraps: a driver's, an I/O error, a decoder's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a source stopped running.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// Worth retrying (connection lost, server restarting): the source restarts after a
     /// backoff and resumes from its checkpoint.
-    #[error("{0}")]
-    Recoverable(String),
+    #[error(transparent)]
+    Recoverable(Cause),
     /// Retrying will not help (bad credentials, a table that does not exist, a setting the
     /// database refuses): the source stops until started again.
-    #[error("{0}")]
-    Fatal(String),
+    #[error(transparent)]
+    Fatal(Cause),
+}
+
+impl SourceError {
+    /// Recoverable: `context` (what the source was doing) failed with `source`.
+    pub fn recoverable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Recoverable(Cause::new(context, source))
+    }
+
+    /// Fatal: `context` (what the source was doing) failed with `source`.
+    pub fn fatal(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Fatal(Cause::new(context, source))
+    }
+
+    /// What went wrong, whichever the class.
+    pub fn cause(&self) -> &Cause {
+        match self {
+            Self::Recoverable(c) | Self::Fatal(c) => c,
+        }
+    }
+}
+
+/// What went wrong in a source: a sentence saying what it was doing and, when an error
+/// underneath caused it, that error (kept whole: its type and its own sources).
+///
+/// `Display` is the sentence alone (the error underneath is [`Error::source`](std::error::Error::source));
+/// [`Cause::chain`] is the sentence and every source after it, as `/v1/status` and the log
+/// show it.
+#[derive(Debug)]
+pub struct Cause {
+    message: String,
+    source: Option<BoxError>,
+    /// The message already renders `source` (in more useful words than its `Display`, as
+    /// a PostgreSQL error's code and hint): the chain does not repeat it.
+    rendered: bool,
+    /// Advice appended after the chain (what to grant, what to create).
+    note: Option<String>,
+}
+
+impl Cause {
+    /// `message` failed with `source`.
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
+            rendered: false,
+            note: None,
+        }
+    }
+
+    /// A `message` that already says everything `source` does, in its own words: the source
+    /// is kept (for callers that look at it) but not shown again by [`Cause::chain`].
+    pub fn rendering(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            rendered: true,
+            ..Self::new(message, source)
+        }
+    }
+
+    /// Adds advice shown after the chain.
+    pub fn with_note(mut self, note: impl std::fmt::Display) -> Self {
+        self.note = Some(match self.note.take() {
+            Some(n) => format!("{n}; {note}"),
+            None => note.to_string(),
+        });
+        self
+    }
+
+    /// The message, each source's message after a `: ` (one that an outer message already
+    /// contains is not repeated), then the note after a `; `.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        if !self.rendered {
+            let mut next = self
+                .source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static));
+            while let Some(e) = next {
+                let text = e.to_string();
+                if !text.is_empty() && !out.contains(&text) {
+                    if !out.is_empty() {
+                        out.push_str(": ");
+                    }
+                    out.push_str(&text);
+                }
+                next = e.source();
+            }
+        }
+        if let Some(note) = &self.note {
+            out.push_str("; ");
+            out.push_str(note);
+        }
+        out
+    }
+
+    /// Whether [`Cause::chain`] mentions `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.chain().contains(needle)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A cause with no error underneath: the message says it all.
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+            rendered: false,
+            note: None,
+        }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
 }
 
 /// A running watcher. `run` resumes from [`SourceContext::checkpoint`], hands changes to
@@ -296,7 +429,7 @@ impl SourceContext {
     pub fn checkpoint(&self) -> Result<Option<String>, SourceError> {
         self.checkpoints
             .load(&self.name)
-            .map_err(|e| SourceError::Fatal(format!("cannot read the checkpoint: {e}")))
+            .map_err(|e| SourceError::fatal("cannot read the checkpoint", e))
     }
 
     /// Fires when the source must stop (stop request or shutdown).
@@ -409,10 +542,8 @@ impl SourceContext {
         loop {
             match self.log.append(items.clone(), crate::time::now_ms()).await {
                 Ok(_) => return Ok(()),
-                Err(LogError::TooLarge(m)) | Err(LogError::Config(m)) => {
-                    return Err(SourceError::Fatal(format!(
-                        "the log refuses the batch: {m}"
-                    )))
+                Err(e @ (LogError::TooLarge(_) | LogError::Config(_))) => {
+                    return Err(SourceError::fatal("the log refuses the batch", e))
                 }
                 Err(e) => {
                     failures += 1;
@@ -432,7 +563,7 @@ impl SourceContext {
     fn save_checkpoint(&self, cp: &str) -> Result<(), SourceError> {
         self.checkpoints
             .save(&self.name, cp)
-            .map_err(|e| SourceError::Fatal(format!("cannot save the checkpoint: {e}")))?;
+            .map_err(|e| SourceError::fatal("cannot save the checkpoint", e))?;
         self.status
             .state
             .lock()
@@ -661,11 +792,13 @@ async fn supervise(kind: SourceKind, cx: SourceContext) {
                 return;
             }
             Err(SourceError::Fatal(e)) => {
+                let e = e.chain();
                 tracing::error!(source = %name, error = %e, "source failed; it stays stopped until started again");
                 cx.status.set("failed", Some(e));
                 return;
             }
             Err(SourceError::Recoverable(e)) => {
+                let e = e.chain();
                 if started.elapsed() > Duration::from_secs(60) {
                     failures = 0;
                 }
@@ -763,6 +896,21 @@ changes = [
   { op = "delete", record = { t = "b", u = "u2" }, key = "3" },
 ]
 "#;
+
+    #[test]
+    fn a_cause_keeps_its_source_and_shows_the_whole_chain_once() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = SourceError::recoverable("cannot connect", io);
+        assert_eq!(e.to_string(), "cannot connect");
+        let inner = e.source().expect("the io error is the source");
+        assert!(inner.downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(e.cause().chain(), "cannot connect: refused");
+        let c = Cause::rendering("cannot read: refused (SQLSTATE 08006)", "refused")
+            .with_note("grant it");
+        assert_eq!(c.chain(), "cannot read: refused (SQLSTATE 08006); grant it");
+        assert_eq!(Cause::from("stopped").chain(), "stopped");
+    }
 
     #[test]
     fn flat_tables_parse_and_unknown_keys_are_named() {

@@ -149,7 +149,7 @@ struct NatsSource {
 
 impl NatsSource {
     async fn connect(&self, cx: &SourceContext) -> Result<async_nats::Client, SourceError> {
-        let addrs = addresses(&self.cfg.url).map_err(SourceError::Fatal)?;
+        let addrs = addresses(&self.cfg.url).map_err(|e| SourceError::Fatal(e.into()))?;
         let mut options = ConnectOptions::new()
             .name(format!("ssegate source {}", cx.name))
             .connection_timeout(CONNECT_TIMEOUT);
@@ -163,16 +163,19 @@ impl NatsSource {
         }
         if let Some(creds) = &self.cfg.credentials_file {
             options = options.credentials_file(creds).await.map_err(|e| {
-                SourceError::Fatal(format!(
-                    "credentials_file {} is not a usable .creds file: {e}",
-                    creds.display()
-                ))
+                SourceError::fatal(
+                    format!(
+                        "credentials_file {} is not a usable .creds file",
+                        creds.display()
+                    ),
+                    e,
+                )
             })?;
         }
         options
             .connect(addrs)
             .await
-            .map_err(|e| SourceError::Recoverable(format!("nats: cannot connect: {e}")))
+            .map_err(|e| SourceError::recoverable("nats: cannot connect", e))
     }
 
     fn ingested(
@@ -208,13 +211,13 @@ impl NatsSource {
             }
             None => client.subscribe(self.cfg.subject.clone()).await,
         }
-        .map_err(|e| SourceError::Recoverable(format!("nats: cannot subscribe: {e}")))?;
+        .map_err(|e| SourceError::recoverable("nats: cannot subscribe", e))?;
         // The subscription reaches the server with the next flush: make it now, so that
         // "running" means subscribed.
         client
             .flush()
             .await
-            .map_err(|e| SourceError::Recoverable(format!("nats: {e}")))?;
+            .map_err(|e| SourceError::recoverable("nats", e))?;
         tracing::info!(source = %cx.name, subject = %self.cfg.subject, "subscribed to NATS");
         let msg_id = |m: &async_nats::Message| {
             m.headers
@@ -257,7 +260,7 @@ impl NatsSource {
     ) -> Result<(), SourceError> {
         let js = jetstream::new(client);
         let stream = js.get_stream(stream).await.map_err(|e| {
-            SourceError::Recoverable(format!("nats: JetStream stream {stream:?}: {e}"))
+            SourceError::recoverable(format!("nats: JetStream stream {stream:?}"), e)
         })?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
@@ -275,12 +278,12 @@ impl NatsSource {
             )
             .await
             .map_err(|e| {
-                SourceError::Recoverable(format!("nats: JetStream consumer {durable:?}: {e}"))
+                SourceError::recoverable(format!("nats: JetStream consumer {durable:?}"), e)
             })?;
         let mut messages = consumer
             .messages()
             .await
-            .map_err(|e| SourceError::Recoverable(format!("nats: JetStream: {e}")))?;
+            .map_err(|e| SourceError::recoverable("nats: JetStream", e))?;
         tracing::info!(source = %cx.name, durable, "reading the JetStream consumer");
         loop {
             let first = tokio::select! {
@@ -293,9 +296,7 @@ impl NatsSource {
                         "nats: the JetStream consumer ended".into(),
                     ))
                 }
-                Some(Err(e)) => {
-                    return Err(SourceError::Recoverable(format!("nats: JetStream: {e}")))
-                }
+                Some(Err(e)) => return Err(SourceError::recoverable("nats: JetStream", e)),
                 Some(Ok(m)) => m,
             };
             let mut batch = vec![first];
@@ -336,7 +337,7 @@ impl NatsSource {
                 }
             }
             if let Some(e) = failed {
-                return Err(SourceError::Recoverable(format!("nats: JetStream: {e}")));
+                return Err(SourceError::recoverable("nats: JetStream", e));
             }
         }
     }

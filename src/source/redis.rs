@@ -140,17 +140,18 @@ pub(super) fn id_at(record: &Value, path: &str) -> Option<String> {
 
 /// Redis errors that no retry will fix.
 fn redis_error(what: &str, e: &RedisError) -> SourceError {
-    let message = format!("redis {what}: {e}");
+    let context = format!("redis {what}");
     match e.code() {
-        Some("WRONGTYPE" | "NOPERM" | "WRONGPASS" | "NOAUTH") => SourceError::Fatal(message),
-        _ => SourceError::Recoverable(message),
+        Some("WRONGTYPE" | "NOPERM" | "WRONGPASS" | "NOAUTH") => {
+            SourceError::fatal(context, e.clone())
+        }
+        _ => SourceError::recoverable(context, e.clone()),
     }
 }
 
 /// `redis::Client::open` without repeating the URL (it may hold a password).
 fn client(url: &str) -> Result<Client, SourceError> {
-    Client::open(url)
-        .map_err(|e| SourceError::Fatal(format!("`url` is not a usable Redis URL: {e}")))
+    Client::open(url).map_err(|e| SourceError::fatal("`url` is not a usable Redis URL", e))
 }
 
 fn check_url(url: &str) -> Result<(), String> {

@@ -84,6 +84,8 @@ impl fmt::Display for DriverError {
     }
 }
 
+impl std::error::Error for DriverError {}
+
 /// An open change stream: raw change events in order. `None` means the server closed it (after
 /// an invalidate, or a cursor that died).
 pub trait ChangeCursor: Stream<Item = Result<Document, DriverError>> + Send + Unpin {

@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{BuildSource, Change, Op, Source, SourceContext, SourceError};
+use super::{BuildSource, Cause, Change, Op, Source, SourceContext, SourceError};
 use crate::retry::backoff_with_jitter;
 pub use driver::{
     ChangeCursor, ChangeStreamDriver, DriverError, DriverErrorKind, MongoDriver, StartAt, Target,
@@ -372,13 +372,14 @@ impl MongoSource {
         if let Some(d) = &self.driver {
             return Ok(d.clone());
         }
-        let spec = self.cfg.watch_spec().map_err(SourceError::Fatal)?;
+        let spec = self
+            .cfg
+            .watch_spec()
+            .map_err(|e| SourceError::Fatal(e.into()))?;
         match MongoDriver::connect(&self.cfg.url, spec).await {
             Ok(d) => Ok(Arc::new(d)),
-            Err(e) if classify(&e) == ErrorClass::Fatal => {
-                Err(SourceError::Fatal(format!("mongodb: {e}")))
-            }
-            Err(e) => Err(SourceError::Recoverable(format!("mongodb: {e}"))),
+            Err(e) if classify(&e) == ErrorClass::Fatal => Err(SourceError::fatal("mongodb", e)),
+            Err(e) => Err(SourceError::recoverable("mongodb", e)),
         }
     }
 
@@ -681,7 +682,7 @@ impl Source for MongoSource {
                     SourceError::Fatal(format!(
                         "the checkpoint file of source {:?} is unreadable ({e}); delete it to start from now",
                         cx.name
-                    ))
+                    ).into())
                 })?,
             };
             let opened = tokio::select! {
@@ -701,17 +702,18 @@ impl Source for MongoSource {
             match classify(&error) {
                 ErrorClass::HistoryLost if start != StartAt::Now => {
                     let message = self.history_lost(cx, &start, &error).await?;
-                    return Err(SourceError::Recoverable(message));
+                    return Err(SourceError::Recoverable(Cause::rendering(message, error)));
                 }
                 ErrorClass::Fatal => {
-                    return Err(SourceError::Fatal(format!("change stream: {error}")));
+                    return Err(SourceError::fatal("change stream", error));
                 }
                 _ => {
                     failures += 1;
                     if failures > MAX_QUICK_RECONNECTS {
-                        return Err(SourceError::Recoverable(format!(
+                        let message = format!(
                             "change stream: {error} (after {MAX_QUICK_RECONNECTS} reconnects)"
-                        )));
+                        );
+                        return Err(SourceError::Recoverable(Cause::rendering(message, error)));
                     }
                     cx.status.restarts.fetch_add(1, Ordering::Relaxed);
                     let wait = backoff_with_jitter(failures);

@@ -206,12 +206,12 @@ impl Source for CdcSource {
                  'proto_version', '1', 'publication_names', $3)",
             )
             .await
-            .map_err(|e| classify(&e, "cannot prepare the slot read"))?;
+            .map_err(|e| classify(e, "cannot prepare the slot read"))?;
         let max_changes = i32::try_from(cfg.max_changes).unwrap_or(i32::MAX);
         let wal = client
             .prepare("SELECT pg_current_wal_flush_lsn()::text, pg_current_wal_insert_lsn()::text")
             .await
-            .map_err(|e| classify(&e, "cannot prepare the WAL position query"))?;
+            .map_err(|e| classify(e, "cannot prepare the WAL position query"))?;
         let mut decoder = Decoder::default();
         let mut idle = IdleAdvance::default();
         loop {
@@ -239,7 +239,7 @@ impl Source for CdcSource {
             .await
             .map_err(|e| match e {
                 SourceError::Fatal(m) if m.contains("SQLSTATE 42501") => {
-                    SourceError::Fatal(format!("{m}; {REPLICATION_HINT}"))
+                    SourceError::Fatal(m.with_note(REPLICATION_HINT))
                 }
                 e => e,
             })?
@@ -250,9 +250,9 @@ impl Source for CdcSource {
             let mut batch = Batch::default();
             for row in rows {
                 let data: &[u8] = row.get(0);
-                let msg = decoder.decode(data).map_err(|e| {
-                    SourceError::Recoverable(format!("cannot decode the slot's output: {e}"))
-                })?;
+                let msg = decoder
+                    .decode(data)
+                    .map_err(|e| SourceError::recoverable("cannot decode the slot's output", e))?;
                 if let Some(full) = batch.add(msg, &places, &cx.name) {
                     cx.emit(&full.changes, full.checkpoint.as_deref()).await?;
                 }
@@ -433,14 +433,17 @@ async fn check_server(client: &Client, tables: &[Table]) -> Result<(), SourceErr
     let row = client
         .query_one("SELECT current_setting('wal_level')", &[])
         .await
-        .map_err(|e| classify(&e, "cannot check the server settings"))?;
+        .map_err(|e| classify(e, "cannot check the server settings"))?;
     let wal_level: String = row.get(0);
     if wal_level != "logical" {
-        return Err(SourceError::Fatal(format!(
-            "wal_level is {wal_level:?}: logical decoding needs wal_level = logical \
+        return Err(SourceError::Fatal(
+            format!(
+                "wal_level is {wal_level:?}: logical decoding needs wal_level = logical \
              (set it in postgresql.conf and restart PostgreSQL), or use a postgres_notify or \
              postgres_poll source"
-        )));
+            )
+            .into(),
+        ));
     }
     for t in tables {
         let identity: String = client
@@ -450,7 +453,7 @@ async fn check_server(client: &Client, tables: &[Table]) -> Result<(), SourceErr
             )
             .await
             .map(|r| r.get(0))
-            .map_err(|e| classify(&e, "cannot read the table's replica identity"))?;
+            .map_err(|e| classify(e, "cannot read the table's replica identity"))?;
         if identity != "f" {
             tracing::warn!(
                 table = %t.place(),
@@ -475,7 +478,7 @@ async fn ensure_publication(
             &[&name],
         )
         .await
-        .map_err(|e| classify(&e, "cannot look up the publication"))?;
+        .map_err(|e| classify(e, "cannot look up the publication"))?;
     let list = |ts: &[&Table]| ts.iter().map(|t| t.sql()).collect::<Vec<_>>().join(", ");
     match exists {
         None => {
@@ -490,13 +493,12 @@ async fn ensure_publication(
                 // Another node created it meanwhile.
                 Err(e) if e.code().is_some_and(|c| c.code() == "42710") => {}
                 Err(e) => {
-                    let err = classify(&e, &format!("cannot create publication {name:?}"));
+                    let denied = e.code().is_some_and(|c| c.code() == "42501");
+                    let err = classify(e, &format!("cannot create publication {name:?}"));
                     return Err(match err {
-                        SourceError::Fatal(m) if e.code().is_some_and(|c| c.code() == "42501") => {
-                            SourceError::Fatal(format!(
-                                "{m}; create it as the tables' owner: {sql}"
-                            ))
-                        }
+                        SourceError::Fatal(m) if denied => SourceError::Fatal(
+                            m.with_note(format!("create it as the tables' owner: {sql}")),
+                        ),
                         other => other,
                     });
                 }
@@ -511,7 +513,7 @@ async fn ensure_publication(
                     &[&name],
                 )
                 .await
-                .map_err(|e| classify(&e, "cannot list the publication's tables"))?
+                .map_err(|e| classify(e, "cannot list the publication's tables"))?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
@@ -526,7 +528,7 @@ async fn ensure_publication(
                     list(&missing)
                 );
                 client.batch_execute(&sql).await.map_err(|e| {
-                    classify(&e, &format!("cannot add tables to publication {name:?}"))
+                    classify(e, &format!("cannot add tables to publication {name:?}"))
                 })?;
                 tracing::info!(publication = name, tables = %list(&missing), "tables added to the publication");
             }
@@ -545,7 +547,7 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, SourceError> {
                 &[&slot],
             )
             .await
-            .map_err(|e| classify(&e, "cannot look up the replication slot"))
+            .map_err(|e| classify(e, "cannot look up the replication slot"))
     };
     let mut row = find().await?;
     if row.is_none() {
@@ -561,22 +563,26 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<u64, SourceError> {
             Err(e) if e.code().is_some_and(|c| c.code() == "42710") => {}
             Err(e) => {
                 return Err(slot_error(
-                    &e,
+                    e,
                     &format!("cannot create replication slot {slot:?}"),
                 ))
             }
         }
         row = find().await?;
     }
-    let row =
-        row.ok_or_else(|| SourceError::Recoverable(format!("replication slot {slot:?} vanished")))?;
+    let row = row.ok_or_else(|| {
+        SourceError::Recoverable(format!("replication slot {slot:?} vanished").into())
+    })?;
     let plugin: Option<String> = row.get(0);
     let same_db: Option<bool> = row.get(1);
     if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-        return Err(SourceError::Fatal(format!(
-            "replication slot {slot:?} exists but is not a pgoutput slot of this database \
+        return Err(SourceError::Fatal(
+            format!(
+                "replication slot {slot:?} exists but is not a pgoutput slot of this database \
              (plugin {plugin:?}); name another with `slot = \"…\"`"
-        )));
+            )
+            .into(),
+        ));
     }
     let confirmed: Option<String> = row.get(2);
     Ok(confirmed.as_deref().and_then(parse_lsn).unwrap_or(0))
@@ -587,11 +593,10 @@ const REPLICATION_HINT: &str = "the role needs the REPLICATION attribute (ALTER 
      postgres_poll source";
 
 /// A slot function's error; a refused permission says what the role lacks.
-fn slot_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
+fn slot_error(e: tokio_postgres::Error, what: &str) -> SourceError {
+    let denied = e.code().is_some_and(|c| c.code() == "42501");
     match classify(e, what) {
-        SourceError::Fatal(m) if e.code().is_some_and(|c| c.code() == "42501") => {
-            SourceError::Fatal(format!("{m}; {REPLICATION_HINT}"))
-        }
+        SourceError::Fatal(m) if denied => SourceError::Fatal(m.with_note(REPLICATION_HINT)),
         other => other,
     }
 }
@@ -604,7 +609,7 @@ async fn advance(client: &Client, slot: &str, lsn: u64) -> Result<(), SourceErro
             &[&slot, &format_lsn(lsn)],
         )
         .await
-        .map_err(|e| classify(&e, "cannot advance the replication slot"))?;
+        .map_err(|e| classify(e, "cannot advance the replication slot"))?;
     Ok(())
 }
 

@@ -35,7 +35,7 @@ pub use cdc::PostgresConfig;
 pub use notify::PostgresNotifyConfig;
 pub use poll::PostgresPollConfig;
 
-use super::{SourceContext, SourceError};
+use super::{Cause, SourceContext, SourceError};
 
 /// How long connecting may take before it counts as a (recoverable) failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,8 +58,8 @@ async fn connect(
     cx: &SourceContext,
     notifications: Option<mpsc::Sender<()>>,
 ) -> Result<Client, SourceError> {
-    let mut cfg = tokio_postgres::Config::from_str(url)
-        .map_err(|e| SourceError::Fatal(format!("invalid url: {e}")))?;
+    let mut cfg =
+        tokio_postgres::Config::from_str(url).map_err(|e| SourceError::fatal("invalid url", e))?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -68,7 +68,7 @@ async fn connect(
     }
     let connecting = cfg.connect(NoTls);
     let (client, mut connection) = tokio::select! {
-        r = connecting => r.map_err(|e| classify(&e, "cannot connect"))?,
+        r = connecting => r.map_err(|e| classify(e, "cannot connect"))?,
         _ = cx.cancelled() => return Err(SourceError::Recoverable("stopped while connecting".into())),
     };
     let name = cx.name.clone();
@@ -93,7 +93,7 @@ async fn connect(
     client
         .batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'")
         .await
-        .map_err(|e| classify(&e, "cannot set up the session"))?;
+        .map_err(|e| classify(e, "cannot set up the session"))?;
     Ok(client)
 }
 
@@ -104,16 +104,16 @@ async fn or_stop<T>(
     what: &str,
 ) -> Result<Option<T>, SourceError> {
     tokio::select! {
-        r = fut => r.map(Some).map_err(|e| classify(&e, what)),
+        r = fut => r.map(Some).map_err(|e| classify(e, what)),
         _ = cx.cancelled() => Ok(None),
     }
 }
 
 /// Sorts a database error into retry-worthy or not. Without a SQLSTATE the connection
 /// failed (refused, reset, timed out): recoverable.
-fn classify(e: &tokio_postgres::Error, what: &str) -> SourceError {
+fn classify(e: tokio_postgres::Error, what: &str) -> SourceError {
     let Some(db) = e.as_db_error() else {
-        return SourceError::Recoverable(format!("{what}: {e}"));
+        return SourceError::recoverable(what, e);
     };
     let code = db.code().code();
     let mut msg = format!("{what}: {} (SQLSTATE {code})", db.message());
@@ -121,10 +121,13 @@ fn classify(e: &tokio_postgres::Error, what: &str) -> SourceError {
         msg.push_str("; hint: ");
         msg.push_str(hint);
     }
-    if is_fatal(code) {
-        SourceError::Fatal(msg)
+    // The message says what the error says (text, code, hint) better than its `Display`.
+    let fatal = is_fatal(code);
+    let cause = Cause::rendering(msg, e);
+    if fatal {
+        SourceError::Fatal(cause)
     } else {
-        SourceError::Recoverable(msg)
+        SourceError::Recoverable(cause)
     }
 }
 
@@ -174,15 +177,15 @@ async fn resolve_table(client: &Client, name: &str) -> Result<Table, SourceError
             &[&name],
         )
         .await
-        .map_err(|e| classify(&e, &format!("cannot look up table {name:?}")))?;
+        .map_err(|e| classify(e, &format!("cannot look up table {name:?}")))?;
     match row {
         Some(r) => Ok(Table {
             schema: r.get(0),
             name: r.get(1),
         }),
-        None => Err(SourceError::Fatal(format!(
-            "table {name:?} does not exist (or this role cannot see it)"
-        ))),
+        None => Err(SourceError::Fatal(
+            format!("table {name:?} does not exist (or this role cannot see it)").into(),
+        )),
     }
 }
 
@@ -197,12 +200,15 @@ async fn column_type(client: &Client, table: &Table, column: &str) -> Result<Str
             &[&table.sql(), &column],
         )
         .await
-        .map_err(|e| classify(&e, "cannot look up a column"))?;
+        .map_err(|e| classify(e, "cannot look up a column"))?;
     row.map(|r| r.get(0)).ok_or_else(|| {
-        SourceError::Fatal(format!(
-            "column {column:?} does not exist in table {}",
-            table.place()
-        ))
+        SourceError::Fatal(
+            format!(
+                "column {column:?} does not exist in table {}",
+                table.place()
+            )
+            .into(),
+        )
     })
 }
 

@@ -144,11 +144,14 @@ impl Source for NotifySource {
         let table = resolve_table(&client, &cfg.outbox_table).await?;
         let id_type = column_type(&client, &table, &cfg.id_column).await?;
         if !matches!(id_type.as_str(), "bigint" | "integer" | "smallint") {
-            return Err(SourceError::Fatal(format!(
+            return Err(SourceError::Fatal(
+                format!(
                 "id column {:?} of {} is {id_type}: it must be an integer filled from a sequence",
                 cfg.id_column,
                 table.place()
-            )));
+            )
+                .into(),
+            ));
         }
         for c in [&cfg.record_column, &cfg.op_column].into_iter().flatten() {
             column_type(&client, &table, c).await?;
@@ -158,7 +161,7 @@ impl Source for NotifySource {
         client
             .batch_execute(&format!("LISTEN {}", ident(&channel)))
             .await
-            .map_err(|e| classify(&e, "cannot LISTEN"))?;
+            .map_err(|e| classify(e, "cannot LISTEN"))?;
         let id = ident(&cfg.id_column);
         let read = client
             .prepare(&format!(
@@ -166,25 +169,25 @@ impl Source for NotifySource {
                 table.sql()
             ))
             .await
-            .map_err(|e| classify(&e, "cannot prepare the outbox read"))?;
+            .map_err(|e| classify(e, "cannot prepare the outbox read"))?;
         let snapshot = client
             .prepare(
                 "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text \
                  FROM pg_current_snapshot() s",
             )
             .await
-            .map_err(|e| classify(&e, "cannot prepare the snapshot query"))?;
+            .map_err(|e| classify(e, "cannot prepare the snapshot query"))?;
         let delete = client
             .prepare(&format!(
                 "DELETE FROM {} WHERE {id} <= $1::int8",
                 table.sql()
             ))
             .await
-            .map_err(|e| classify(&e, "cannot prepare the outbox delete"))?;
+            .map_err(|e| classify(e, "cannot prepare the outbox delete"))?;
         let mut after: Option<i64> = match cx.checkpoint()? {
             None => None,
             Some(cp) => Some(cp.trim().parse().map_err(|_| {
-                SourceError::Fatal(format!("checkpoint {cp:?} is not an outbox id"))
+                SourceError::Fatal(format!("checkpoint {cp:?} is not an outbox id").into())
             })?),
         };
         tracing::info!(source = %cx.name, outbox = %table.place(), %channel, after = ?after, "reading the outbox");
@@ -246,7 +249,7 @@ impl Source for NotifySource {
                     client
                         .execute(&delete, &[&last])
                         .await
-                        .map_err(|e| classify(&e, "cannot delete processed outbox rows"))?;
+                        .map_err(|e| classify(e, "cannot delete processed outbox rows"))?;
                 }
             }
             if take == rows.len() && rows.len() as u64 == u64::from(cfg.batch) {

@@ -121,13 +121,13 @@ impl Source for PollSource {
                 "{select} WHERE t.{col} > $1::text::{ty} ORDER BY t.{col} LIMIT $2"
             ))
             .await
-            .map_err(|e| classify(&e, "cannot prepare the poll query"))?;
+            .map_err(|e| classify(e, "cannot prepare the poll query"))?;
         let all_q = client
             .prepare(&format!(
                 "{select} WHERE t.{col} IS NOT NULL ORDER BY t.{col} LIMIT $1"
             ))
             .await
-            .map_err(|e| classify(&e, "cannot prepare the poll query"))?;
+            .map_err(|e| classify(e, "cannot prepare the poll query"))?;
         let mut after = cx.checkpoint()?;
         if after.is_none() && cfg.start == Start::Now {
             let row = client
@@ -136,7 +136,7 @@ impl Source for PollSource {
                     &[],
                 )
                 .await
-                .map_err(|e| classify(&e, "cannot read the column's last value"))?;
+                .map_err(|e| classify(e, "cannot read the column's last value"))?;
             after = row.get(0);
             // Saved at once: a restart must not move "now" past rows added meanwhile.
             if let Some(a) = &after {
