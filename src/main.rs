@@ -264,7 +264,7 @@ async fn serve(cfg: Config, dev: bool) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    gateway.serve(listener, shutdown).await
+    Ok(gateway.serve(listener, shutdown).await?)
 }
 
 fn print_dev_help(

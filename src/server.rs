@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +16,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::http::tls::TlsError;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
 use crate::limits::{ConnLimits, Limit, RateLimiter, SocketLimits};
+use crate::log::LogError;
 use crate::metrics::Metrics;
 use crate::retry::sleep_or_cancel;
 use crate::source::Sources;
@@ -34,6 +35,46 @@ pub const DEV_SECRET_FILE: &str = "dev-secret";
 const LIMITER_CLEANUP_EVERY: Duration = Duration::from_secs(30);
 /// Most rate-limiter buckets kept (per limiter).
 const LIMITER_MAX_KEYS: usize = 100_000;
+
+/// Why the gateway cannot open or serve, or the development key cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the event log")]
+    Log(#[source] LogError),
+    #[error("invalid sources: {0}")]
+    Sources(String),
+    #[error("cannot build the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("invalid auth configuration: {0}")]
+    Auth(String),
+    #[error(
+        "no way to authenticate anyone is configured: set auth.jwt_secret, auth.jwt_public_key_file, \
+         auth.jwks_url, auth.forward_url or auth.publisher_keys (or run `ssegate serve --dev`)"
+    )]
+    NoAuth,
+    #[error("cannot read the listener's address")]
+    ListenerAddress(#[source] std::io::Error),
+    #[error("cannot listen on {addr} (server.metrics_listen)")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot create {}", .path.display())]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    WriteSecret {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A gateway whose log is open and ready; [`Gateway::serve`] runs it.
 pub struct Gateway {
@@ -50,11 +91,11 @@ impl Gateway {
     /// Checks the auth settings (reading key files), opens the configured log (creating the
     /// data directory) and builds the hub. Refuses a configuration with no way to
     /// authenticate anyone.
-    pub async fn open(cfg: Config) -> anyhow::Result<Self> {
+    pub async fn open(cfg: Config) -> Result<Self, ServerError> {
         let mut metrics = Metrics::default();
         let log = crate::log::open(&cfg.log, &cfg.server.data_dir)
             .await
-            .context("cannot open the event log")?;
+            .map_err(ServerError::Log)?;
         let hub = Hub::new(log, cfg.stream.queue_frames);
         metrics.register_hub(hub.clone());
         let sources_stop = CancellationToken::new();
@@ -66,21 +107,17 @@ impl Gateway {
                 sources_stop.clone(),
                 cfg.limits.max_event_bytes,
             )
-            .map_err(|e| anyhow::anyhow!("invalid sources: {e}"))?,
+            .map_err(ServerError::Sources)?,
         );
         metrics.register_sources(sources.clone());
         let metrics = Arc::new(metrics);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .context("cannot build the HTTP client")?;
-        let auth = Auth::new(&cfg.auth, http, metrics.clone())
-            .map_err(|e| anyhow::anyhow!("invalid auth configuration: {e}"))?;
+            .map_err(ServerError::HttpClient)?;
+        let auth = Auth::new(&cfg.auth, http, metrics.clone()).map_err(ServerError::Auth)?;
         if !auth.is_configured() {
-            anyhow::bail!(
-                "no way to authenticate anyone is configured: set auth.jwt_secret, auth.jwt_public_key_file, \
-                 auth.jwks_url, auth.forward_url or auth.publisher_keys (or run `ssegate serve --dev`)"
-            );
+            return Err(ServerError::NoAuth);
         }
         Ok(Self {
             cfg: Arc::new(cfg),
@@ -113,7 +150,7 @@ impl Gateway {
         self,
         listener: TcpListener,
         signal: CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ServerError> {
         // Cancelled at the end of the drain: stop accepting, close what is left.
         let shutdown = CancellationToken::new();
         let Gateway {
@@ -124,7 +161,9 @@ impl Gateway {
             sources,
             sources_stop,
         } = self;
-        let addr = listener.local_addr()?;
+        let addr = listener
+            .local_addr()
+            .map_err(ServerError::ListenerAddress)?;
         let log = hub.log().clone();
         let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run(shutdown.clone()));
@@ -177,7 +216,7 @@ impl Gateway {
         tasks.spawn(drain(state.clone(), signal, window, shutdown.clone()));
         let tls = match (&cfg.server.tls_cert_file, &cfg.server.tls_key_file) {
             (Some(cert), Some(key)) => {
-                let tls = crate::http::tls::Tls::load(cert, key).map_err(|e| anyhow::anyhow!(e))?;
+                let tls = crate::http::tls::Tls::load(cert, key)?;
                 tasks.spawn(tls.clone().watch(shutdown.clone()));
                 Some(tls)
             }
@@ -192,10 +231,17 @@ impl Gateway {
             metrics: state.metrics.clone(),
         };
         if let Some(addr) = &cfg.server.metrics_listen {
-            let metrics_listener = bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
-            tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+            let metrics_listener =
+                bind(addr)
+                    .await
+                    .map_err(|source| ServerError::MetricsListen {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            let local = metrics_listener
+                .local_addr()
+                .map_err(ServerError::ListenerAddress)?;
+            tracing::info!(addr = %local, "metrics listening");
             tasks.spawn(crate::http::serve::serve(
                 metrics_listener,
                 crate::http::ops_router(state.clone()),
@@ -414,7 +460,7 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 
 /// Reads the development signing key from the data directory, creating it (readable by the
 /// owner only) the first time.
-pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
+pub fn dev_secret(data_dir: &Path) -> Result<String, ServerError> {
     let path = data_dir.join(DEV_SECRET_FILE);
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim().to_owned();
@@ -422,8 +468,10 @@ pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
             return Ok(s);
         }
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::CreateDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
     use rand::Rng;
     let bytes: [u8; 32] = rand::thread_rng().gen();
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -435,6 +483,9 @@ pub fn dev_secret(data_dir: &Path) -> anyhow::Result<String> {
     options
         .open(&path)
         .and_then(|mut f| f.write_all(secret.as_bytes()))
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .map_err(|source| ServerError::WriteSecret {
+            path: path.clone(),
+            source,
+        })?;
     Ok(secret)
 }

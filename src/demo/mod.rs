@@ -132,7 +132,7 @@ pub async fn run(
         let (tick, shutdown) = (Duration::from_millis(args.tick_ms), shutdown.clone());
         tokio::spawn(async move { workload.run(tick, shutdown).await });
     }
-    gateway.serve(listener, shutdown).await
+    Ok(gateway.serve(listener, shutdown).await?)
 }
 
 fn print_banner(base: &str, args: &DemoArgs) {

@@ -16,6 +16,43 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+/// Why the certificate files cannot be used; each names the file (the error underneath is the
+/// [`source`](std::error::Error::source)).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls_cert_file {}", path.display())]
+    Cert {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("server.tls_cert_file {}: no certificate in it", .0.display())]
+    NoCert(PathBuf),
+    #[error("server.tls_key_file {}", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("TLS")]
+    Protocols(#[source] rustls::Error),
+    /// The key does not match the certificate, or is of a kind rustls refuses.
+    #[error("server.tls_cert_file / tls_key_file")]
+    Pair(#[source] rustls::Error),
+}
+
+/// `error` and its sources, `: `-separated, for a log line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 /// How often the certificate files are checked for changes.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 
@@ -33,7 +70,7 @@ fn modified(p: &Path) -> Option<SystemTime> {
 
 impl Tls {
     /// Reads the files; errors name the file and what is wrong.
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Tls>, String> {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Tls>, TlsError> {
         let config = build(cert, key)?;
         Ok(Arc::new(Tls {
             cert: cert.to_owned(),
@@ -54,7 +91,7 @@ impl Tls {
     }
 
     /// Reads the files again; on error keeps the current certificate.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let stamps = (modified(&self.cert), modified(&self.key));
         let config = build(&self.cert, &self.key)?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
@@ -90,34 +127,37 @@ impl Tls {
             match self.reload() {
                 Ok(()) => tracing::info!(reason = why, "TLS certificate reloaded"),
                 Err(e) => {
-                    tracing::error!(reason = why, error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                    tracing::error!(reason = why, error = %chain(&e), "TLS certificate not reloaded; the previous one stays in use")
                 }
             }
         }
     }
 }
 
-fn build(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+fn build(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let cert_error = |source| TlsError::Cert {
+        path: cert.to_owned(),
+        source,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("server.tls_cert_file {}: {e}", cert.display()))?
+        .map_err(cert_error)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("server.tls_cert_file {}: {e}", cert.display()))?;
+        .map_err(cert_error)?;
     if certs.is_empty() {
-        return Err(format!(
-            "server.tls_cert_file {}: no certificate in it",
-            cert.display()
-        ));
+        return Err(TlsError::NoCert(cert.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("server.tls_key_file {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
     // Several crypto providers are linked (dependencies bring their own): choose ours.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("server.tls_cert_file / tls_key_file: {e}"))?;
+        .map_err(TlsError::Pair)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
