@@ -21,6 +21,7 @@
 //! node of a cluster.
 
 pub mod dapr;
+mod ingest;
 pub mod mapping;
 pub mod mongodb;
 pub mod nats;

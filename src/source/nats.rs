@@ -41,8 +41,9 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::redis::{emit_ingested, parse_body, skip, Ingested};
+use super::ingest::{emit_ingested, ingest, parse_body, skip, Ingested};
 use super::{BuildSource, Change, Op, Source, SourceContext, SourceError};
+use crate::log::nats_url;
 use crate::throttle::Throttle;
 
 const BATCH_MAX: usize = 256;
@@ -127,19 +128,7 @@ impl BuildSource for NatsSourceConfig {
 }
 
 fn addresses(url: &str) -> Result<Vec<ServerAddr>, String> {
-    let addrs = url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<ServerAddr>()
-                .map_err(|e| format!("`url` has an entry that is not a NATS URL: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if addrs.is_empty() {
-        return Err("`url` is empty".into());
-    }
-    Ok(addrs)
+    nats_url::servers(url, "`url`").map_err(|e| e.to_string())
 }
 
 struct NatsSource {
@@ -153,14 +142,7 @@ impl NatsSource {
         let mut options = ConnectOptions::new()
             .name(format!("ssegate source {}", cx.name))
             .connection_timeout(CONNECT_TIMEOUT);
-        // async-nats does not use the URL's user info itself.
-        if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
-            let user = addr.username().unwrap_or_default().to_owned();
-            options = match addr.password() {
-                Some(pass) => options.user_and_password(user, pass.to_owned()),
-                None => options.token(user),
-            };
-        }
+        options = nats_url::with_user_info(options, &addrs);
         if let Some(creds) = &self.cfg.credentials_file {
             options = options.credentials_file(creds).await.map_err(|e| {
                 SourceError::fatal(
@@ -184,17 +166,7 @@ impl NatsSource {
         msg: &async_nats::Message,
         key: Option<String>,
     ) -> Option<Ingested> {
-        match parse_body(&msg.payload) {
-            Ok(record) => Some(Ingested {
-                record,
-                place: msg.subject.to_string(),
-                key,
-            }),
-            Err(why) => {
-                skip(cx, &self.throttle, &msg.subject, &why);
-                None
-            }
-        }
+        ingest(cx, &self.throttle, &msg.payload, &msg.subject, |_| key)
     }
 
     /// Core NATS: at most once.

@@ -39,7 +39,6 @@
 //! appended twice (within the dedupe window). An entry that is not usable JSON is skipped and
 //! acknowledged (it would fail forever).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
@@ -49,6 +48,7 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::ingest::{emit_ingested, id_at, ingest, parse_body, skip, Ingested};
 use super::{BuildSource, Change, Op, Source, SourceContext, SourceError};
 use crate::throttle::Throttle;
 
@@ -59,84 +59,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BLOCK_MS: u64 = 5_000;
 /// Pub/Sub: a `PING` this often proves the connection is alive.
 const PING_EVERY: Duration = Duration::from_secs(15);
-
-// ---------------------------------------------------------------------------------------
-// Shared by the message sources (Redis, NATS).
-
-/// A message taken from a broker: its JSON body, where it came from, its id if it has one.
-pub(super) struct Ingested {
-    pub record: Value,
-    pub place: String,
-    pub key: Option<String>,
-}
-
-/// Appends messages in order: runs of messages with an id go through
-/// [`SourceContext::emit`] (each keyed by its id), runs without as one unkeyed append.
-pub(super) async fn emit_ingested(
-    cx: &SourceContext,
-    batch: Vec<Ingested>,
-) -> Result<(), SourceError> {
-    let mut rest = &batch[..];
-    while let Some(first) = rest.first() {
-        let keyed = first.key.is_some();
-        let n = rest
-            .iter()
-            .position(|m| m.key.is_some() != keyed)
-            .unwrap_or(rest.len());
-        let (run, tail) = rest.split_at(n);
-        rest = tail;
-        let changes: Vec<Change> = run
-            .iter()
-            .map(|m| Change {
-                op: Op::Insert,
-                record: m.record.clone(),
-                place: m.place.clone(),
-                key: m.key.clone().unwrap_or_default(),
-            })
-            .collect();
-        if keyed {
-            cx.emit(&changes, None).await?;
-            continue;
-        }
-        let now = crate::time::now_ms();
-        let mut events = Vec::with_capacity(changes.len());
-        for change in &changes {
-            match cx.event(change, now) {
-                Ok(e) => events.push(e),
-                Err(e) => {
-                    cx.status.skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(source = %cx.name, place = %change.place, error = %e, "message skipped");
-                }
-            }
-        }
-        if !events.is_empty() {
-            cx.emit_events(events, None, None).await?;
-        }
-    }
-    Ok(())
-}
-
-/// A message body as the record: JSON, or why not.
-pub(super) fn parse_body(bytes: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("the body is not JSON: {e}"))
-}
-
-/// Counts and (now and then) logs a message that cannot become an event.
-pub(super) fn skip(cx: &SourceContext, throttle: &Throttle, place: &str, why: &str) {
-    cx.status.skipped.fetch_add(1, Ordering::Relaxed);
-    if let Some(suppressed) = throttle.allow() {
-        tracing::warn!(source = %cx.name, %place, reason = why, suppressed, "message skipped");
-    }
-}
-
-/// The scalar at a dotted path of a JSON body, as an id.
-pub(super) fn id_at(record: &Value, path: &str) -> Option<String> {
-    match path.split('.').try_fold(record, |v, part| v.get(part))? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
 
 /// Redis errors that no retry will fix.
 fn redis_error(what: &str, e: &RedisError) -> SourceError {
@@ -222,18 +144,14 @@ struct RedisPubSub {
 
 impl RedisPubSub {
     fn message(&self, cx: &SourceContext, msg: &::redis::Msg) -> Option<Ingested> {
-        let place = msg.get_channel_name().to_owned();
-        match parse_body(msg.get_payload_bytes()) {
-            Ok(record) => Some(Ingested {
-                key: self.cfg.id_field.as_deref().and_then(|f| id_at(&record, f)),
-                record,
-                place,
-            }),
-            Err(why) => {
-                skip(cx, &self.throttle, &place, &why);
-                None
-            }
-        }
+        let id_field = self.cfg.id_field.as_deref();
+        ingest(
+            cx,
+            &self.throttle,
+            msg.get_payload_bytes(),
+            msg.get_channel_name(),
+            |record| id_field.and_then(|f| id_at(record, f)),
+        )
     }
 }
 
@@ -671,7 +589,6 @@ fn entries(v: RValue) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn settings_are_checked() {
@@ -717,14 +634,5 @@ mod tests {
         );
         assert!(e[1].fields.is_none());
         assert!(read_reply(RValue::Nil).is_empty());
-    }
-
-    #[test]
-    fn ids_come_from_dotted_fields() {
-        let r = json!({"meta": {"id": "m-1"}, "n": 7, "e": ""});
-        assert_eq!(id_at(&r, "meta.id").as_deref(), Some("m-1"));
-        assert_eq!(id_at(&r, "n").as_deref(), Some("7"));
-        assert_eq!(id_at(&r, "e"), None);
-        assert_eq!(id_at(&r, "missing"), None);
     }
 }
