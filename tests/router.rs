@@ -503,7 +503,7 @@ fn error_shape(body: &Value, code: &str) -> Vec<String> {
     if body.as_object().map(|o| o.len()) != Some(1) || !error.is_object() {
         return vec![format!("body {body} is not {{\"error\": {{…}}}}")];
     }
-    if !error["code"].as_str().is_some_and(|c| c == code) {
+    if error["code"].as_str() != Some(code) {
         problems.push(format!("code {} (want {code:?})", error["code"]));
     }
     if error["message"]
