@@ -14,6 +14,31 @@ use serde_json::{Map, Number, Value};
 
 use crate::source::Op;
 
+/// Why a pgoutput message cannot be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated pgoutput message")]
+    Truncated,
+    #[error("unterminated string in pgoutput message")]
+    UnterminatedString,
+    #[error("unknown pgoutput message {:?}", *.0 as char)]
+    UnknownMessage(u8),
+    #[error("unknown column kind {:?}", *.0 as char)]
+    UnknownColumnKind(u8),
+    #[error("delete: unexpected tuple kind {:?}", *.0 as char)]
+    DeleteTupleKind(u8),
+    #[error("expected tuple kind {:?}, got {:?}", *.want as char, *.got as char)]
+    TupleKind { want: u8, got: u8 },
+    #[error("change of relation {0} before its description")]
+    UnknownRelation(u32),
+    #[error("{place}: {values} values for {columns} columns")]
+    TooManyValues {
+        place: String,
+        values: usize,
+        columns: usize,
+    },
+}
+
 /// What one message says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -60,7 +85,7 @@ enum Datum<'a> {
 }
 
 impl Decoder {
-    pub fn decode(&mut self, msg: &[u8]) -> Result<Message, String> {
+    pub fn decode(&mut self, msg: &[u8]) -> Result<Message, DecodeError> {
         let mut r = Reader { buf: msg, pos: 0 };
         let tag = r.u8()?;
         match tag {
@@ -127,7 +152,7 @@ impl Decoder {
                 let rel = self.relation(r.u32()?)?;
                 let kind = r.u8()?;
                 if kind != b'K' && kind != b'O' {
-                    return Err(format!("delete: unexpected tuple kind {:?}", kind as char));
+                    return Err(DecodeError::DeleteTupleKind(kind));
                 }
                 let old = r.tuple()?;
                 // A key-only old row has nulls for every other column: leave those out
@@ -158,38 +183,34 @@ impl Decoder {
                 Ok(Message::Truncate { places })
             }
             b'Y' | b'O' | b'M' => Ok(Message::Other),
-            other => Err(format!("unknown pgoutput message {:?}", other as char)),
+            other => Err(DecodeError::UnknownMessage(other)),
         }
     }
 
-    fn relation(&self, id: u32) -> Result<&Relation, String> {
+    fn relation(&self, id: u32) -> Result<&Relation, DecodeError> {
         self.relations
             .get(&id)
-            .ok_or_else(|| format!("change of relation {id} before its description"))
+            .ok_or(DecodeError::UnknownRelation(id))
     }
 }
 
-fn expect(got: u8, want: u8) -> Result<(), String> {
+fn expect(got: u8, want: u8) -> Result<(), DecodeError> {
     if got == want {
         Ok(())
     } else {
-        Err(format!(
-            "expected tuple kind {:?}, got {:?}",
-            want as char, got as char
-        ))
+        Err(DecodeError::TupleKind { want, got })
     }
 }
 
 impl Relation {
     /// The row as a JSON object; an unchanged TOASTed value comes from `old` when it has it.
-    fn record(&self, new: &[Datum<'_>], old: Option<&[Datum<'_>]>) -> Result<Value, String> {
+    fn record(&self, new: &[Datum<'_>], old: Option<&[Datum<'_>]>) -> Result<Value, DecodeError> {
         if new.len() > self.columns.len() {
-            return Err(format!(
-                "{}: {} values for {} columns",
-                self.place,
-                new.len(),
-                self.columns.len()
-            ));
+            return Err(DecodeError::TooManyValues {
+                place: self.place.clone(),
+                values: new.len(),
+                columns: self.columns.len(),
+            });
         }
         let mut map = Map::with_capacity(new.len());
         for (i, (col, datum)) in self.columns.iter().zip(new).enumerate() {
@@ -216,51 +237,51 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
-            .ok_or("truncated pgoutput message")?;
+            .ok_or(DecodeError::Truncated)?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(
             self.take(2)?.try_into().expect("2 bytes"),
         ))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
 
-    fn cstr(&mut self) -> Result<String, String> {
+    fn cstr(&mut self) -> Result<String, DecodeError> {
         let rest = &self.buf[self.pos..];
         let len = rest
             .iter()
             .position(|&b| b == 0)
-            .ok_or("unterminated string in pgoutput message")?;
+            .ok_or(DecodeError::UnterminatedString)?;
         let s = String::from_utf8_lossy(&rest[..len]).into_owned();
         self.pos += len + 1;
         Ok(s)
     }
 
-    fn tuple(&mut self) -> Result<Vec<Datum<'a>>, String> {
+    fn tuple(&mut self) -> Result<Vec<Datum<'a>>, DecodeError> {
         let n = self.u16()?;
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -271,7 +292,7 @@ impl<'a> Reader<'a> {
                     let len = self.u32()? as usize;
                     Datum::Text(self.take(len)?)
                 }
-                k => return Err(format!("unknown column kind {:?}", k as char)),
+                k => return Err(DecodeError::UnknownColumnKind(k)),
             });
         }
         Ok(out)
