@@ -214,7 +214,7 @@ pub async fn deliver(sources: &Sources, name: &str, headers: &HeaderMap, body: &
     };
     let ce = match parse_cloud_event(headers, body) {
         Ok(ce) => ce,
-        Err(why) => return drop(why),
+        Err(why) => return drop(chain(&why)),
     };
     let change = Change {
         op: Op::Insert,
@@ -272,39 +272,83 @@ fn is_json(media: &str) -> bool {
     media.is_empty() || media == "application/json" || media.ends_with("+json")
 }
 
+/// Why a delivery is not a usable CloudEvent (it is dropped, with this as the reason).
+#[derive(Debug, thiserror::Error)]
+pub enum CloudEventError {
+    #[error("the data is not JSON")]
+    DataNotJson(#[source] serde_json::Error),
+    #[error("the text data is not UTF-8")]
+    TextNotUtf8,
+    #[error("data of type {0:?} is neither JSON nor text")]
+    DataOfType(String),
+    #[error("CloudEvents specversion {0} (1.0 expected)")]
+    SpecVersion(String),
+    #[error("binary-mode CloudEvent without the {0} header")]
+    MissingHeader(String),
+    #[error("batched CloudEvents are not supported")]
+    Batch,
+    #[error(
+        "content type {0:?}: expected application/cloudevents+json or a binary-mode CloudEvent"
+    )]
+    ContentType(String),
+    #[error("the body is not a JSON CloudEvent")]
+    NotCloudEvent,
+    #[error("the CloudEvent has no `{0}`")]
+    MissingAttribute(String),
+    #[error("the CloudEvent has both `data` and `data_base64`")]
+    BothData,
+    #[error("`data_base64` is not base64")]
+    NotBase64,
+    #[error("`data_base64` is not a string")]
+    Base64NotString,
+}
+
+/// `error` and its sources, `: `-separated (one whose text an outer message already contains
+/// is not repeated): for log lines and replies that must say the whole story.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
+
 /// Data of `media` type as the record: JSON as it is, text as a JSON string.
-fn data_of(media: &str, bytes: &[u8]) -> Result<Value, String> {
+fn data_of(media: &str, bytes: &[u8]) -> Result<Value, CloudEventError> {
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
     if is_json(media) {
-        return serde_json::from_slice(bytes).map_err(|e| format!("the data is not JSON: {e}"));
+        return serde_json::from_slice(bytes).map_err(CloudEventError::DataNotJson);
     }
     if media.starts_with("text/") {
         return std::str::from_utf8(bytes)
             .map(|s| Value::String(s.to_owned()))
-            .map_err(|_| "the text data is not UTF-8".to_string());
+            .map_err(|_| CloudEventError::TextNotUtf8);
     }
     // Raw payloads arrive as application/octet-stream: JSON inside is still usable.
-    serde_json::from_slice(bytes)
-        .map_err(|_| format!("data of type {media:?} is neither JSON nor text"))
+    serde_json::from_slice(bytes).map_err(|_| CloudEventError::DataOfType(media.to_owned()))
 }
 
 /// Reads a CloudEvent 1.0 in structured or binary HTTP mode.
-pub fn parse_cloud_event(headers: &HeaderMap, body: &[u8]) -> Result<CloudEvent, String> {
+pub fn parse_cloud_event(headers: &HeaderMap, body: &[u8]) -> Result<CloudEvent, CloudEventError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let content_type = media_type(header("content-type"));
     if let Some(version) = header("ce-specversion") {
         if version != "1.0" {
-            return Err(format!(
-                "CloudEvents specversion {version:?} (1.0 expected)"
-            ));
+            return Err(CloudEventError::SpecVersion(format!("{version:?}")));
         }
         let attr = |name: &str| {
             header(name)
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
-                .ok_or_else(|| format!("binary-mode CloudEvent without the {name} header"))
+                .ok_or_else(|| CloudEventError::MissingHeader(name.to_owned()))
         };
         return Ok(CloudEvent {
             id: attr("ce-id")?,
@@ -314,36 +358,34 @@ pub fn parse_cloud_event(headers: &HeaderMap, body: &[u8]) -> Result<CloudEvent,
         });
     }
     if content_type == "application/cloudevents-batch+json" {
-        return Err("batched CloudEvents are not supported".into());
+        return Err(CloudEventError::Batch);
     }
     if !(content_type == "application/cloudevents+json" || is_json(&content_type)) {
-        return Err(format!(
-            "content type {content_type:?}: expected application/cloudevents+json or a binary-mode CloudEvent"
-        ));
+        return Err(CloudEventError::ContentType(content_type));
     }
     let Ok(Value::Object(mut ce)) = serde_json::from_slice::<Value>(body) else {
-        return Err("the body is not a JSON CloudEvent".into());
+        return Err(CloudEventError::NotCloudEvent);
     };
     match ce.get("specversion").and_then(Value::as_str) {
         Some("1.0") => {}
-        other => return Err(format!("CloudEvents specversion {other:?} (1.0 expected)")),
+        other => return Err(CloudEventError::SpecVersion(format!("{other:?}"))),
     }
     let mut attr = |name: &str| match ce.remove(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        _ => Err(format!("the CloudEvent has no `{name}`")),
+        _ => Err(CloudEventError::MissingAttribute(name.to_owned())),
     };
     let (id, source, kind) = (attr("id")?, attr("source")?, attr("type")?);
     let media = media_type(ce.get("datacontenttype").and_then(Value::as_str));
     let data = match (ce.remove("data"), ce.remove("data_base64")) {
-        (Some(_), Some(_)) => return Err("the CloudEvent has both `data` and `data_base64`".into()),
+        (Some(_), Some(_)) => return Err(CloudEventError::BothData),
         (Some(data), None) => data,
         (None, Some(Value::String(b64))) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
-                .map_err(|_| "`data_base64` is not base64".to_string())?;
+                .map_err(|_| CloudEventError::NotBase64)?;
             data_of(&media, &bytes)?
         }
-        (None, Some(_)) => return Err("`data_base64` is not a string".into()),
+        (None, Some(_)) => return Err(CloudEventError::Base64NotString),
         (None, None) => Value::Null,
     };
     Ok(CloudEvent {
@@ -426,12 +468,13 @@ mod tests {
                 "base64",
             ),
         ] {
-            let err = parse_cloud_event(&h, body.as_bytes()).unwrap_err();
+            let err = chain(&parse_cloud_event(&h, body.as_bytes()).unwrap_err());
             assert!(err.contains(what), "{body}: {err}");
         }
         let binary = headers(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t")]);
         assert!(parse_cloud_event(&binary, b"{}")
             .unwrap_err()
+            .to_string()
             .contains("ce-source"));
         let octets = headers(&[("content-type", "application/octet-stream")]);
         assert!(parse_cloud_event(&octets, b"\x00\x01").is_err());
