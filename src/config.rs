@@ -127,9 +127,18 @@ impl Cidr {
     }
 }
 
+/// Why a `trusted_proxies` entry is not a CIDR range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IP address or CIDR range")]
+    Address(String),
+    #[error("{text:?}: the prefix length must be 0 to {max}")]
+    Prefix { text: String, max: u8 },
+}
+
 impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -137,7 +146,7 @@ impl std::str::FromStr for Cidr {
         let addr: std::net::IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+            .map_err(|_| CidrError::Address(s.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -146,7 +155,10 @@ impl std::str::FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+                .ok_or_else(|| CidrError::Prefix {
+                    text: s.to_owned(),
+                    max,
+                })?,
         };
         Ok(Cidr { addr, prefix })
     }

@@ -15,25 +15,34 @@
 
 use serde_json::{Map, Value};
 
-use crate::channel::validate_pattern;
+use crate::channel::{validate_pattern, ChannelError};
+
+/// Why a grant template cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`{{claims.` without a closing `}}`")]
+    Unclosed,
+    #[error("empty claim name in {0:?}")]
+    EmptyClaim(String),
+    /// With each claim replaced by a plain segment, it is not a valid grant pattern.
+    #[error(transparent)]
+    Pattern(#[from] ChannelError),
+}
 
 /// Most patterns one template may expand to (arrays multiply).
 const MAX_EXPANSION: usize = 1_000;
 
 /// Checks a template: with each `{claims.…}` standing for a plain segment value, it must be
 /// a valid grant pattern.
-pub fn validate_template(template: &str) -> Result<(), String> {
+pub fn validate_template(template: &str) -> Result<(), TemplateError> {
     let mut sample = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{claims.") {
-        let len = rest[start..]
-            .find('}')
-            .ok_or("`{claims.` without a closing `}`")?;
+        let len = rest[start..].find('}').ok_or(TemplateError::Unclosed)?;
         let path = &rest[start + "{claims.".len()..start + len];
         if path.is_empty() || path.split('.').any(str::is_empty) {
-            return Err(format!(
-                "empty claim name in {:?}",
-                &rest[start..=start + len]
+            return Err(TemplateError::EmptyClaim(
+                rest[start..=start + len].to_owned(),
             ));
         }
         sample.push_str(&rest[..start]);
@@ -41,7 +50,7 @@ pub fn validate_template(template: &str) -> Result<(), String> {
         rest = &rest[start + len + 1..];
     }
     sample.push_str(rest);
-    validate_pattern(&sample).map_err(|e| e.to_string())
+    Ok(validate_pattern(&sample)?)
 }
 
 /// Expands `templates` against `claims`.
