@@ -459,7 +459,9 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for source in &self.sources {
-            source.validate().map_err(ConfigError::Invalid)?;
+            source
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             if !names.insert(&source.name) {
                 return Err(ConfigError::Invalid(format!(
                     "two sources are named {:?}",

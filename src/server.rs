@@ -23,7 +23,7 @@ use crate::limits::{ConnLimits, Limit, RateLimiter, SocketLimits};
 use crate::log::LogError;
 use crate::metrics::Metrics;
 use crate::retry::sleep_or_cancel;
-use crate::source::Sources;
+use crate::source::{SourceConfigError, Sources};
 
 /// How often retention by age and the dedupe window are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
@@ -41,8 +41,8 @@ const LIMITER_MAX_KEYS: usize = 100_000;
 pub enum ServerError {
     #[error("cannot open the event log")]
     Log(#[source] LogError),
-    #[error("invalid sources: {0}")]
-    Sources(String),
+    #[error("invalid sources")]
+    Sources(#[source] SourceConfigError),
     #[error("cannot build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
     #[error("invalid auth configuration: {0}")]

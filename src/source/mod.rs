@@ -312,27 +312,45 @@ impl<'de> Deserialize<'de> for SourceConfig {
     }
 }
 
+/// Why the `[[sources]]` tables cannot run; each names the source.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceConfigError {
+    #[error("source name {0:?}: use 1 to 64 letters, digits, `-` and `_`")]
+    Name(String),
+    /// A mapping template (see [`mapping`]) is wrong.
+    #[error("source {name:?}: {message}")]
+    Mapping { name: String, message: String },
+    /// The type's own settings ([`BuildSource::validate`]) are wrong.
+    #[error("source {name:?}: {message}")]
+    Settings { name: String, message: String },
+    #[error("two sources are named {0:?}")]
+    Duplicate(String),
+}
+
 impl SourceConfig {
     /// Checks names, templates and the type's settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SourceConfigError> {
         if self.name.len() > 64
             || !self
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(format!(
-                "source name {:?}: use 1 to 64 letters, digits, `-` and `_`",
-                self.name
-            ));
+            return Err(SourceConfigError::Name(self.name.clone()));
         }
         self.mapping
             .validate()
-            .map_err(|e| format!("source {:?}: {e}", self.name))?;
+            .map_err(|message| SourceConfigError::Mapping {
+                name: self.name.clone(),
+                message,
+            })?;
         self.kind
             .builder()
             .validate()
-            .map_err(|e| format!("source {:?}: {e}", self.name))
+            .map_err(|message| SourceConfigError::Settings {
+                name: self.name.clone(),
+                message,
+            })
     }
 }
 
@@ -646,7 +664,7 @@ impl Sources {
         checkpoint_dir: PathBuf,
         shutdown: CancellationToken,
         max_event_bytes: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SourceConfigError> {
         let mut entries = BTreeMap::new();
         for cfg in configs {
             cfg.validate()?;
@@ -657,7 +675,7 @@ impl Sources {
                 running: Mutex::new(None),
             };
             if entries.insert(cfg.name.clone(), entry).is_some() {
-                return Err(format!("two sources are named {:?}", cfg.name));
+                return Err(SourceConfigError::Duplicate(cfg.name.clone()));
             }
         }
         Ok(Self {
