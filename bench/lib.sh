@@ -3,6 +3,15 @@
 
 say() { printf '== %s\n' "$*" >&2; }
 
+# bench_build PACKAGE BINARY: builds ssegate and PACKAGE's BINARY for $PROFILE (debug or
+# release) and sets BIN to the directory holding both. The caller sets ROOT and PROFILE.
+bench_build() {
+  local flags=(--quiet)
+  [ "$PROFILE" = release ] && flags+=(--release)
+  cargo build "${flags[@]}" -p ssegate --bin ssegate -p "$1" --bin "$2"
+  BIN=$ROOT/target/$PROFILE
+}
+
 # scaled VALUE MIN: VALUE × BENCH_SCALE (the caller's SCALE), rounded, at least MIN.
 scaled() { awk -v v="$1" -v s="$SCALE" -v m="${2:-1}" 'BEGIN { x = int(v * s + 0.5); if (x < m) x = m; print x }'; }
 # scaled_f VALUE MIN: the same for seconds, one decimal.

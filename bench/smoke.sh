@@ -11,17 +11,11 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 PROFILE=${BENCH_PROFILE:-debug}
-if [ "$PROFILE" = release ]; then
-  cargo build --release --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-bench
-  BIN=$ROOT/target/release
-else
-  cargo build --quiet -p ssegate --bin ssegate -p ssegate-loadgen --bin ssegate-bench
-  BIN=$ROOT/target/debug
-fi
-
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+bench_build ssegate-loadgen ssegate-bench
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d /tmp/ssegate-smoke.XXXXXX)
 bench_cleanup_on_exit
 

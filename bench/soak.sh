@@ -45,17 +45,11 @@ ORIGIN=https://app.example
 CACHE_MB=${SOAK_FILE_CACHE_MB:-4}
 REPORT=${SOAK_REPORT:-$ROOT/bench/results/soak.json}
 
-if [ "$PROFILE" = release ]; then
-  cargo build --release --quiet -p ssegate --bin ssegate -p ssegate-soak --bin ssegate-soak
-  BIN=$ROOT/target/release
-else
-  cargo build --quiet -p ssegate --bin ssegate -p ssegate-soak --bin ssegate-soak
-  BIN=$ROOT/target/debug
-fi
-
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+bench_build ssegate-soak ssegate-soak
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 TMP=$(mktemp -d /tmp/ssegate-soak.XXXXXX)
 bench_cleanup_on_exit
 
