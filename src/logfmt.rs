@@ -190,6 +190,29 @@ pub fn write_quoted(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
     out.write_char('"')
 }
 
+/// `error` and its sources on one line, `: `-separated; a source whose text is empty or
+/// already in the line is not repeated. For log lines and replies that must tell the whole
+/// story.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    append_causes(&mut out, error.source());
+    out
+}
+
+/// Appends `next` and its sources to `out` as [`error_chain`] does.
+pub fn append_causes(out: &mut String, mut next: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::logfmt::error_chain as chain;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -39,18 +40,6 @@ pub enum TlsError {
     /// The key does not match the certificate, or is of a kind rustls refuses.
     #[error("server.tls_cert_file / tls_key_file")]
     Pair(#[source] rustls::Error),
-}
-
-/// `error` and its sources, `: `-separated, for a log line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        next = e.source();
-    }
-    out
 }
 
 /// How often the certificate files are checked for changes.

@@ -50,6 +50,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{BuildSource, Change, Op, Source, SourceContext, SourceError, SourceKind, Sources};
+use crate::logfmt::error_chain as chain;
 use crate::throttle::Throttle;
 
 /// The settings of a `type = "dapr"` source.
@@ -301,22 +302,6 @@ pub enum CloudEventError {
     NotBase64,
     #[error("`data_base64` is not a string")]
     Base64NotString,
-}
-
-/// `error` and its sources, `: `-separated (one whose text an outer message already contains
-/// is not repeated): for log lines and replies that must say the whole story.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 /// Data of `media` type as the record: JSON as it is, text as a JSON string.

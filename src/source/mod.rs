@@ -129,20 +129,12 @@ impl Cause {
     pub fn chain(&self) -> String {
         let mut out = self.message.clone();
         if !self.rendered {
-            let mut next = self
-                .source
-                .as_deref()
-                .map(|e| e as &(dyn std::error::Error + 'static));
-            while let Some(e) = next {
-                let text = e.to_string();
-                if !text.is_empty() && !out.contains(&text) {
-                    if !out.is_empty() {
-                        out.push_str(": ");
-                    }
-                    out.push_str(&text);
-                }
-                next = e.source();
-            }
+            crate::logfmt::append_causes(
+                &mut out,
+                self.source
+                    .as_deref()
+                    .map(|e| e as &(dyn std::error::Error + 'static)),
+            );
         }
         if let Some(note) = &self.note {
             out.push_str("; ");
