@@ -120,7 +120,7 @@ fi
 if [[ "${1:-}" == --build ]]; then
   # What the build stage does, outside Docker: only the files it copies, --locked.
   ctx="$(mktemp -d)"
-  cp Cargo.toml Cargo.lock "$ctx/" && cp -r src "$ctx/src" && mkdir -p "$ctx/bench" && cp -r bench/loadgen "$ctx/bench/loadgen"
+  cp Cargo.toml Cargo.lock "$ctx/" && cp -r src "$ctx/src" && mkdir -p "$ctx/bench" && cp -r bench/loadgen "$ctx/bench/loadgen" && cp -r bench/soak "$ctx/bench/soak"
   echo "building the Docker build stage's files in $ctx (cargo build --release --locked --bin ssegate)"
   if (cd "$ctx" && CARGO_TARGET_DIR="${SSEGATE_DOCKER_CHECK_TARGET:-$ctx/target}" \
     cargo build --release --locked --bin ssegate --quiet); then
