@@ -26,6 +26,13 @@ pub enum Command {
     /// Print the cluster table (markdown) of merged reports: one column per report (e.g. an
     /// engine with 1 node and with 3 nodes), latency split into same-node and cross-node.
     ClusterTable { files: Vec<PathBuf> },
+    /// Publish only (ssegate): batches as fast as acknowledged, for --duration or exactly
+    /// --events events; JSON on stdout, a summary on stderr.
+    Append(crate::writepath::AppendArgs),
+    /// Time appends of --bytes bytes each followed by fdatasync in --dir: p50/p99 µs.
+    FsyncFloor(crate::writepath::FloorArgs),
+    /// Poll `GET /readyz` until 200; print the milliseconds since --since-us.
+    WaitReady(crate::writepath::ReadyArgs),
     /// Serve GRIP stream holds for pushpin: `GET /stream/{channel}`.
     GripBackend {
         #[arg(long, default_value = "127.0.0.1:7998")]

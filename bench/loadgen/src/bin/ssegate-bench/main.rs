@@ -13,6 +13,9 @@
 //!   (`--publish-url` on another node than `--url`; `--subscribe-only` processes leave the
 //!   publishing to another process of the run).
 //! - `ssegate-bench grip-backend --listen 127.0.0.1:PORT` is the GRIP backend behind pushpin.
+//! - `ssegate-bench append`, `fsync-floor` and `wait-ready` are the write path's own
+//!   measurements (bench/writepath.sh): publish-only batches for a time or an exact number of
+//!   events, the cost of one small append + fdatasync, the time from start to `/readyz` 200.
 //!
 //! Subscribers are cheap on purpose: a raw TCP connection each (bound to one of several
 //! 127.x source addresses so that ephemeral ports never run out), a hand-written request and
@@ -30,7 +33,8 @@
 //!   report); `delivery`: the measured phase of fanout and channels; `resume`: the resume
 //!   scenario; `sync`: barriers between the processes of one run;
 //! - `stats`: histograms, `/proc` sampling, the report, merging, the summary and the tables;
-//! - `grip`: the GRIP backend behind pushpin.
+//! - `grip`: the GRIP backend behind pushpin;
+//! - `writepath`: `append`, `fsync-floor`, `wait-ready`.
 
 mod cli;
 mod delivery;
@@ -42,6 +46,7 @@ mod run;
 mod stats;
 mod subscriber;
 mod sync;
+mod writepath;
 
 use clap::Parser;
 
@@ -115,6 +120,33 @@ fn main() -> anyhow::Result<()> {
                 .map(|f| stats::read_report(f))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             print!("{}", stats::cluster_table(&reports));
+            Ok(())
+        }
+        Command::Append(args) => {
+            let report = runtime(1)?.block_on(writepath::append(args))?;
+            println!("{}", serde_json::to_string(&report)?);
+            eprintln!("{}", writepath::append_summary(&report));
+            Ok(())
+        }
+        Command::FsyncFloor(args) => {
+            let r = writepath::fsync_floor(&args)?;
+            println!("{}", serde_json::to_string(&r)?);
+            eprintln!(
+                "fsync floor in {}: {} appends of {} bytes + fdatasync, µs p50 {} p90 {} p99 {} max {}",
+                r.dir, r.count, r.bytes, r.us.p50, r.us.p90, r.us.p99, r.us.max
+            );
+            Ok(())
+        }
+        Command::WaitReady(args) => {
+            let r = runtime(1)?.block_on(writepath::wait_ready(args))?;
+            println!("{}", serde_json::to_string(&r)?);
+            match r.ready_ms {
+                Some(ms) => eprintln!("ready after {ms:.1} ms ({} polls)", r.polls),
+                None => {
+                    eprintln!("not ready ({} polls)", r.polls);
+                    std::process::exit(1);
+                }
+            }
             Ok(())
         }
         Command::GripBackend { listen } => runtime(1)?.block_on(grip::serve(&listen)),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ssegate_loadgen::now_us;
-use ssegate_loadgen::wire::{self, HttpClient};
+use ssegate_loadgen::wire::{self, HttpClient, Url};
 
 use crate::cli::{RunArgs, Target};
 use crate::plan::Plan;
@@ -22,8 +22,18 @@ pub fn publish_request(
     events: &[(String, u64)],
     t: u64,
 ) -> Vec<u8> {
-    let u = &plan.publish_url;
-    let (path, body) = match plan.target {
+    request_to(plan.target, &plan.publish_url, token, events, t)
+}
+
+/// A publish request in `target`'s format to its publish endpoint at `u`.
+pub fn request_to(
+    target: Target,
+    u: &Url,
+    token: Option<&str>,
+    events: &[(String, u64)],
+    t: u64,
+) -> Vec<u8> {
+    let (path, body) = match target {
         Target::Ssegate => {
             let items: Vec<String> = events
                 .iter()
