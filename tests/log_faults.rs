@@ -1067,5 +1067,20 @@ async fn a_full_disk_refuses_publishes_with_507_and_heals_when_space_is_freed() 
         have, want,
         "every acknowledged event exactly once, in order, same ids"
     );
+    // The refused appends left nothing behind in the segment (no half-written record for
+    // the restart to find damaged or torn).
+    let (status, body) = readyz(&server).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ready")),
+        "after the restart: {body}"
+    );
+    let faults: Vec<String> = server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("torn") || l.contains("damaged"))
+        .map(str::to_owned)
+        .collect();
+    assert!(faults.is_empty(), "the restart found: {faults:#?}");
     drop(server);
 }
