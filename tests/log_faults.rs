@@ -647,6 +647,8 @@ enum Damage {
     End,
     /// 4 bytes in the middle of the record, in a sealed (older) segment.
     Sealed,
+    /// The record's length field (its first 4 bytes), in the newest segment.
+    Length,
 }
 
 /// Reads `d` from 20 up to `last`: events 21..=29, a gap over the damaged 30, then 31..
@@ -731,6 +733,7 @@ async fn damaged_record(how: Damage) {
     match how {
         Damage::Middle | Damage::Sealed => flip(&seg, o + l / 2, 4),
         Damage::End => flip(&seg, o + l - 8, 8),
+        Damage::Length => flip(&seg, o, 4),
     }
     server.kill9_and_restart();
 
@@ -796,6 +799,11 @@ async fn a_record_damaged_in_the_middle_is_never_delivered_and_repair_accepts_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_damaged_in_a_sealed_segment_is_never_delivered_and_repair_accepts_the_loss() {
     damaged_record(Damage::Sealed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_length_field_is_damaged_is_never_delivered_and_repair_accepts_the_loss() {
+    damaged_record(Damage::Length).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
