@@ -147,6 +147,24 @@ impl NewEvent {
         Ok(event)
     }
 
+    /// An event read back from the log: it passed [`NewEvent::new`] when it was appended.
+    pub(crate) fn stored(
+        channel: String,
+        kind: String,
+        data: Box<RawValue>,
+        users: Option<Vec<String>>,
+        time_ms: u64,
+    ) -> Self {
+        NewEvent {
+            channel,
+            kind,
+            data,
+            users,
+            time_ms,
+            _checked: stored(),
+        }
+    }
+
     /// The event's size as a stream frame (an upper estimate): what `limits.max_event_bytes`
     /// bounds.
     pub fn encoded_size(&self) -> usize {

@@ -87,6 +87,11 @@ enum Command {
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig { file: PathBuf },
+    /// Inspect or repair the file log of a stopped node (`log check`, `log repair`).
+    Log {
+        #[command(subcommand)]
+        action: LogAction,
+    },
     /// Create a publisher key for a backend service: prints the key (give it to the
     /// service) and the `[[auth.publisher_keys]]` entry (its digest) for the config.
     PublisherKey {
@@ -99,6 +104,27 @@ enum Command {
         /// May use the admin API (drain, kick, broadcast, status).
         #[arg(long)]
         admin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Read every record and report damage, a torn tail or missing data. Exit code 0: the
+    /// log is clean; 1: it has damaged records or cannot start.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Make a log that `check` finds at fault start again, keeping every good event and
+    /// every id: damaged and missing ids are recorded as lost (readers get a gap), a torn
+    /// tail is cut, an unreadable segment is set aside.
+    Repair {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -238,6 +264,25 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Log { action } => match action {
+            LogAction::Check { config, data_dir } => {
+                let cfg = load_config(config.as_deref(), data_dir)?;
+                let report = ssegate::log::file::repair::check(&cfg.server.data_dir)?;
+                print!("{}", report.text);
+                if !report.ok {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            LogAction::Repair { config, data_dir } => {
+                let cfg = load_config(config.as_deref(), data_dir)?;
+                let margin = 2 * ssegate::log::file::roll_events(&cfg.log.options());
+                for line in ssegate::log::file::repair::repair(&cfg.server.data_dir, margin)? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        },
         Command::CheckConfig { file } => {
             let cfg = Config::load(Some(&file), std::env::vars())?;
             print!("{}", cfg.to_toml_masked());

@@ -173,9 +173,13 @@ struct HubCollector {
 impl Collector for HubCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.hub.stats;
+        let log = self.hub.log().health();
         for (name, help, value) in s.counters() {
             let c = ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        if let Some(f) = log.file {
+            encode_file_stats(&f, &mut encoder)?;
         }
         let gauges: [(&str, &str, i64); 3] = [
             (
@@ -190,8 +194,8 @@ impl Collector for HubCollector {
             ),
             (
                 "log_up",
-                "1 while the dispatcher reads the log, 0 while it cannot",
-                i64::from(s.log_up.load(Ordering::Relaxed)),
+                "1 while the log answers and can append, 0 while it cannot",
+                i64::from(s.log_up.load(Ordering::Relaxed) && log.cannot_append.is_none()),
             ),
         ];
         for (name, help, value) in gauges {
@@ -253,6 +257,59 @@ impl Collector for HubCollector {
         }
         Ok(())
     }
+}
+
+/// The file log's counters and gauges.
+fn encode_file_stats(
+    f: &crate::log::FileStats,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let counters = [
+        (
+            "log_commits",
+            "Group commits of the file log (one write each)",
+            f.commits,
+        ),
+        ("log_syncs", "fdatasync calls of the file log", f.syncs),
+        (
+            "log_torn_bytes",
+            "Bytes of a torn tail (an interrupted write) cut from the file log at start",
+            f.torn_bytes,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let c = ConstCounter::new(value);
+        c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "log_append_failures",
+        "Group commits the file log could not write, by reason (full: no space left)",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (reason, n) in [
+        ("full", f.append_failures_full),
+        ("io", f.append_failures_io),
+    ] {
+        ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    let gauges = [
+        (
+            "log_damaged_events",
+            "Events of the file log known damaged (never delivered; see `ssegate log check`)",
+            f.damaged_events as i64,
+        ),
+        (
+            "log_disk_bytes",
+            "Bytes of the file log's segment files",
+            f.disk_bytes as i64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let g = ConstGauge::new(value);
+        g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+    }
+    Ok(())
 }
 
 /// The sources' state and progress, read on each scrape (labelled by source name: a handful,

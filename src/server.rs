@@ -403,7 +403,7 @@ async fn maintain_log(hub: Arc<Hub>, shutdown: CancellationToken) {
     let stats = &hub.stats;
     let throttle = crate::throttle::Throttle::new(Duration::from_secs(60));
     while !sleep_or_cancel(RETENTION_EVERY, &shutdown).await {
-        let up = log.bounds().await.is_ok();
+        let up = log.bounds().await.is_ok() && log.health().cannot_append.is_none();
         let was_up = stats.log_up.swap(up, Ordering::Relaxed);
         match (was_up, up) {
             (true, false) => tracing::warn!(log = log.kind(), "the log does not answer"),

@@ -120,7 +120,7 @@ async fn dev_mode_works_with_no_config_and_keeps_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url, sub, publ) = start_dev(dir.path());
     assert!(dir.path().join("ssegate-data/dev-secret").exists());
-    assert!(dir.path().join("ssegate-data/log.redb").exists());
+    assert!(dir.path().join("ssegate-data/log/meta.json").exists());
     let mut sse = Sse::connect(
         &format!("{url}/v1/stream?channel=demo:hello"),
         &[bearer(&sub)],

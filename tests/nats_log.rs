@@ -393,7 +393,8 @@ async fn retention_by_count_gives_exact_gaps() {
     assert_eq!(
         gap,
         Some(Gap {
-            oldest: Some(msgs[2][0])
+            oldest: Some(msgs[2][0]),
+            damaged: false,
         })
     );
     assert_eq!(
@@ -409,7 +410,8 @@ async fn retention_by_count_gives_exact_gaps() {
     assert_eq!(
         batch.gap,
         Some(Gap {
-            oldest: Some(msgs[2][0])
+            oldest: Some(msgs[2][0]),
+            damaged: false,
         })
     );
     assert_eq!(batch.events.len(), 5);
@@ -445,7 +447,13 @@ async fn retention_by_age_gives_exact_gaps() {
     assert_eq!(bounds.oldest, None);
     assert_eq!(bounds.head, two[1]);
     let batch = log.read(one[0], 10, &all_events, None).await.unwrap();
-    assert_eq!(batch.gap, Some(Gap { oldest: None }));
+    assert_eq!(
+        batch.gap,
+        Some(Gap {
+            oldest: None,
+            damaged: false
+        })
+    );
     assert!(batch.events.is_empty() && batch.at_head);
     assert_eq!(batch.next, two[1]);
     let batch = log.read(two[1], 10, &all_events, None).await.unwrap();
@@ -457,7 +465,8 @@ async fn retention_by_age_gives_exact_gaps() {
     assert_eq!(
         batch.gap,
         Some(Gap {
-            oldest: Some(three[0])
+            oldest: Some(three[0]),
+            damaged: false,
         })
     );
     assert_eq!(batch.events.len(), 1);
@@ -465,7 +474,8 @@ async fn retention_by_age_gives_exact_gaps() {
     assert_eq!(
         batch.gap,
         Some(Gap {
-            oldest: Some(three[0])
+            oldest: Some(three[0]),
+            damaged: false,
         }),
         "2b was lost"
     );

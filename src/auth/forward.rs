@@ -225,7 +225,7 @@ impl Forward {
                     self.set_up(true);
                 }
             }
-            if ticks % 30 == 0 {
+            if ticks.is_multiple_of(30) {
                 let now = Instant::now();
                 self.cache().retain(|_, (until, _)| *until > now);
             }

@@ -195,7 +195,7 @@ impl Workload {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         tracing::warn!(error = %e, failures, "demo workload: publish failed; retrying");
                     }
                 }

@@ -47,6 +47,8 @@ pub enum ApiError {
     },
     /// 503: the log is unavailable; nothing was appended.
     LogUnavailable(LogError),
+    /// 507: the disk under the log is full; nothing was appended.
+    LogFull(String),
 }
 
 impl ApiError {
@@ -111,6 +113,11 @@ impl ApiError {
             ApiError::TooMany { code, message, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
             }
+            ApiError::LogFull(reason) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "log_full",
+                format!("{reason}; the publish was not acknowledged: retry later (with the same idempotency `id`)"),
+            ),
             ApiError::LogUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "log_unavailable",
@@ -127,6 +134,7 @@ impl From<LogError> for ApiError {
                 code: "batch_too_large",
                 message,
             },
+            LogError::Full(reason) => ApiError::LogFull(reason),
             other => ApiError::LogUnavailable(other),
         }
     }
@@ -151,6 +159,7 @@ impl IntoResponse for ApiError {
             ApiError::TooMany { retry_after_s, .. } => Some(*retry_after_s),
             ApiError::Unauthorized(AuthError::Unavailable(_)) => Some(2),
             ApiError::LogUnavailable(_) => Some(1),
+            ApiError::LogFull(_) => Some(5),
             _ => None,
         };
         if let Some(s) = retry_after {

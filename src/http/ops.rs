@@ -30,6 +30,13 @@ pub(super) async fn readyz(
             Json(json!({ "status": "not_ready", "reason": e.to_string() })),
         );
     }
+    let log = state.hub.log().health();
+    if let Some(reason) = log.cannot_append {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": reason })),
+        );
+    }
     if state.auth.forward().is_some_and(|f| !f.up()) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -37,6 +44,14 @@ pub(super) async fn readyz(
                 "status": "not_ready",
                 "reason": "the forward-auth service cannot be reached",
             })),
+        );
+    }
+    if let Some(reason) = log.damaged {
+        // Still serving: one damaged old record must not take the node (perhaps the only
+        // one) out of its load balancer; the metric and the log line alert.
+        return (
+            StatusCode::OK,
+            Json(json!({ "status": "degraded", "reason": reason })),
         );
     }
     (StatusCode::OK, Json(json!({ "status": "ready" })))

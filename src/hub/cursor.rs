@@ -227,7 +227,11 @@ impl Cursor {
             let oldest = gap.oldest.map(|p| p.to_string());
             buf.extend_from_slice(&frame::control_frame(
                 "gap",
-                &serde_json::json!({ "last_event_id": self.pos.to_string(), "oldest_id": oldest }),
+                &serde_json::json!({
+                    "last_event_id": self.pos.to_string(),
+                    "oldest_id": oldest,
+                    "reason": gap.reason(),
+                }),
             ));
         }
         self.count_delivered(batch.events.len());
@@ -264,6 +268,7 @@ impl Cursor {
                     "channel": &*channel,
                     "last_event_id": after.to_string(),
                     "oldest_id": gap.oldest.map(|p| p.to_string()),
+                    "reason": gap.reason(),
                 }),
             ));
         }

@@ -693,7 +693,7 @@ impl Hub {
                     failures += 1;
                     self.stats.log_read_failures.fetch_add(1, Ordering::Relaxed);
                     let backoff = backoff_with_jitter(failures);
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, failures, ?backoff, "hub cannot read the log; retrying");
                     }
                     if sleep_or_cancel(backoff, &shutdown).await {

@@ -13,9 +13,11 @@
 //! ```
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::file::SyncMode;
 use super::LogOptions;
 
 /// The log's configuration.
@@ -39,8 +41,12 @@ pub enum Backend {
     Memory,
     /// The embedded on-disk log in `server.data_dir` (the default).
     File {
-        /// Page cache, in MiB; recent events are read from it.
+        /// Memory for the newest events, in MiB (a quarter of it holds them).
         cache_mb: usize,
+        /// When an append counts as durable (`log.sync`).
+        sync: SyncMode,
+        /// A segment file rolls at this size (`log.segment_mb`).
+        segment_mb: usize,
     },
     /// A Redis stream shared by every node.
     Redis(EngineConfig),
@@ -70,6 +76,8 @@ impl Default for LogConfig {
         Self {
             backend: Backend::File {
                 cache_mb: DEFAULT_CACHE_MB,
+                sync: SyncMode::Always,
+                segment_mb: DEFAULT_SEGMENT_MB,
             },
             retention_events: 1_000_000,
             retention_age_s: 604_800,
@@ -79,6 +87,29 @@ impl Default for LogConfig {
 }
 
 const DEFAULT_CACHE_MB: usize = 64;
+const DEFAULT_SEGMENT_MB: usize = 64;
+/// The longest `log.sync` interval: what a power loss may cost stays small.
+const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `log.sync` as written: `"always"` or an interval such as `"5ms"`.
+fn parse_sync(text: &str) -> Result<SyncMode, String> {
+    if text == "always" {
+        return Ok(SyncMode::Always);
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() && d <= MAX_SYNC_INTERVAL => Ok(SyncMode::Every(d)),
+        _ => Err(format!(
+            "log.sync must be \"always\" or an interval from 1ms to 1s such as \"5ms\" (got {text:?})"
+        )),
+    }
+}
+
+fn sync_text(sync: SyncMode) -> String {
+    match sync {
+        SyncMode::Always => "always".into(),
+        SyncMode::Every(d) => humantime::format_duration(d).to_string(),
+    }
+}
 const DEFAULT_STREAM: &str = "ssegate";
 
 impl LogConfig {
@@ -103,7 +134,7 @@ impl LogConfig {
     /// What every backend takes.
     pub fn options(&self) -> LogOptions {
         let cache_mb = match self.backend {
-            Backend::File { cache_mb } => cache_mb,
+            Backend::File { cache_mb, .. } => cache_mb,
             _ => 0,
         };
         LogOptions {
@@ -135,6 +166,10 @@ struct Flat {
     dedupe_window_s: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     file_cache_mb: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment_mb: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +217,11 @@ impl TryFrom<Flat> for LogConfig {
             LogKind::Memory => Backend::Memory,
             LogKind::File => Backend::File {
                 cache_mb: f.file_cache_mb.unwrap_or(DEFAULT_CACHE_MB),
+                sync: f.sync.as_deref().map_or(Ok(SyncMode::Always), parse_sync)?,
+                segment_mb: match f.segment_mb.unwrap_or(DEFAULT_SEGMENT_MB) {
+                    mb @ 1..=4095 => mb,
+                    _ => return Err("log.segment_mb must be from 1 to 4095".into()),
+                },
             },
             LogKind::Redis => Backend::Redis(engine("redis")?),
             LogKind::Nats => Backend::Nats {
@@ -189,6 +229,10 @@ impl TryFrom<Flat> for LogConfig {
                 credentials_file: f.nats_credentials_file.clone(),
             },
         };
+        if (f.sync.is_some() || f.segment_mb.is_some()) && !matches!(backend, Backend::File { .. })
+        {
+            return Err("log.sync and log.segment_mb are only for log.kind = \"file\"".into());
+        }
         if f.nats_credentials_file.is_some() && !matches!(backend, Backend::Nats { .. }) {
             return Err("log.nats_credentials_file is only for log.kind = \"nats\"".into());
         }
@@ -210,6 +254,8 @@ impl From<LogConfig> for Flat {
             retention_age_s: c.retention_age_s,
             dedupe_window_s: c.dedupe_window_s,
             file_cache_mb: None,
+            sync: None,
+            segment_mb: None,
             url: None,
             stream: None,
             tls_ca_file: None,
@@ -222,7 +268,17 @@ impl From<LogConfig> for Flat {
         };
         match c.backend {
             Backend::Memory => {}
-            Backend::File { cache_mb } => flat.file_cache_mb = Some(cache_mb),
+            Backend::File {
+                cache_mb,
+                sync,
+                segment_mb,
+            } => {
+                flat.file_cache_mb = Some(cache_mb);
+                // Only what differs from the defaults, so that the defaults (which `Flat`
+                // starts from) never name file settings for another kind.
+                flat.sync = (sync != SyncMode::Always).then(|| sync_text(sync));
+                flat.segment_mb = (segment_mb != DEFAULT_SEGMENT_MB).then_some(segment_mb);
+            }
             Backend::Redis(e) => engine(e),
             Backend::Nats {
                 engine: e,
@@ -265,8 +321,14 @@ mod tests {
         assert_eq!(nats.options().retention_events, 5);
         let text = toml::to_string(&nats).unwrap();
         assert_eq!(parse(&text).unwrap(), nats, "{text}");
-        let file = parse("file_cache_mb = 8").unwrap();
+        let file = parse("file_cache_mb = 8\nsync = \"5ms\"\nsegment_mb = 2").unwrap();
         assert_eq!(file.options().file_cache_bytes, 8 << 20);
+        assert!(matches!(
+            file.backend,
+            Backend::File { sync: SyncMode::Every(d), segment_mb: 2, .. } if d == Duration::from_millis(5)
+        ));
+        let text = toml::to_string(&file).unwrap();
+        assert_eq!(parse(&text).unwrap(), file, "{text}");
     }
 
     #[test]
@@ -283,6 +345,14 @@ mod tests {
                 "only for log.kind = \"nats\"",
             ),
             ("retention_events = 0", "retention_events"),
+            ("sync = \"sometimes\"", "log.sync must be"),
+            ("sync = \"5s\"", "log.sync must be"),
+            ("sync = \"0ms\"", "log.sync must be"),
+            ("segment_mb = 0", "log.segment_mb"),
+            (
+                "kind = \"memory\"\nsync = \"always\"",
+                "only for log.kind = \"file\"",
+            ),
             ("kind = \"kafka\"", "kafka"),
             ("urll = \"x\"", "urll"),
         ] {

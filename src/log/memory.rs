@@ -136,6 +136,7 @@ impl EventLog for MemoryLog {
         } else if after.lo < inner.trimmed_through {
             batch.gap = Some(Gap {
                 oldest: inner.events.front().map(|e| e.pos),
+                damaged: false,
             });
             batch.next = Position::seq(inner.trimmed_through);
             0

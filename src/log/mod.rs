@@ -13,7 +13,7 @@
 //! - **Idempotency**: an [`AppendItem`] with a key already seen within the dedupe window is
 //!   not stored again; the original positions are returned.
 //!
-//! Backends: [`memory::MemoryLog`] and [`file::FileLog`] (embedded, redb). The trait is shaped
+//! Backends: [`memory::MemoryLog`] and [`file::FileLog`] (embedded segment files). The trait is shaped
 //! so that Redis Streams (`XADD`/`XREAD BLOCK`/`XRANGE`) and NATS JetStream can implement it:
 //! positions are two numbers (`ms-seq` for Redis), reads block with a timeout, and retention
 //! and dedupe are the backend's business.
@@ -135,8 +135,22 @@ pub struct Appended {
 /// Events retention dropped between the reader's position and the oldest retained event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
-    /// The oldest event still in the log (`None`: the log is empty now).
+    /// The oldest event still in the log (`None`: the log is empty now); for a gap over
+    /// damaged records, the first readable event after them.
     pub oldest: Option<Position>,
+    /// The events between were lost to damaged records, not dropped by retention.
+    pub damaged: bool,
+}
+
+impl Gap {
+    /// Why events are missing, as the `gap` event's `reason` says it.
+    pub fn reason(&self) -> &'static str {
+        if self.damaged {
+            "damaged"
+        } else {
+            "retention"
+        }
+    }
 }
 
 /// The result of one read.
@@ -171,12 +185,20 @@ pub fn all_events(_: &Event) -> bool {
 }
 
 /// Log failures. `Unavailable` means nothing was appended and the caller may retry.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     #[error("the log is unavailable: {0}")]
     Unavailable(String),
     #[error("the log is closed")]
     Closed,
+    /// The disk under the log is full; nothing was appended. Appends work again by
+    /// themselves once space is free.
+    #[error("{0}")]
+    Full(String),
+    /// The stored log cannot be opened as it is (missing, truncated or unreadable files);
+    /// the message names the file and what to do.
+    #[error("{0}")]
+    Unreadable(String),
     #[error("corrupt log entry at {pos}: {message}")]
     Corrupt { pos: Position, message: String },
     /// The append is larger than the backend can store in one atomic write (NATS
@@ -213,6 +235,39 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Applies retention by age as of `now_ms` (retention by count is applied on append).
     async fn enforce_retention(&self, now_ms: u64) -> Result<(), LogError>;
+
+    /// What `/readyz` and the metrics report beyond "the log answers".
+    fn health(&self) -> LogHealth {
+        LogHealth::default()
+    }
+}
+
+/// The state of a log beyond whether it answers.
+#[derive(Debug, Clone, Default)]
+pub struct LogHealth {
+    /// Why appends fail right now (a full disk, an I/O error), if they do.
+    pub cannot_append: Option<String>,
+    /// Damaged records found (never delivered), if any.
+    pub damaged: Option<String>,
+    /// The file log's counters.
+    pub file: Option<FileStats>,
+}
+
+/// Counters of the file log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileStats {
+    /// Group commits (one write each).
+    pub commits: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Bytes of a torn tail cut at start.
+    pub torn_bytes: u64,
+    /// Events known damaged.
+    pub damaged_events: u64,
+    pub append_failures_full: u64,
+    pub append_failures_io: u64,
+    /// Bytes of segment files.
+    pub disk_bytes: u64,
 }
 
 /// An event a read looks at: borrowed from an in-memory store or freshly decoded. Shared
@@ -292,7 +347,16 @@ pub async fn open(cfg: &LogConfig, data_dir: &Path) -> Result<Arc<dyn EventLog>,
     let opts = cfg.options();
     Ok(match &cfg.backend {
         Backend::Memory => Arc::new(memory::MemoryLog::new(opts)),
-        Backend::File { .. } => Arc::new(file::FileLog::open(&data_dir.join("log.redb"), opts)?),
+        Backend::File {
+            sync, segment_mb, ..
+        } => Arc::new(file::FileLog::open(
+            data_dir,
+            opts,
+            file::FileOptions {
+                sync: *sync,
+                segment_bytes: (*segment_mb as u64).max(1) << 20,
+            },
+        )?),
         Backend::Redis(engine) => redis::RedisLog::open(engine, opts).await?,
         Backend::Nats {
             engine,

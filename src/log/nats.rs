@@ -944,7 +944,10 @@ impl Shared {
             if start <= head.hi {
                 // Message `start` existed and nothing at or after it does now: retention (or a
                 // deletion) emptied the stream past the reader.
-                batch.gap = Some(Gap { oldest: None });
+                batch.gap = Some(Gap {
+                    oldest: None,
+                    damaged: false,
+                });
                 batch.next = after.max(head);
             }
             return Ok(batch);
@@ -1004,6 +1007,7 @@ impl Shared {
                     if gap && batch.gap.is_none() {
                         batch.gap = Some(Gap {
                             oldest: Some(event_pos(expect, 0, n)),
+                            damaged: false,
                         });
                     }
                     let events = events
@@ -1025,7 +1029,10 @@ impl Shared {
                     };
                     tracing::error!(stream = %self.name, seq = expect, reason = %why, "skipping a message ssegate did not write");
                     if gap && batch.gap.is_none() {
-                        batch.gap = Some(Gap { oldest: Some(end) });
+                        batch.gap = Some(Gap {
+                            oldest: Some(end),
+                            damaged: false,
+                        });
                     }
                     batch.next = batch.next.max(end);
                 }

@@ -801,6 +801,7 @@ impl EventLog for RedisLog {
         if let Some(trimmed) = snap.trimmed.filter(|t| after < *t) {
             batch.gap = Some(Gap {
                 oldest: snap.oldest,
+                damaged: false,
             });
             batch.next = trimmed;
         }
