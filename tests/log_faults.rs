@@ -811,6 +811,140 @@ async fn a_record_whose_last_8_bytes_are_damaged_is_never_delivered_and_repair_a
     damaged_record(Damage::End).await;
 }
 
+/// No events kept in memory: every read goes to the segment file.
+const NO_TAIL: (&str, &str) = ("LOG__FILE_CACHE_MB", "0");
+
+/// The lines of the server's log that contain `word`, once there are `n` of them (a line is
+/// written before the read that found it answers, but the log file may lag a moment).
+async fn log_lines_n(server: &Server, word: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let lines = log_lines(server, word);
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Point 4, after start: a record damaged while the server runs (nothing cached, so the read
+/// meets the bytes) is caught by its checksum at read time: reported once (log line with the
+/// file and offset, metric, `/readyz` degraded) and never delivered — a gap over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_damaged_while_the_server_runs_is_reported_by_the_read_and_never_delivered() {
+    let server = Server::start(&[NO_TAIL]);
+    let ids = publish_each(&server, "d", "dmg", 50).await;
+    assert_eq!(ids, (1..=50).map(|i| i.to_string()).collect::<Vec<_>>());
+    let seg = newest_segment(&server);
+    assert_eq!(segments(&log_dir(&server)).len(), 1);
+    // Event 30 is marker dmg-00029.
+    let (o, l) = record_with(&seg, &marker("dmg", 29));
+    flip(&seg, o + l / 2, 4);
+    let (status, body) = readyz(&server).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ready")),
+        "before a read meets the damage: {body}"
+    );
+
+    expect_gap_over_30(&server, "50", Some("damaged")).await;
+
+    let damaged = log_lines_n(&server, "damaged", 1).await;
+    assert_eq!(
+        damaged.len(),
+        1,
+        "one log line about the damage: {damaged:#?}"
+    );
+    assert!(
+        damaged[0].contains("ERROR")
+            && damaged[0].contains(&file_name(&seg))
+            && has_offset(&damaged[0], o as u64),
+        "an ERROR line naming {} and offset {o}: {}",
+        file_name(&seg),
+        damaged[0]
+    );
+    let events = metric_of(&server, "ssegate_log_damaged_events").await;
+    assert!(events >= 1.0, "ssegate_log_damaged_events {events}");
+    let (status, body) = readyz(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("damaged")),
+        "{body}"
+    );
+    // Another reader gets the same gap; the damage is not reported again.
+    expect_gap_over_30(&server, "50", Some("damaged")).await;
+    assert_eq!(
+        log_lines(&server, "damaged").len(),
+        1,
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(
+        metric_of(&server, "ssegate_log_damaged_events").await,
+        events,
+        "counted once"
+    );
+    // Publishing goes on after the damage.
+    let next = publish_one(&server, "d", json!("after")).await;
+    assert_eq!(next, "51");
+}
+
+/// A damaged COMMIT record (the short record ending a group commit) between two events,
+/// while the server runs: the read skips it, no event is lost and there is no gap — nor after
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_record_damaged_while_the_server_runs_costs_no_event() {
+    let mut server = Server::start(&[NO_TAIL]);
+    let ids = publish_each(&server, "d", "dmg", 50).await;
+    assert_eq!(ids.last().map(String::as_str), Some("50"));
+    let seg = newest_segment(&server);
+    // One group per publish: event 30's record, then its COMMIT (kind 4, last id u64).
+    let (o, l) = record_with(&seg, &marker("dmg", 29));
+    let all = frames(&seg);
+    let at = all.iter().position(|&(fo, _)| fo == o).unwrap();
+    let (co, cl) = all[at + 1];
+    assert_eq!(co, o + l);
+    let bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(
+        (cl, bytes[co + FRAME_LEN]),
+        (FRAME_LEN + 9, 4),
+        "a COMMIT record follows event 30"
+    );
+    assert_eq!(
+        u64::from_le_bytes(bytes[co + FRAME_LEN + 1..co + cl].try_into().unwrap()),
+        30,
+        "the COMMIT names id 30"
+    );
+    // 4 bytes of its id.
+    flip(&seg, co + FRAME_LEN + 1, 4);
+
+    let check = |got: Vec<Ev>| {
+        let gaps: Vec<&Ev> = got.iter().filter(|e| e.event == "gap").collect();
+        assert!(gaps.is_empty(), "no gap: {gaps:#?}");
+        let events: Vec<Ev> = got.into_iter().filter(|e| !e.id.is_empty()).collect();
+        let want: Vec<String> = (21..=50).map(|i: u64| i.to_string()).collect();
+        assert_eq!(common::ids(&events), want, "every event after 20");
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(envelope(e)["data"]["m"], marker("dmg", 20 + i));
+        }
+    };
+    let mut sse = resume(&server, &["d"], "20").await;
+    check(read_until(&mut sse, "50", T).await);
+    drop(sse);
+    let (status, body) = readyz(&server).await;
+    println!("/readyz after reading over a damaged COMMIT: {status} {body}");
+    assert_eq!(status, 200, "{body}");
+
+    server.kill9_and_restart();
+    let mut sse = resume(&server, &["d"], "20").await;
+    check(read_until(&mut sse, "50", T).await);
+    let next = publish_one(&server, "d", json!("after")).await;
+    assert_eq!(next, "51", "ids continue");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Missing, empty or truncated segments
 
