@@ -14,6 +14,12 @@ use ssegate::server;
 
 mod demo;
 
+/// mimalloc: the publish path allocates per event (parsing, the event, its frame) from
+/// several threads; glibc's malloc spent about 40 % of the CPU of a batch-publish run in
+/// its own locks and bookkeeping (perf, docs/benchmarks.md "Write path").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ssegate",
