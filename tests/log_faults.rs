@@ -945,6 +945,59 @@ async fn a_commit_record_damaged_while_the_server_runs_costs_no_event() {
     assert_eq!(next, "51", "ids continue");
 }
 
+/// A crash in the middle of a group commit's write leaves its first records whole on disk and
+/// not its COMMIT: start cuts the whole group (none of its events is ever visible) and ids
+/// continue at its first id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_cut_in_its_middle_is_cut_whole_at_start() {
+    let mut server = Server::start(&[]);
+    let ids = publish_batches(&server, "g", "grp", 50, 10).await;
+    assert_eq!(ids.last().map(String::as_str), Some("50"));
+    server.kill9();
+    let seg = newest_segment(&server);
+    let all = frames(&seg);
+    let bytes = std::fs::read(&seg).unwrap();
+    // The last group (one request of 10 events): 10 EVENT records, then its COMMIT.
+    let group = &all[all.len() - 11..];
+    assert!(
+        group[..10].iter().all(|&(o, _)| bytes[o + FRAME_LEN] == 1) && {
+            let (o, _) = group[10];
+            bytes[o + FRAME_LEN] == 4
+        },
+        "the last group is 10 events and a COMMIT"
+    );
+    let group_start = group[0].0;
+    // 5 whole event records (ids 41..45) and 3 bytes of the 6th.
+    let cut = group[5].0 + 3;
+    truncate(&seg, cut as u64);
+    server.kill9_and_restart();
+
+    let torn = log_lines(&server, "torn");
+    assert_eq!(torn.len(), 1, "one log line about the torn tail: {torn:#?}");
+    assert!(
+        torn[0].contains(&file_name(&seg)) && has_offset(&torn[0], group_start as u64),
+        "the line names {} and offset {group_start} (the group's start): {}",
+        file_name(&seg),
+        torn[0]
+    );
+    assert_eq!(
+        metric_of(&server, "ssegate_log_torn_bytes_total").await,
+        (cut - group_start) as f64
+    );
+    let next = publish_one(&server, "g", json!("after")).await;
+    assert_eq!(next, "41", "ids continue at the cut group's first id");
+    let got = read_range(&server, "g", "0", &next).await;
+    assert_eq!(
+        common::ids(&got),
+        (1..=41).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        envelope(&got[40])["data"],
+        json!("after"),
+        "id 41 is the new event, not one of the cut group"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Missing, empty or truncated segments
 
