@@ -219,8 +219,10 @@ impl TryFrom<Flat> for LogConfig {
                 cache_mb: f.file_cache_mb.unwrap_or(DEFAULT_CACHE_MB),
                 sync: f.sync.as_deref().map_or(Ok(SyncMode::Always), parse_sync)?,
                 segment_mb: match f.segment_mb.unwrap_or(DEFAULT_SEGMENT_MB) {
-                    mb @ 1..=4095 => mb,
-                    _ => return Err("log.segment_mb must be from 1 to 4095".into()),
+                    // Offsets within a segment are 32-bit: a group commit may overshoot
+                    // the size by a few hundred MiB at most, which must stay below 4 GiB.
+                    mb @ 1..=1024 => mb,
+                    _ => return Err("log.segment_mb must be from 1 to 1024".into()),
                 },
             },
             LogKind::Redis => Backend::Redis(engine("redis")?),

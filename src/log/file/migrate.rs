@@ -27,6 +27,37 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Events per group commit written while copying.
 const CHUNK: u64 = 4_096;
 
+/// Segments roll at the default `log.segment_mb` while copying.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The segment being written.
+struct Out<'a> {
+    dir: &'a Path,
+    file: std::fs::File,
+    end: u64,
+    sealed_through: u64,
+}
+
+impl Out<'_> {
+    /// Writes `buf` as one group ending at `last`.
+    fn write(&mut self, buf: &mut Vec<u8>, last: u64) -> std::io::Result<()> {
+        Encoder { buf }.commit(last);
+        self.file.write_all_at(buf, self.end)?;
+        self.end += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    /// Starts the next segment at `base`.
+    fn roll(&mut self, base: u64) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        self.file = create_segment(self.dir, base)?.1;
+        self.end = format::HEADER_LEN;
+        self.sealed_through = base - 1;
+        Ok(())
+    }
+}
+
 #[derive(Deserialize)]
 struct KeyEntry {
     exp: u64,
@@ -62,16 +93,15 @@ pub fn migrate(redb: &Path, dir: &Path) -> Result<(), LogError> {
     let last_seq = meta("last_seq")?;
     let trimmed_through = meta("trimmed_through")?;
     let base = trimmed_through + 1;
-    let (_, file) = create_segment(&staging, base).map_err(|e| failed(redb, e))?;
-    let mut end = format::HEADER_LEN;
-    let mut buf = Vec::new();
-    let mut write = |buf: &mut Vec<u8>, last: u64| -> Result<(), LogError> {
-        Encoder { buf }.commit(last);
-        file.write_all_at(buf, end).map_err(|e| failed(redb, e))?;
-        end += buf.len() as u64;
-        buf.clear();
-        Ok(())
+    let mut out = Out {
+        dir: &staging,
+        file: create_segment(&staging, base)
+            .map_err(|e| failed(redb, e))?
+            .1,
+        end: format::HEADER_LEN,
+        sealed_through: 0,
     };
+    let mut buf = Vec::new();
     let mut next = base;
     if let Ok(events) = txn.open_table(EVENTS) {
         for entry in events.range(base..).map_err(|e| failed(redb, e))? {
@@ -88,7 +118,10 @@ pub fn migrate(redb: &Path, dir: &Path) -> Result<(), LogError> {
             Encoder { buf: &mut buf }.event(seq, &event, None);
             next += 1;
             if (next - base) % CHUNK == 0 {
-                write(&mut buf, seq)?;
+                out.write(&mut buf, seq).map_err(|e| failed(redb, e))?;
+                if out.end >= SEGMENT_BYTES {
+                    out.roll(next).map_err(|e| failed(redb, e))?;
+                }
             }
         }
     }
@@ -111,14 +144,14 @@ pub fn migrate(redb: &Path, dir: &Path) -> Result<(), LogError> {
             }
         }
     }
-    write(&mut buf, next - 1)?;
-    file.sync_all().map_err(|e| failed(redb, e))?;
+    out.write(&mut buf, next - 1).map_err(|e| failed(redb, e))?;
+    out.file.sync_all().map_err(|e| failed(redb, e))?;
     let copied = next - base;
     write_meta(
         &staging,
         &Meta {
             format: format::FORMAT,
-            sealed_through: 0,
+            sealed_through: out.sealed_through,
             holes: Vec::new(),
         },
     )

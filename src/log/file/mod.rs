@@ -128,7 +128,8 @@ impl Index {
 struct Health {
     cannot_append: Mutex<Option<String>>,
     failed: AtomicBool,
-    damage: Mutex<Vec<String>>,
+    /// Damage found: (last id, events, what); forgotten once retention drops those ids.
+    damage: Mutex<Vec<(u64, u64, String)>>,
     commits: AtomicU64,
     syncs: AtomicU64,
     torn_bytes: AtomicU64,
@@ -139,9 +140,21 @@ struct Health {
 }
 
 impl Health {
-    fn damaged(&self, what: String, events: u64) {
-        self.damaged_events.fetch_add(events, Ordering::Relaxed);
-        lock(&self.damage).push(what);
+    fn damaged(&self, what: String, last: u64, events: u64) {
+        let mut damage = lock(&self.damage);
+        damage.push((last, events, what));
+        self.damaged_events
+            .store(damage.iter().map(|d| d.1).sum(), Ordering::Relaxed);
+    }
+
+    /// Retention dropped every id up to `trimmed_through`: damage there is gone with them.
+    fn forget_damage_through(&self, trimmed_through: u64) {
+        let mut damage = lock(&self.damage);
+        if damage.iter().any(|d| d.0 <= trimmed_through) {
+            damage.retain(|d| d.0 > trimmed_through);
+            self.damaged_events
+                .store(damage.iter().map(|d| d.1).sum(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -317,7 +330,7 @@ impl FileLog {
                 last_id = d.to,
                 "log: damaged records (checksum mismatch): these events are never delivered; run `ssegate log check`, then `ssegate log repair`"
             );
-            health.damaged(d.to_string(), d.to - d.from + 1);
+            health.damaged(d.to_string(), d.to, d.to - d.from + 1);
         }
         Self::start(dir, scan, opts, fopts, health, lock_file)
     }
@@ -462,6 +475,7 @@ impl FileLog {
                     "{} at byte {offset}: id {seq} damaged (checksum mismatch)",
                     path.display()
                 ),
+                seq,
                 1,
             );
         }
@@ -741,6 +755,14 @@ impl Writer {
             .trimmed_through
             .max(staged.last_seq.saturating_sub(self.opts.retention_events));
         self.stage_deletions(now_max, &mut buf, &mut staged);
+        if buf.is_empty() && staged.doomed == 0 && staged.trimmed_through == self.trimmed_through {
+            // Nothing changed (a retention pass with nothing to drop): no write, no sync.
+            self.buf = buf;
+            for (cmd, result) in group.drain(..).zip(results) {
+                let _ = reply_of(cmd).send(Ok(result));
+            }
+            return;
+        }
         Encoder { buf: &mut buf }.commit(staged.last_seq);
 
         let written = self.file.write_all_at(&buf, self.end).and_then(|()| {
@@ -930,6 +952,9 @@ impl Writer {
             }
         }
         self.last_seq = staged.last_seq;
+        if staged.trimmed_through > self.trimmed_through {
+            self.health.forget_damage_through(staged.trimmed_through);
+        }
         self.trimmed_through = staged.trimmed_through;
         for key in staged.carried {
             if let Some(entry) = self.keys.get_mut(&key) {
@@ -1051,17 +1076,20 @@ impl EventLog for FileLog {
                 return Ok(batch);
             }
         }
-        let mut from = after.lo.max(trimmed_through) + 1;
-        if after.lo < trimmed_through {
-            batch.gap = Some(Gap {
-                oldest: (trimmed_through < last_seq).then(|| Position::seq(trimmed_through + 1)),
-                damaged: false,
-            });
-            batch.next = Position::seq(trimmed_through);
-        }
         // Skip ids whose records are damaged or lost: a gap says so.
         let plan = {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            // Under the same lock as the plan: retention may have moved since the tail check.
+            let trimmed_through = index.trimmed_through;
+            let mut from = after.lo.max(trimmed_through) + 1;
+            if after.lo < trimmed_through {
+                batch.gap = Some(Gap {
+                    oldest: (trimmed_through < index.last_seq)
+                        .then(|| Position::seq(trimmed_through + 1)),
+                    damaged: false,
+                });
+                batch.next = Position::seq(trimmed_through);
+            }
             let skipped_from = from;
             while from <= index.last_seq && !index.present(from) {
                 from += 1;
@@ -1195,7 +1223,7 @@ impl EventLog for FileLog {
             damaged: (!damage.is_empty()).then(|| {
                 format!(
                     "the log has damaged records, never delivered (readers get a gap): {}{}; run `ssegate log check`, then `ssegate log repair`",
-                    damage.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                    damage.iter().take(3).map(|d| d.2.as_str()).collect::<Vec<_>>().join("; "),
                     if damage.len() > 3 { format!(" and {} more", damage.len() - 3) } else { String::new() }
                 )
             }),

@@ -286,7 +286,13 @@ fn scan_segment(
     let mut pos = HEADER_LEN as usize;
     // Where damage began, while looking for the next good event after it.
     let mut damaged_at: Option<usize> = None;
+    // The group being read: where it began, what the index held then, whether it met damage.
+    let mut group = Group::at(&seg, scan);
+    // The last complete group, if it met damage: in the newest segment, a power loss that
+    // wrote its COMMIT but not every page before it looks like this; it is torn, not kept.
+    let mut bad_last: Option<Group> = None;
     while pos < bytes.len() {
+        group.damaged |= damaged_at.is_some();
         match format::frame(&bytes[pos..]) {
             Frame::Valid { record, len } => {
                 match record {
@@ -310,6 +316,7 @@ fn scan_segment(
                             apply(scan, &mut seg, &mut pending);
                         }
                         if let Some(k) = key {
+                            group.keys.push(k.key.to_owned());
                             pending.keys.push((
                                 k.key.to_owned(),
                                 KeyEntry {
@@ -321,14 +328,17 @@ fn scan_segment(
                         }
                         pending.events.push((seq, pos as u32, time_ms));
                     }
-                    Record::Key { key, exp, seqs } => pending.keys.push((
-                        key.to_owned(),
-                        KeyEntry {
-                            exp,
-                            seqs,
-                            segment: seg.base,
-                        },
-                    )),
+                    Record::Key { key, exp, seqs } => {
+                        group.keys.push(key.to_owned());
+                        pending.keys.push((
+                            key.to_owned(),
+                            KeyEntry {
+                                exp,
+                                seqs,
+                                segment: seg.base,
+                            },
+                        ));
+                    }
                     Record::Trim(t) => pending.trim = pending.trim.max(t),
                     Record::Commit(last) => {
                         apply(scan, &mut seg, &mut pending);
@@ -338,8 +348,11 @@ fn scan_segment(
                             fill_missing(scan, &mut seg, last + 1, at.map(|a| a as u64))
                                 .map_err(|(from, to)| gap(from, to))?;
                         }
+                        group.damaged |= damaged_at.is_some();
                         damaged_at = None;
                         seg.end = (pos + len) as u64;
+                        bad_last = group.damaged.then(|| group.clone());
+                        group = Group::at(&seg, scan);
                     }
                 }
                 pos += len;
@@ -354,6 +367,12 @@ fn scan_segment(
                     None if newest => break,
                     None if past_end && damaged_at.is_none() => {
                         let next = next_base.expect("sealed segments have a next");
+                        apply(scan, &mut seg, &mut pending);
+                        if seg.last() + 1 >= next {
+                            // Every id is here: only a trailing record (a commit whose
+                            // length field is damaged) is unreadable. Nothing is lost.
+                            break;
+                        }
                         return Err(ScanError::Truncated {
                             path: path.to_owned(),
                             at: pos as u64,
@@ -371,6 +390,18 @@ fn scan_segment(
         }
     }
     if newest {
+        if let Some(g) = bad_last {
+            // The last group met damage and nothing valid follows it: a write torn by a
+            // power loss (its COMMIT reached the disk, a page before it did not). It was
+            // never acknowledged whole; it goes whole.
+            seg.offsets.truncate(g.events);
+            seg.times.truncate(g.events);
+            scan.damage.truncate(g.damage);
+            for key in &g.keys {
+                scan.keys.remove(key);
+            }
+            seg.end = g.start;
+        }
         // Everything after the last complete group commit is a torn write: cut at start
         // (the records of `pending` are in it).
         if seg.end < seg.file_len {
@@ -396,6 +427,28 @@ fn scan_segment(
         seg.end = seg.file_len;
     }
     Ok(seg)
+}
+
+/// Where a group commit began while reading a segment.
+#[derive(Debug, Clone)]
+struct Group {
+    start: u64,
+    events: usize,
+    damage: usize,
+    keys: Vec<String>,
+    damaged: bool,
+}
+
+impl Group {
+    fn at(seg: &SegmentScan, scan: &Scan) -> Self {
+        Group {
+            start: seg.end,
+            events: seg.offsets.len(),
+            damage: scan.damage.len(),
+            keys: Vec::new(),
+            damaged: false,
+        }
+    }
 }
 
 /// Commits the records of a group: into the index, the keys and the trim mark.
