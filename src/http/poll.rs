@@ -81,6 +81,7 @@ pub(super) async fn poll(
         last_event_id: after.to_string(),
         gap: gap.is_some(),
         oldest_id: gap.map(|g| g.oldest.map(|p| p.to_string())),
+        gap_reason: gap.map(|g| g.reason()),
     }))
 }
 
@@ -94,4 +95,7 @@ pub(super) struct PollResponse {
     /// With `gap`: the oldest retained event (`null` if the log is empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     oldest_id: Option<Option<String>>,
+    /// With `gap`: `retention` or `damaged`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gap_reason: Option<&'static str>,
 }

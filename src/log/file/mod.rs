@@ -399,7 +399,7 @@ impl FileLog {
         let index = Arc::new(RwLock::new(index));
         let (head_tx, head) = watch::channel(Position::seq(last_seq));
         let tail = Arc::new(Mutex::new(Tail {
-            max_bytes: opts.file_cache_bytes / 4,
+            max_bytes: opts.file_cache_bytes,
             ..Tail::default()
         }));
         let (writer, rx) = std_mpsc::channel();
