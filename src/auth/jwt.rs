@@ -185,6 +185,12 @@ impl JwtVerifier {
     /// Verifies signature, algorithm allow-list, `exp`/`nbf`, `iss`/`aud`, and that `sub`
     /// and `exp` are present; returns every claim.
     pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        self.verify_from(token).await.map(|(claims, _)| claims)
+    }
+
+    /// [`Self::verify`], also saying which key verified the token: a static key (`true`),
+    /// which cannot change while the server runs, or a JWKS key (`false`).
+    pub async fn verify_from(&self, token: &str) -> Result<(Map<String, Value>, bool), AuthError> {
         // Strict reading first: a token that says two things, or asks for an extension we do
         // not have, is refused before it can cost a JWKS fetch.
         let claims = read_token(token)?;
@@ -202,9 +208,9 @@ impl JwtVerifier {
         };
         let keys = jwks_keys
             .iter()
-            .map(|k| k.as_ref())
-            .chain(self.static_keys.iter());
-        for key in keys {
+            .map(|k| (k.as_ref(), false))
+            .chain(self.static_keys.iter().map(|k| (k, true)));
+        for (key, is_static) in keys {
             if !key.algorithms.contains(&alg) {
                 continue;
             }
@@ -212,7 +218,7 @@ impl JwtVerifier {
             // The signature and the times are checked here; the claims returned are the ones
             // read strictly above (the same, since they name no member twice).
             match jsonwebtoken::decode::<IgnoredAny>(token, &key.decoding, &self.validation(alg)) {
-                Ok(_) => return Ok(claims),
+                Ok(_) => return Ok((claims, is_static)),
                 // A bad signature may just be the wrong key of several: try the next one.
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
                     last = AuthError::Invalid("bad signature".into());

@@ -15,6 +15,7 @@
 //! Whatever the source, the result is a [`Principal`]: a user and grant patterns. Nothing is
 //! ever granted by default.
 
+mod cache;
 pub mod forward;
 pub mod jwks;
 pub mod jwt;
@@ -148,6 +149,8 @@ struct PublisherKey {
 /// Decides who requests are.
 pub struct Auth {
     jwt: JwtVerifier,
+    /// Tokens the static keys verified (see [`cache`]).
+    verified: cache::Verified,
     rules: GrantRules,
     publisher_keys: HashMap<String, PublisherKey>,
     forward: Option<Arc<Forward>>,
@@ -233,6 +236,7 @@ impl Auth {
         });
         Ok(Self {
             jwt,
+            verified: cache::Verified::new(cfg.leeway_s),
             rules: cfg.grants.clone(),
             publisher_keys,
             forward,
@@ -258,6 +262,17 @@ impl Auth {
 
     /// Authenticates a request (see the module docs for the order); counts refusals.
     pub async fn authenticate(&self, creds: &RequestCreds<'_>) -> Result<Principal, AuthError> {
+        self.authenticate_shared(creds)
+            .await
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Self::authenticate`], the principal shared: a token verified before gives the
+    /// principal it gave then, without a copy.
+    pub async fn authenticate_shared(
+        &self,
+        creds: &RequestCreds<'_>,
+    ) -> Result<Arc<Principal>, AuthError> {
         let result = self.decide(creds).await;
         if let Err(e) = &result {
             self.metrics.auth_failure(e.code());
@@ -265,23 +280,27 @@ impl Auth {
         result
     }
 
-    async fn decide(&self, creds: &RequestCreds<'_>) -> Result<Principal, AuthError> {
+    async fn decide(&self, creds: &RequestCreds<'_>) -> Result<Arc<Principal>, AuthError> {
         if let Some(token) = creds.token {
+            // A token verified before is a JWT (two dots) verified by a key of ours.
+            if let Some(known) = self.known_jwt(token) {
+                return known;
+            }
             let dots = token.bytes().filter(|b| *b == b'.').count();
             if dots == 2 && self.jwt.has_keys() {
-                return self.verify_jwt(token).await;
+                return self.verify_jwt_shared(token).await;
             }
             if dots == 0 {
                 let digest = hex_sha256(token.as_bytes());
                 if let Some(key) = self.publisher_keys.get(&digest) {
-                    return Ok(Principal {
+                    return Ok(Arc::new(Principal {
                         user: key.name.clone(),
                         grants: key.grants.clone(),
                         expires_at: None,
                         via: Via::PublisherKey {
                             name: key.name.clone(),
                         },
-                    });
+                    }));
                 }
             }
             // Not a credential of ours: perhaps the app's own, for forward-auth.
@@ -296,7 +315,7 @@ impl Auth {
         match &self.forward {
             Some(fwd) if !creds.forward.is_empty() => {
                 let session = fwd.check(&creds.forward).await?;
-                Ok(self.forwarded(creds.forward.clone(), session))
+                Ok(Arc::new(self.forwarded(creds.forward.clone(), session)))
             }
             _ => Err(AuthError::Missing),
         }
@@ -334,10 +353,30 @@ impl Auth {
         Ok(self.forwarded(creds.clone(), session))
     }
 
-    /// Verifies a JWT and derives the principal.
+    /// Verifies a JWT and derives the principal. A token a static key verified before is
+    /// not verified again: only its `exp` and `nbf` are checked (see [`cache`]).
     pub async fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims = self.jwt.verify(token).await?;
-        self.principal_from_claims(&claims)
+        self.verify_jwt_shared(token)
+            .await
+            .map(Arc::unwrap_or_clone)
+    }
+
+    async fn verify_jwt_shared(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if let Some(known) = self.known_jwt(token) {
+            return known;
+        }
+        let (claims, is_static) = self.jwt.verify_from(token).await?;
+        let principal = Arc::new(self.principal_from_claims(&claims)?);
+        if is_static {
+            self.verified.insert(token, &claims, &principal);
+        }
+        Ok(principal)
+    }
+
+    /// The principal of a token a static key verified before, its times checked now.
+    fn known_jwt(&self, token: &str) -> Option<Result<Arc<Principal>, AuthError>> {
+        self.verified
+            .get(token, jsonwebtoken::get_current_timestamp())
     }
 
     fn principal_from_claims(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {

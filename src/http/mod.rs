@@ -266,7 +266,7 @@ async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<Principal, ApiError> {
+) -> Result<Arc<Principal>, ApiError> {
     let auth = &state.auth;
     let token = bearer(headers)
         .or_else(|| cookie(headers, &auth.cookie_name))
@@ -287,14 +287,16 @@ async fn authenticate(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let creds = RequestCreds {
-        token,
-        forward: ForwardCreds {
+    // Only forward-auth reads these (and keeps them, for a stream's re-checks).
+    let forward = match auth.forward() {
+        Some(_) => ForwardCreds {
             cookie: raw(header::COOKIE),
             authorization: raw(header::AUTHORIZATION),
         },
+        None => ForwardCreds::default(),
     };
-    auth.authenticate(&creds)
+    let creds = RequestCreds { token, forward };
+    auth.authenticate_shared(&creds)
         .await
         .map_err(ApiError::Unauthorized)
 }
@@ -310,7 +312,7 @@ fn json_object<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Result<T, Strin
 }
 
 /// Refuses principals without the admin grant.
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+fn require_admin(principal: &Arc<Principal>) -> Result<(), ApiError> {
     if principal.grants.admin {
         Ok(())
     } else {
@@ -326,7 +328,7 @@ fn require_admin(principal: &Principal) -> Result<(), ApiError> {
 struct Subscribe {
     query: StreamQuery,
     ip: IpAddr,
-    principal: Principal,
+    principal: Arc<Principal>,
     channels: Vec<String>,
     resume: Option<Position>,
 }
@@ -360,7 +362,7 @@ async fn subscriber(
     state: &AppState,
     query: &StreamQuery,
     headers: &HeaderMap,
-) -> Result<(Principal, Vec<String>), ApiError> {
+) -> Result<(Arc<Principal>, Vec<String>), ApiError> {
     let principal = authenticate(state, headers, query.access_token.as_deref()).await?;
     if query.channels.is_empty() {
         return Err(ApiError::bad_request(
