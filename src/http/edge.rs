@@ -24,23 +24,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, Version};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::{ApiError, AppState};
 
-/// The framing and cross-site checks (see the module docs).
-pub(super) async fn checks(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Err(e) = check(&state, &req) {
-        return e.into_response();
-    }
-    next.run(req).await
-}
-
-fn check(state: &AppState, req: &Request) -> Result<(), ApiError> {
+/// The framing and cross-site checks (see the module docs); every request passes them
+/// before the router, in the layer that gives it its id.
+pub(super) fn check(state: &AppState, req: &Request) -> Result<(), ApiError> {
     let headers = req.headers();
     let hosts = headers.get_all(header::HOST).iter().count();
     let host_ok = match req.version() {
