@@ -201,7 +201,13 @@ pub(super) async fn read_body(
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     let deadline = Duration::from_millis(state.cfg.server.body_timeout_ms);
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+    let mut read = std::pin::pin!(to_bytes(body, limit));
+    // A body that has arrived whole (most do, with their head) needs no timer.
+    let read = match futures::poll!(read.as_mut()) {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => tokio::time::timeout(deadline, read).await,
+    };
+    match read {
         Ok(Ok(bytes)) => Ok(bytes),
         Err(_) => {
             state.metrics.timed_out("body");
@@ -231,4 +237,35 @@ pub(super) async fn read_body(
             ))
         }
     }
+}
+
+/// The body's data, at most `limit` bytes, as `axum::body::to_bytes` reads it (the same
+/// errors), without its buffer list when the body comes in one piece.
+async fn to_bytes(body: Body, limit: usize) -> Result<Bytes, axum::Error> {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut first: Option<Bytes> = None;
+    let mut all: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(axum::Error::new)?.into_data() else {
+            continue; // trailers
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match (&mut all, first.take()) {
+            (Some(all), _) => all.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut joined = bytes::BytesMut::with_capacity(earlier.len() + data.len());
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+                all = Some(joined);
+            }
+        }
+    }
+    Ok(match all {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
