@@ -124,7 +124,7 @@ impl NewEvent {
                 return Err(EventError::Users);
             }
         }
-        let data = if data.get().bytes().any(|b| b.is_ascii_whitespace()) {
+        let data = if has_whitespace(data.get()) {
             RawValue::from_string(compact_json(data.get())).expect("compacted JSON stays valid")
         } else {
             data
@@ -220,6 +220,25 @@ pub fn check_key(key: &str) -> Result<(), EventError> {
     Ok(())
 }
 
+/// Whether valid JSON text has whitespace (in a string or between tokens): a byte of 0x20
+/// or less, since JSON has no other such byte (raw control characters are not allowed in
+/// strings). Eight bytes at a time.
+fn has_whitespace(json: &str) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let bytes = json.as_bytes();
+    let mut words = bytes.chunks_exact(8);
+    // A byte below 0x21 (and not 0x80 or more) leaves its high bit set here.
+    let low = |w: u64| w.wrapping_sub(ONES * 0x21) & !w & HIGHS != 0;
+    if words
+        .by_ref()
+        .any(|w| low(u64::from_ne_bytes(w.try_into().expect("8 bytes"))))
+    {
+        return true;
+    }
+    words.remainder().iter().any(|b| *b <= b' ')
+}
+
 /// Removes insignificant whitespace from valid JSON text, keeping everything else byte for
 /// byte (numbers keep their precision, keys their order).
 pub fn compact_json(text: &str) -> String {
@@ -311,6 +330,28 @@ mod tests {
         assert!(!text.contains("checked"), "the proof is not stored: {text}");
         let back: NewEvent = serde_json::from_str(&text).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn whitespace_is_found_wherever_it_is() {
+        for text in [
+            "1",
+            "\"abcdefgh\"",
+            "[1,2,3,4,5,6,7,8,9]",
+            "{\"é\":\"ü€\"}",
+            "\"\\u00ff\"",
+        ] {
+            assert!(!has_whitespace(text), "{text}");
+        }
+        let base = "[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]";
+        for i in 1..base.len() {
+            for ws in [" ", "\n", "\r", "\t"] {
+                let text = format!("{}{ws}{}", &base[..i], &base[i..]);
+                assert!(has_whitespace(&text), "{text:?}");
+            }
+        }
+        assert!(has_whitespace("\"a b\""));
+        assert!(!has_whitespace("\"\u{80}\u{a0}\u{2028}\""));
     }
 
     #[test]
