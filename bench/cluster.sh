@@ -225,14 +225,7 @@ run_config() {
     STARTED+=("$!")
     parts+=("$OUT/parts/$name.$i.json")
   done
-  for i in "${!pids[@]}"; do
-    if ! wait "${pids[$i]}"; then
-      ok=0
-      say "generator $i failed for $name:"
-      tail -n 5 "$OUT/parts/$name.$i.log" >&2
-    fi
-    forget "${pids[$i]}"
-  done
+  gen_wait "$name" "${pids[@]}" || ok=0
   for i in "${NODE_PIDS[@]}"; do stop_pid "$i"; done
   stop_pid "$ENGINE_PID"
   if [ "$ok" = 1 ] && "$BENCH" merge "${parts[@]}" >"$OUT/$name.json" 2>"$OUT/$name.log"; then

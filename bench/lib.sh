@@ -243,6 +243,23 @@ start_nchan() {
   wait_port "$port" "$SERVER_PID" || { cat "$dir/out.log" "$dir/error.log" >&2; return 1; }
 }
 
+# gen_wait NAME PID...: waits for the generator processes of NAME (process i logs to
+# $OUT/parts/NAME.i.log); shows the end of each failed one's log; returns 1 if any failed.
+gen_wait() {
+  local name=$1 i=0 pid failed=0
+  shift
+  for pid in "$@"; do
+    if ! wait "$pid"; then
+      failed=1
+      say "generator $i failed for $name:"
+      tail -n 5 "$OUT/parts/$name.$i.log" >&2
+    fi
+    forget "$pid"
+    i=$((i + 1))
+  done
+  return "$failed"
+}
+
 # gen_run NAME PROCS SUBS CHANNELS RATE ARGS...: runs `$BENCH run ARGS...` against the server
 # started last ($URL, $SERVER_PID, $PUBLISH_URL) in PROCS processes that start together.
 # Process i gets an equal share of the SUBS subscribers, of the CHANNELS channels and (RATE
@@ -274,14 +291,7 @@ gen_run() {
     STARTED+=("$!")
     parts+=("$OUT/parts/$name.$i.json")
   done
-  for i in "${!pids[@]}"; do
-    if ! wait "${pids[$i]}"; then
-      ok=0
-      say "generator $i failed for $name:"
-      tail -n 5 "$OUT/parts/$name.$i.log" >&2
-    fi
-    forget "${pids[$i]}"
-  done
+  gen_wait "$name" "${pids[@]}" || ok=0
   if [ "$ok" = 1 ] && "$BENCH" merge "${parts[@]}" >"$OUT/$name.json" 2>"$OUT/$name.log"; then
     sed 's/^/   /' "$OUT/$name.log" >&2
   else
