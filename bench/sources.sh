@@ -6,7 +6,8 @@
 # scenario BENCH_USERS users watch their workflow's logs (user u watches workflow
 # u % BENCH_WORKFLOWS) while a writer inserts BENCH_RATE log rows/s for BENCH_SECS s:
 #
-#   cdc       ssegate with a `postgres` source (logical replication)  → SSE clients
+#   cdc       ssegate with a `postgres` source (logical replication streamed over a
+#             replication connection)                                 → SSE clients
 #   poll      ssegate with a `postgres_poll` source every 5 s         → SSE clients
 #   browsers  no gateway: every user polls the database every 5 s (one connection each,
 #             SELECT … WHERE workflow_id = $1 AND id > $2)
@@ -149,7 +150,7 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
 event_type = "log.{op}"
 EOF
       start_gateway cdc "$TMP/cdc.toml"
-      "$BENCH" run --mode sse --label "(a) ssegate, postgres source (logical replication)" \
+      "$BENCH" run --mode sse --label "(a) ssegate, postgres source (logical replication, streamed)" \
         --gateway "$GW_URL" --secret "$SECRET" --gateway-pid "$GW_PID" \
         --wait-slot ssegate_bench "${common[@]}" >/dev/null
       stop_gateway

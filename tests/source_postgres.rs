@@ -1,9 +1,13 @@
 //! PostgreSQL sources end to end: a private PostgreSQL (tests/engines/postgres.rs), a real
 //! `ssegate serve` process configured with `[[sources]]`, real SSE clients.
 //!
-//! - `postgres` (logical decoding): inserts, updates and deletes of two tables reach the
-//!   users they target on templated channels; a `kill -9` in the middle of 10,000 changes
-//!   loses none and duplicates none.
+//! - `postgres` (logical decoding streamed over a replication connection): inserts, updates
+//!   and deletes of two tables reach the users they target on templated channels; a
+//!   `kill -9` in the middle of 10,000 changes loses none and duplicates none; the slot's
+//!   confirmed position never passes what the log holds (the log is stopped under it);
+//!   the server's keepalives are answered (a `wal_sender_timeout` of 1 s never ends the
+//!   stream); PostgreSQL restarted mid-stream loses nothing; TLS with `verify-full`, and the
+//!   errors of a wrong host or an unknown CA in `/v1/status`.
 //! - `postgres_notify` (outbox + LISTEN) and `postgres_poll`: the same restart test.
 //! - Errors: a missing table, `wal_level` not logical or a role without REPLICATION leave the
 //!   source `failed` with a message saying so; a database that goes away puts the sources in
@@ -12,6 +16,8 @@
 mod common;
 mod engines;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::{bearer, envelope, last_event_id, token, token_with, Next, Server, Sse};
@@ -69,6 +75,11 @@ const OUTBOX_DDL: &str = "
 /// A gateway started with `toml` (`URL` replaced by the database's URL).
 fn gateway(toml: &str, pg: &Postgres) -> Server {
     Server::start_with_config(&toml.replace("URL", &pg.url()), &[])
+}
+
+/// The same with config overrides (`("LOG__KIND", "redis")`).
+fn gateway_env(toml: &str, pg: &Postgres, env: &[(&str, &str)]) -> Server {
+    Server::start_with_config(&toml.replace("URL", &pg.url()), env)
 }
 
 fn admin() -> String {
@@ -431,17 +442,49 @@ users = "{row.owner_id}"
     );
     wait_slot(&db, "ssegate_cdc").await;
     kill_9_mid_stream(&pg, server, false).await;
-    // Everything in the log was confirmed to the slot: nothing is left to replay.
-    let left: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('ssegate_cdc', NULL, NULL,
-             'proto_version', '1', 'publication_names', 'ssegate_cdc')",
-            &[],
-        )
+    // Everything in the log is confirmed to the slot (the status update follows the append):
+    // the slot's position reaches the WAL written by the end of the writer.
+    let wal: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(left, 0, "the slot was advanced past every appended change");
+    wait_confirmed(&db, "ssegate_cdc", &wal, Duration::from_secs(30)).await;
+}
+
+/// The slot's `confirmed_flush_lsn`, as text.
+async fn confirmed_flush(db: &tokio_postgres::Client, slot: &str) -> String {
+    db.query_one(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1::text",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Whether LSN `a` ≥ `b` (both text).
+async fn lsn_ge(db: &tokio_postgres::Client, a: &str, b: &str) -> bool {
+    db.query_one("SELECT $1::text::pg_lsn >= $2::text::pg_lsn", &[&a, &b])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the slot has confirmed `lsn`.
+async fn wait_confirmed(db: &tokio_postgres::Client, slot: &str, lsn: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let at = confirmed_flush(db, slot).await;
+        if lsn_ge(db, &at, lsn).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot} stayed at {at}, behind {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,4 +742,416 @@ channel = "poll:{row.workflow_id}"
         assert!(st["restarts"].as_u64().unwrap() >= 1, "{st}");
     }
     sse.expect_quiet(Duration::from_millis(300)).await;
+}
+
+/// The status updates carry only what the log holds. The log is Redis, stopped while a
+/// change is streamed: the source receives it and cannot append it, the server keeps asking
+/// for replies (a `wal_sender_timeout` of 1 s asks every half second) and gets them, and the
+/// slot's confirmed position stays before the change; once Redis is back the change is
+/// delivered, once, and the slot moves past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_status_updates_never_confirm_what_the_log_does_not_hold() {
+    let pg = Postgres::start_with(&["wal_sender_timeout=1s"]);
+    let db = connect(&pg.url()).await;
+    db.batch_execute(LOGS_DDL).await.unwrap();
+    let mut redis = engines::redis::start(engines::redis::Persistence::Aof);
+    let redis_url = engines::redis::url(&redis);
+    let server = gateway_env(
+        r#"
+[[sources]]
+name = "held"
+type = "postgres"
+url = "URL"
+table = "public.logs"
+channel = "logs:{row.workspace_id}:{row.workflow_id}"
+"#,
+        &pg,
+        &[
+            ("LOG__KIND", "redis"),
+            ("LOG__URL", &redis_url),
+            ("LOG__STREAM", "held"),
+        ],
+    );
+    wait_slot(&db, "ssegate_held").await;
+    wait_state(&server, "held", "running", Duration::from_secs(20)).await;
+    let alice = token("alice", &["logs:w1:*"], &[]);
+    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
+    let insert = |seq: i64| {
+        format!(
+            "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', {seq})"
+        )
+    };
+    db.batch_execute(&insert(1)).await.unwrap();
+    let got = sse.take(1, Duration::from_secs(20)).await;
+    assert_eq!(record(&got[0])["seq"], 1);
+    let first_id = got[0].id.clone();
+    drop(sse);
+    let before: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_confirmed(&db, "ssegate_held", &before, Duration::from_secs(20)).await;
+
+    redis.kill();
+    db.batch_execute(&insert(2)).await.unwrap();
+    let after: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The WAL sender has sent the change, and the client has answered at least three of
+    // its keepalives since.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut replies = Vec::new();
+    while replies.len() < 4 {
+        let row = db
+            .query_opt(
+                "SELECT sent_lsn::text, reply_time::text FROM pg_stat_replication
+                 WHERE application_name = 'ssegate:held'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            let sent: Option<String> = row.get(0);
+            let reply: Option<String> = row.get(1);
+            if let (Some(sent), Some(reply)) = (sent, reply) {
+                if lsn_ge(&db, &sent, &after).await && !replies.contains(&reply) {
+                    replies.push(reply);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status updates while the log is down ({replies:?})\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = confirmed_flush(&db, "ssegate_held").await;
+    assert!(
+        !lsn_ge(&db, &held, &after).await,
+        "the slot confirmed {held}, past the change at {before}..{after} that the log does not hold"
+    );
+
+    redis.restart();
+    // The stream may have ended with the log: once the log is back, resume after the first
+    // change.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, _) = common::get(&format!("{}/readyz", server.url), &[]).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never found its log again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut sse, _) = Sse::open(
+        &server.stream_url(&["logs:w1:f1"]),
+        &[bearer(&alice), last_event_id(&first_id)],
+    )
+    .await;
+    let got = sse.take(1, Duration::from_secs(30)).await;
+    assert_eq!(record(&got[0])["seq"], 2);
+    wait_confirmed(&db, "ssegate_held", &after, Duration::from_secs(20)).await;
+    sse.expect_quiet(Duration::from_millis(300)).await;
+}
+
+/// With `wal_sender_timeout = 2s` the server asks for a reply every second and ends a
+/// stream that stays silent for two (the client's own status updates come every 10 s): a
+/// quiet source keeps its one stream (same WAL sender, no restart) for several timeouts,
+/// then still delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_keepalives_are_answered() {
+    let pg = Postgres::start_with(&["wal_sender_timeout=2s"]);
+    let db = connect(&pg.url()).await;
+    db.batch_execute(LOGS_DDL).await.unwrap();
+    let server = gateway(
+        r#"
+[[sources]]
+name = "quiet"
+type = "postgres"
+url = "URL"
+table = "public.logs"
+channel = "logs:{row.workspace_id}:{row.workflow_id}"
+"#,
+        &pg,
+    );
+    wait_slot(&db, "ssegate_quiet").await;
+    let sender = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = db
+                .query_opt(
+                    "SELECT pid, reply_time::text FROM pg_stat_replication
+                     WHERE application_name = 'ssegate:quiet'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if let Some(r) = row {
+                let reply: Option<String> = r.get(1);
+                if let Some(reply) = reply {
+                    return (r.get::<_, i32>(0), reply);
+                }
+            }
+            assert!(Instant::now() < deadline, "no WAL sender for the source");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (pid, mut last_reply) = sender().await;
+    // Six replies at the server's request (≥ 3 timeouts' worth), all on one WAL sender.
+    let mut replies = 0;
+    while replies < 6 {
+        let (now_pid, reply) = sender().await;
+        assert_eq!(now_pid, pid, "the stream was ended and opened again");
+        if reply != last_reply {
+            replies += 1;
+            last_reply = reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !pg.output().contains("replication timeout"),
+        "{}",
+        pg.output()
+    );
+    let st = source_status(&server, "quiet").await;
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["restarts"], 0, "{st}");
+    let alice = token("alice", &["logs:w1:*"], &[]);
+    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
+    db.batch_execute(
+        "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', 5)",
+    )
+    .await
+    .unwrap();
+    let got = sse.take(1, Duration::from_secs(20)).await;
+    assert_eq!(record(&got[0])["seq"], 5);
+}
+
+/// PostgreSQL stopped (fast shutdown: the WAL sender goes away mid-stream) and started
+/// again while changes are being streamed: the source backs off, resumes from the slot,
+/// and the subscriber sees every change once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_postgres_restarted_mid_stream_loses_and_repeats_nothing() {
+    const HALF: i64 = 1_000;
+    let mut pg = Postgres::start();
+    let db = connect(&pg.url()).await;
+    db.batch_execute(LOGS_DDL).await.unwrap();
+    let server = gateway(
+        r#"
+[[sources]]
+name = "cdc"
+type = "postgres"
+url = "URL"
+table = "public.logs"
+channel = "logs:{row.workspace_id}:{row.workflow_id}"
+"#,
+        &pg,
+    );
+    wait_slot(&db, "ssegate_cdc").await;
+    let alice = token("alice", &["logs:w1:*"], &[]);
+    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
+    // Transactions of ten rows, no pause: the server stops while the source is behind.
+    let write = |from: i64, url: String| async move {
+        let db = connect(&url).await;
+        let mut seq = from;
+        while seq < from + HALF {
+            db.execute(
+                "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq)
+                 SELECT 'w1', 'f1', 'alice', s FROM generate_series($1::bigint, $1::bigint + 9) s",
+                &[&seq],
+            )
+            .await
+            .unwrap();
+            seq += 10;
+        }
+    };
+    write(0, pg.url()).await;
+    drop(db);
+    pg.stop();
+    wait_state(&server, "cdc", "backoff", Duration::from_secs(30)).await;
+    pg.restart();
+    write(HALF, pg.url()).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seqs = Vec::new();
+    let mut last = String::new();
+    assert!(read_seqs(&mut sse, &mut seqs, &mut last, 2 * HALF as usize, deadline).await);
+    assert_eq!(seqs, (0..2 * HALF).collect::<Vec<_>>());
+    sse.expect_quiet(Duration::from_millis(500)).await;
+    let st = wait_state(&server, "cdc", "running", Duration::from_secs(10)).await;
+    assert!(st["restarts"].as_u64().unwrap() >= 1, "{st}");
+}
+
+/// Runs openssl in `dir`; panics with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A server certificate for `san` (e.g. `IP:127.0.0.1`) signed by the test CA in `dir`
+/// (`ca.pem`, `ca.key`): `db.pem`, `db.key`.
+fn db_cert(dir: &Path, san: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "db.key",
+            "-out",
+            "db.csr",
+            "-subj",
+            "/CN=ssegate test db",
+        ],
+    );
+    std::fs::write(dir.join("db.ext"), format!("subjectAltName={san}\n")).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "db.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "db.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "db.ext",
+        ],
+    );
+}
+
+/// TLS to PostgreSQL (`ssl = on`, a certificate for 127.0.0.1 only, signed by a private
+/// CA): `verify-full` with the CA streams changes over an encrypted replication connection;
+/// the same CA with the host named `localhost`, or another CA, fail with what is wrong in
+/// `/v1/status`; `require` encrypts without checking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_over_tls_verifies_the_server() {
+    let certs = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    engines::tls::test_ca(certs.path());
+    engines::tls::test_ca(other.path());
+    db_cert(certs.path(), "IP:127.0.0.1");
+    let pg = Postgres::start();
+    pg.enable_tls(&certs.path().join("db.pem"), &certs.path().join("db.key"));
+    let db = connect(&pg.url()).await;
+    db.batch_execute(LOGS_DDL).await.unwrap();
+    let ca = certs.path().join("ca.pem");
+    let other_ca = other.path().join("ca.pem");
+    let localhost = pg.url().replace("127.0.0.1", "localhost");
+    let toml = format!(
+        r#"
+[[sources]]
+name = "tls"
+type = "postgres"
+url = "URL"
+table = "public.logs"
+sslmode = "verify-full"
+sslrootcert = "{ca}"
+channel = "logs:{{row.workspace_id}}:{{row.workflow_id}}"
+
+[[sources]]
+name = "tls-require"
+type = "postgres"
+url = "URL?sslmode=require"
+table = "public.logs"
+channel = "req:{{row.workspace_id}}:{{row.workflow_id}}"
+
+[[sources]]
+name = "tls-wrong-host"
+type = "postgres"
+url = "{localhost}"
+table = "public.logs"
+sslmode = "verify-full"
+sslrootcert = "{ca}"
+channel = "x:{{row.workflow_id}}"
+
+[[sources]]
+name = "tls-unknown-ca"
+type = "postgres"
+url = "URL"
+table = "public.logs"
+sslmode = "verify-full"
+sslrootcert = "{other_ca}"
+channel = "x:{{row.workflow_id}}"
+"#,
+        ca = ca.display(),
+        other_ca = other_ca.display(),
+    );
+    let server = gateway(&toml, &pg);
+    wait_slot(&db, "ssegate_tls").await;
+    wait_slot(&db, "ssegate_tls_require").await;
+    let alice = token("alice", &["logs:w1:*", "req:w1:*"], &[]);
+    let (mut sse, _) = Sse::open(
+        &server.stream_url(&["logs:w1:f1", "req:w1:f1"]),
+        &[bearer(&alice)],
+    )
+    .await;
+    db.batch_execute(
+        "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', 9)",
+    )
+    .await
+    .unwrap();
+    let got = sse.take(2, Duration::from_secs(20)).await;
+    let mut channels: Vec<String> = got
+        .iter()
+        .map(|e| envelope(e)["channel"].as_str().unwrap().to_owned())
+        .collect();
+    channels.sort();
+    assert_eq!(channels, ["logs:w1:f1", "req:w1:f1"]);
+    assert!(got.iter().all(|e| record(e)["seq"] == 9));
+    // Both replication connections are encrypted.
+    let encrypted: Vec<(String, bool)> = db
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_replication a
+             JOIN pg_stat_ssl s USING (pid) ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        encrypted,
+        [
+            ("ssegate:tls".to_owned(), true),
+            ("ssegate:tls-require".to_owned(), true)
+        ]
+    );
+    for (name, says) in [
+        ("tls-wrong-host", "not valid for name"),
+        // Another CA of the same name: the issuer is found by name, its signature fails.
+        ("tls-unknown-ca", "invalid peer certificate: BadSignature"),
+    ] {
+        let st = wait_state(&server, name, "backoff", Duration::from_secs(20)).await;
+        let err = st["last_error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(says) && err.contains("TLS"),
+            "{name}: {err:?} should say {says:?}"
+        );
+    }
 }

@@ -6,8 +6,8 @@
 //! as the `postgres` system user (through `setpriv`, which execs, so the child we hold is the
 //! postmaster itself) in a directory handed to that user.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,33 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Turns TLS on (`ssl = on`, reloaded: no restart) with this certificate and key, copied
+    /// into the data directory as PostgreSQL wants them (owned by the server's user, 0600).
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        let data = self.data_dir();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = data.join(to);
+            std::fs::copy(from, &dest).expect("copy a TLS file");
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_root() {
+                let (uid, gid) = system_user_ids();
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        self.psql("ALTER SYSTEM SET ssl = on");
+        self.psql("SELECT pg_reload_conf()");
+        // The reload is asynchronous: wait until the server says TLS is on.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.psql("SHOW ssl") != "on" {
+            assert!(
+                Instant::now() < deadline,
+                "ssl never turned on:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn launch(&mut self, port: u16) -> Result<(), String> {

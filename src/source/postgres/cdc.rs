@@ -1,4 +1,5 @@
-//! `type = "postgres"`: change data capture by logical decoding.
+//! `type = "postgres"`: change data capture by logical decoding, streamed over the
+//! replication protocol.
 //!
 //! ```toml
 //! [[sources]]
@@ -8,38 +9,46 @@
 //! table = "public.logs"                 # or tables = ["public.logs", "public.runs"]
 //! # publication = "ssegate_etl_logs"    # default: ssegate_<name>; created if missing
 //! # slot = "ssegate_etl_logs"           # default: ssegate_<name>; created if missing
-//! # poll_interval = "50ms"              # how often the slot is read when it was empty
+//! # sslmode = "verify-full"             # disable | prefer (default) | require | verify-ca | verify-full
+//! # sslrootcert = "/etc/ssegate/db-ca.pem"
+//! # max_changes = 2000                  # messages read ahead of the log, at most
 //! channel = "logs:{row.workspace_id}:{row.workflow_id}"
 //! event_type = "log.{op}"
 //! users = "{row.owner_id}"
 //! ```
 //!
 //! How: one publication (`FOR TABLE` the configured tables) and one logical replication slot
-//! with the built-in `pgoutput` plugin per source, read through the SQL interface:
-//! `pg_logical_slot_peek_binary_changes` returns the committed transactions after the slot's
-//! confirmed position without consuming them; their rows are appended to the log; only then
-//! is the slot moved past them with `pg_replication_slot_advance`. The slot is read again at
-//! once while it has changes, else every `poll_interval`.
+//! with the built-in `pgoutput` plugin per source, set up over an ordinary connection; then
+//! a replication connection (`replication=database`, through the `pgwire-replication` crate)
+//! runs `START_REPLICATION SLOT <slot> LOGICAL <position> (proto_version '1',
+//! publication_names '<publication>')` and the server pushes each transaction as it commits
+//! (CopyBoth: XLogData messages carrying pgoutput, decoded by [`super::pgoutput`]). There
+//! is no polling: a change reaches the log a round trip after its commit.
 //!
-//! Why the SQL interface rather than the streaming replication protocol: it works over an
-//! ordinary connection of the `tokio-postgres` client (which has no `COPY BOTH` support for
-//! `START_REPLICATION`), with no extra dependency, and the slot does what matters either
-//! way — it keeps every change until it is confirmed. The price is a delay of up to
-//! `poll_interval` and one slot read per interval (the benchmark in docs/sources.md measures
-//! both).
+//! What the server is told (standby status updates) is only what the log holds: the flushed
+//! position is raised to a transaction's end only after [`SourceContext::emit`] returned for
+//! its changes, and the replication client sends nothing else as flushed — not on a timer,
+//! not in the replies to the server's keepalives (answered at once when the server asks,
+//! with the same position). While the watched tables are quiet, a keepalive's WAL position
+//! is confirmed when every transaction received before it is in the log (the server
+//! decoded everything before that position, and pgoutput sent every transaction of ours in
+//! it), so the slot follows the WAL and the server keeps no WAL for us.
 //!
 //! Guarantees:
 //! - **Every committed change, in commit order**: inserts, updates and deletes of the tables,
 //!   transaction by transaction in the order they committed (a transaction's rows in their
 //!   order), across tables.
-//! - **Restart-safe**: the slot is advanced only after [`SourceContext::emit`] returned (the
-//!   events are durable), so after a crash or `kill -9` the slot still holds every change
-//!   not yet in the log. The commit LSN of the last transaction appended is also the
-//!   source's checkpoint: at start the slot is moved up to it, so a crash between the
-//!   append and the advance never replays what the log already has.
+//! - **Restart-safe**: the slot's confirmed position never passes what is in the log, so
+//!   after a crash, a `kill -9` or a lost connection the slot still holds every change not
+//!   yet in the log. The end LSN of the last transaction appended is also the source's
+//!   checkpoint: at start the slot is moved up to it, so a crash between the append and the
+//!   status update never replays what the log already has.
 //! - **No duplicate**: each event's key is `<commit LSN>:<n>` (the transaction's commit LSN
 //!   and the change's position in it), stable across replays, so the log's dedupe removes a
 //!   change seen twice.
+//! - **Whole transactions**: a transaction's changes are appended together with its
+//!   checkpoint; a very large one goes out in chunks of 2,000 with no checkpoint until its
+//!   last (a stop half-way replays it whole and the keys drop what the log has).
 //! - The slot starts where it is created: rows changed before the source first ran are not
 //!   sent (no initial snapshot).
 //! - What a row carries: inserts and updates the new row; deletes the old row, which under the
@@ -47,24 +56,43 @@
 //!   table for deletes to reach channels built from other columns. Truncates are logged, not
 //!   sent.
 //! - Needs `wal_level = logical`, a role with `REPLICATION` (or superuser) that owns the
-//!   tables (to create the publication), and a free slot (`max_replication_slots`). A slot
-//!   nobody reads keeps WAL on the server's disk: drop it when a source is removed
+//!   tables (to create the publication), a free slot (`max_replication_slots`) and a free
+//!   WAL sender (`max_wal_senders`), and `pg_hba.conf` letting the role connect to the
+//!   database (a `host` line for the database covers replication=database connections). A
+//!   slot nobody reads keeps WAL on the server's disk: drop it when a source is removed
 //!   (`SELECT pg_drop_replication_slot('ssegate_<name>')`).
+//! - `poll_interval`, from the SQL-polling reader this replaced, is accepted and ignored
+//!   (a warning says so at start).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
+};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::pgoutput::{format_lsn, parse_lsn, Decoder, Message};
-use super::{classify, connect, duration_str, ident, or_stop, resolve_table, validate_url, Table};
-use crate::source::{BuildSource, Change, Source, SourceContext, SourceError};
+use super::tls::{SslMode, Tls};
+use super::{classify, connect, duration_str, ident, is_fatal, resolve_table, validate_url, Table};
+use crate::source::{BuildSource, Cause, Change, Source, SourceContext, SourceError};
 
-/// Changes appended per log batch (a large transaction is appended in several, each change
-/// keyed, the checkpoint saved after the last).
+/// Changes appended per log batch at a commit (several transactions that arrive together
+/// are appended in one batch up to this many changes).
 const EMIT_CHUNK: usize = 500;
+
+/// How often, at most, a raised flushed position is sent to the server. Each status update
+/// is one small message; the slot lags the log by at most this much.
+const STATUS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long the replication connection may be quiet before the client sends a status
+/// update anyway (the server's `wal_sender_timeout` is 60 s by default; it also asks for a
+/// reply itself, which is answered at once).
+const IDLE_STATUS: Duration = Duration::from_secs(10);
 
 /// Settings of a `postgres` source.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,20 +112,47 @@ pub struct PostgresConfig {
     /// Replication slot name; default `ssegate_<name>` (lowercase, `-` → `_`).
     #[serde(default)]
     pub slot: Option<String>,
-    /// How long to wait before reading the slot again when it had nothing.
-    #[serde(default = "default_poll_interval", with = "duration_str")]
-    pub poll_interval: Duration,
-    /// Most rows of decoded output read per slot read (whole transactions are always read).
+    /// TLS: `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; default the URL's
+    /// `sslmode`, else `prefer`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the CA certificates to trust (needed by `verify-ca` and `verify-full`).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Deprecated and ignored: the slot is streamed, not polled (kept so that old configs
+    /// still load; a warning says so at start).
+    #[serde(
+        default,
+        with = "duration_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub poll_interval: Option<Duration>,
+    /// Most replication messages read ahead of the log (the bounded queue between the
+    /// replication connection and the appends; the server waits when it is full).
     #[serde(default = "default_max_changes")]
     pub max_changes: u32,
 }
 
-fn default_poll_interval() -> Duration {
-    Duration::from_millis(50)
-}
-
 fn default_max_changes() -> u32 {
     2000
+}
+
+/// `Option<Duration>` written like `"50ms"`.
+mod duration_opt {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration_str::deserialize(d).map(Some)
+    }
 }
 
 impl PostgresConfig {
@@ -109,6 +164,10 @@ impl PostgresConfig {
             }
         }
         names
+    }
+
+    fn tls(&self, url: &tokio_postgres::Config) -> Tls {
+        Tls::resolve(self.sslmode, self.sslrootcert.clone(), url)
     }
 }
 
@@ -152,16 +211,20 @@ impl BuildSource for PostgresConfig {
         if let Some(s) = &self.slot {
             valid_object_name("slot", s)?;
         }
-        if self.poll_interval.is_zero() || self.poll_interval > Duration::from_secs(60) {
-            return Err("poll_interval: between 1ms and 60s".into());
-        }
         if self.max_changes == 0 {
             return Err("max_changes must be greater than 0".into());
         }
-        Ok(())
+        let url = tokio_postgres::Config::from_str(&self.url).map_err(|e| e.to_string())?;
+        self.tls(&url).validate()
     }
 
     fn build(&self) -> Result<Box<dyn Source>, SourceError> {
+        if self.poll_interval.is_some() {
+            tracing::warn!(
+                "postgres source: `poll_interval` is deprecated and ignored (the slot is \
+                 streamed over the replication protocol); remove it from the config"
+            );
+        }
         Ok(Box::new(CdcSource { cfg: self.clone() }))
     }
 }
@@ -182,162 +245,199 @@ impl Source for CdcSource {
             .slot
             .clone()
             .unwrap_or_else(|| default_object_name(&cx.name));
-        let client = connect(&cfg.url, cx, None).await?;
-        let mut tables = Vec::new();
-        for name in cfg.table_names() {
-            tables.push(resolve_table(&client, &name).await?);
-        }
-        check_server(&client, &tables).await?;
-        ensure_publication(&client, &publication, &tables).await?;
-        let mut confirmed = ensure_slot(&client, &slot).await?;
-        // The log may be ahead of the slot (a crash between append and advance).
-        if let Some(cp) = cx.checkpoint()?.as_deref().and_then(parse_lsn) {
-            if cp > confirmed {
-                advance(&client, &slot, cp).await?;
-                confirmed = cp;
-            }
-        }
-        tracing::info!(source = %cx.name, %slot, %publication, from = %format_lsn(confirmed), "reading the replication slot");
+        let url = tokio_postgres::Config::from_str(&cfg.url)
+            .map_err(|e| SourceError::fatal("invalid url", e))?;
+        let tls = cfg.tls(&url);
 
+        // Set-up over an ordinary connection, closed before streaming.
+        let start = {
+            let client = connect(&cfg.url, Some(&tls), cx, None).await?;
+            let mut tables = Vec::new();
+            for name in cfg.table_names() {
+                tables.push(resolve_table(&client, &name).await?);
+            }
+            check_server(&client, &tables).await?;
+            ensure_publication(&client, &publication, &tables).await?;
+            let mut confirmed = ensure_slot(&client, &slot).await?;
+            // The log may be ahead of the slot (a crash between append and status update).
+            if let Some(cp) = cx.checkpoint()?.as_deref().and_then(parse_lsn) {
+                if cp > confirmed {
+                    advance(&client, &slot, cp).await?;
+                    confirmed = cp;
+                }
+            }
+            (confirmed, tables)
+        };
+        let (mut confirmed, tables) = start;
         let places: BTreeSet<String> = tables.iter().map(Table::place).collect();
-        let peek = client
-            .prepare(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes($1::text::name, NULL, $2, \
-                 'proto_version', '1', 'publication_names', $3)",
-            )
+
+        let repl_cfg = replication_config(&url, &tls, cx, &slot, &publication, confirmed, cfg)?;
+        let mut repl = ReplicationClient::connect(repl_cfg)
             .await
-            .map_err(|e| classify(e, "cannot prepare the slot read"))?;
-        let max_changes = i32::try_from(cfg.max_changes).unwrap_or(i32::MAX);
-        let wal = client
-            .prepare("SELECT pg_current_wal_flush_lsn()::text, pg_current_wal_insert_lsn()::text")
-            .await
-            .map_err(|e| classify(e, "cannot prepare the WAL position query"))?;
+            .map_err(|e| wire_error(e, "cannot open the replication connection"))?;
+        tokio::select! {
+            r = repl.wait_started() => r.map_err(|e| wire_error(e, "cannot start replication"))?,
+            _ = cx.cancelled() => return Ok(()),
+        }
+        tracing::info!(source = %cx.name, %slot, %publication, from = %format_lsn(confirmed), "streaming the replication slot");
+
         let mut decoder = Decoder::default();
-        let mut idle = IdleAdvance::default();
+        let mut batch = Batch::default();
         loop {
-            // While the tables are quiet, move the slot along the WAL anyway (see IdleAdvance).
-            let probe = if idle.probe_due() {
-                let Some(row) = or_stop(
-                    cx,
-                    client.query_one(&wal, &[]),
-                    "cannot read the WAL position",
-                )
-                .await?
-                else {
-                    return Ok(());
+            // Wait for the next message; then take what else is already there, up to the
+            // end of a transaction with enough changes, before appending.
+            let ev = tokio::select! {
+                r = repl.recv() => r,
+                _ = cx.cancelled() => return Ok(()),
+            };
+            let mut next = Some(ev);
+            while let Some(ev) = next.take() {
+                let ev = ev
+                    .map_err(|e| wire_error(e, "the replication stream broke"))?
+                    .ok_or_else(|| {
+                        SourceError::Recoverable("the server ended the replication stream".into())
+                    })?;
+                let msg = match ev {
+                    ReplicationEvent::Begin { final_lsn, .. } => Message::Begin {
+                        final_lsn: final_lsn.as_u64(),
+                    },
+                    ReplicationEvent::Commit { end_lsn, .. } => Message::Commit {
+                        end_lsn: end_lsn.as_u64(),
+                    },
+                    ReplicationEvent::XLogData { data, .. } => {
+                        decoder.decode(&data).map_err(|e| {
+                            SourceError::recoverable("cannot decode the slot's output", e)
+                        })?
+                    }
+                    ReplicationEvent::KeepAlive { wal_end, .. } => {
+                        // Everything sent before this keepalive is in the log: the slot may
+                        // move up to where the server has decoded.
+                        if batch.is_idle() && wal_end.as_u64() > confirmed {
+                            confirmed = wal_end.as_u64();
+                            repl.update_applied_lsn(wal_end);
+                        }
+                        Message::Other
+                    }
+                    ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {
+                        Message::Other
+                    }
                 };
-                let lsn = |i: usize| parse_lsn(&row.get::<_, String>(i)).unwrap_or(0);
-                Some((lsn(0), lsn(1)))
-            } else {
-                None
-            };
-            let Some(rows) = or_stop(
-                cx,
-                client.query(&peek, &[&slot, &max_changes, &ident(&publication)]),
-                "cannot read the replication slot",
-            )
-            .await
-            .map_err(|e| match e {
-                SourceError::Fatal(m) if m.contains("SQLSTATE 42501") => {
-                    SourceError::Fatal(m.with_note(REPLICATION_HINT))
-                }
-                e => e,
-            })?
-            else {
-                return Ok(());
-            };
-            let got = rows.len();
-            let mut batch = Batch::default();
-            for row in rows {
-                let data: &[u8] = row.get(0);
-                let msg = decoder
-                    .decode(data)
-                    .map_err(|e| SourceError::recoverable("cannot decode the slot's output", e))?;
                 if let Some(full) = batch.add(msg, &places, &cx.name) {
-                    cx.emit(&full.changes, full.checkpoint.as_deref()).await?;
+                    emit(cx, &repl, &full, &mut confirmed).await?;
+                }
+                if batch.in_txn || batch.pending.len() < EMIT_CHUNK {
+                    next = futures::FutureExt::now_or_never(repl.recv());
                 }
             }
-            if let Some(last) = batch.flush() {
-                cx.emit(&last.changes, last.checkpoint.as_deref()).await?;
-            }
-            if let Some(end) = batch.committed {
-                if end > confirmed {
-                    advance(&client, &slot, end).await?;
-                    confirmed = end;
+            if !batch.in_txn {
+                if let Some(done) = batch.flush() {
+                    emit(cx, &repl, &done, &mut confirmed).await?;
                 }
-                idle.reset();
-            } else if got == 0 {
-                if let Some(to) = idle.after_empty_read(probe, confirmed) {
-                    advance(&client, &slot, to).await?;
-                    confirmed = to;
-                }
-            }
-            if cx.is_cancelled() {
-                return Ok(());
-            }
-            // A full read may have left more behind: read again at once.
-            if got < max_changes as usize && cx.sleep(cfg.poll_interval).await {
-                return Ok(());
             }
         }
     }
 }
 
-/// Moves the slot along the WAL while its tables are quiet.
-///
-/// pgoutput sends nothing for transactions that do not touch the publication, so on a busy
-/// database whose watched tables are quiet the slot's position would never move: the server
-/// would keep all WAL since, and every read would decode it again. So about once a second,
-/// before an empty read, the WAL's flush and insert positions are taken. The insert position
-/// is where the next record starts: every record before it is complete. Once a read that
-/// began with the flush position at or past an earlier insert mark found nothing, no
-/// transaction of ours committed before that mark, and the slot may be moved to it.
-#[derive(Debug, Default)]
-struct IdleAdvance {
-    /// An insert position taken during an earlier empty read.
-    mark: Option<u64>,
-    last_probe: Option<tokio::time::Instant>,
+/// Appends `out`; once it is durable, lets the server forget what it ends (a transaction's
+/// end LSN).
+async fn emit(
+    cx: &SourceContext,
+    repl: &ReplicationClient,
+    out: &Emit,
+    confirmed: &mut u64,
+) -> Result<(), SourceError> {
+    let checkpoint = out.checkpoint.map(format_lsn);
+    cx.emit(&out.changes, checkpoint.as_deref()).await?;
+    if let Some(end) = out.checkpoint {
+        if end > *confirmed {
+            *confirmed = end;
+            repl.update_applied_lsn(Lsn::from_u64(end));
+        }
+    }
+    Ok(())
 }
 
-impl IdleAdvance {
-    const EVERY: Duration = Duration::from_secs(1);
+/// The replication connection's settings, from the source's URL and settings.
+fn replication_config(
+    url: &tokio_postgres::Config,
+    tls: &Tls,
+    cx: &SourceContext,
+    slot: &str,
+    publication: &str,
+    start: u64,
+    cfg: &PostgresConfig,
+) -> Result<ReplicationConfig, SourceError> {
+    let host = match url.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let user = url.get_user().unwrap_or("postgres").to_owned();
+    let password = url
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = url.get_dbname().unwrap_or(&user).to_owned();
+    let app = url
+        .get_application_name()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("ssegate:{}", cx.name));
+    Ok(
+        ReplicationConfig::new(host.clone(), user, password, database, slot, publication)
+            .with_port(port)
+            .with_tls(tls.replication(&host))
+            .with_start_lsn(Lsn::from_u64(start))
+            .with_status_interval(STATUS_INTERVAL)
+            .with_wakeup_interval(IDLE_STATUS)
+            .with_buffer_size(cfg.max_changes as usize)
+            .with_application_name(app)
+            // Values as the other PostgreSQL sources render them (see the module docs).
+            .with_options("-c TimeZone=UTC -c DateStyle=ISO,YMD"),
+    )
+}
 
-    /// Whether to take the positions before this read (about once a second).
-    fn probe_due(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        if self
-            .last_probe
-            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
-        {
-            return false;
+/// Sorts an error of the replication connection: a server error by its SQLSTATE (as
+/// [`classify`] does), a refused login as fatal, the rest (connection lost, TLS handshake,
+/// protocol) as recoverable.
+fn wire_error(e: PgWireError, what: &str) -> SourceError {
+    let code = match &e {
+        PgWireError::Server(text) => text
+            .split("SQLSTATE ")
+            .nth(1)
+            .map(|c| c.chars().take(5).collect::<String>()),
+        _ => None,
+    };
+    match code {
+        Some(code) => {
+            let msg = format!("{what}: {e}");
+            let cause = Cause::rendering(msg, e);
+            if code == "42501" {
+                SourceError::Fatal(cause.with_note(REPLICATION_HINT))
+            } else if is_fatal(&code) {
+                SourceError::Fatal(cause)
+            } else {
+                SourceError::Recoverable(cause)
+            }
         }
-        self.last_probe = Some(now);
-        true
-    }
-
-    fn reset(&mut self) {
-        self.mark = None;
-    }
-
-    /// After a read that returned nothing, with `probe` = (flush, insert) positions taken
-    /// just before it: where the slot may be moved, if anywhere.
-    fn after_empty_read(&mut self, probe: Option<(u64, u64)>, confirmed: u64) -> Option<u64> {
-        let (flush, insert) = probe?;
-        let to = self.mark.filter(|&m| flush >= m && m > confirmed);
-        self.mark = Some(insert);
-        to
+        None if matches!(e, PgWireError::Auth(_)) => SourceError::fatal(what, e),
+        None => SourceError::recoverable(what, e),
     }
 }
 
 /// Changes to append, with the checkpoint to save after them (when they end a transaction).
 struct Emit {
     changes: Vec<Change>,
-    checkpoint: Option<String>,
+    /// The end LSN of the last transaction whose changes this append completes.
+    checkpoint: Option<u64>,
 }
 
-/// The decoded output of one slot read, grouped into appends.
+/// The decoded stream, grouped into appends.
 #[derive(Default)]
 struct Batch {
+    /// Between a Begin and its Commit.
+    in_txn: bool,
     /// Changes not yet handed out.
     pending: Vec<Change>,
     /// How many of `pending` belong to complete transactions.
@@ -358,6 +458,7 @@ impl Batch {
     fn add(&mut self, msg: Message, places: &BTreeSet<String>, source: &str) -> Option<Emit> {
         match msg {
             Message::Begin { final_lsn } => {
+                self.in_txn = true;
                 self.final_lsn = final_lsn;
                 self.n = 0;
                 None
@@ -386,6 +487,7 @@ impl Batch {
                 })
             }
             Message::Commit { end_lsn } => {
+                self.in_txn = false;
                 self.committed = Some(end_lsn);
                 self.complete = self.pending.len();
                 if self.pending.len() < EMIT_CHUNK {
@@ -395,7 +497,7 @@ impl Batch {
                 self.checkpointed = Some(end_lsn);
                 Some(Emit {
                     changes: std::mem::take(&mut self.pending),
-                    checkpoint: Some(format_lsn(end_lsn)),
+                    checkpoint: Some(end_lsn),
                 })
             }
             Message::Truncate { places: truncated } => {
@@ -408,11 +510,13 @@ impl Batch {
         }
     }
 
-    /// What is left once the read is over: the complete transactions, checkpointed.
+    /// What is left at the end of a burst of messages: the complete transactions,
+    /// checkpointed.
+    ///
+    /// Only between transactions: the rows of an open one stay for its commit.
     fn flush(&mut self) -> Option<Emit> {
-        // Rows of a transaction whose commit this read did not include (a read always ends
-        // on a commit, so this is only defensive) are read again next time.
-        self.pending.truncate(self.complete);
+        debug_assert!(!self.in_txn);
+        debug_assert_eq!(self.complete, self.pending.len());
         let end = self.committed?;
         if self.checkpointed == Some(end) && self.pending.is_empty() {
             return None;
@@ -421,8 +525,14 @@ impl Batch {
         self.checkpointed = Some(end);
         Some(Emit {
             changes: std::mem::take(&mut self.pending),
-            checkpoint: Some(format_lsn(end)),
+            checkpoint: Some(end),
         })
+    }
+
+    /// Between transactions with everything handed out and checkpointed: all the stream
+    /// gave so far is in the log.
+    fn is_idle(&self) -> bool {
+        !self.in_txn && self.pending.is_empty() && self.checkpointed == self.committed
     }
 }
 
@@ -627,11 +737,19 @@ mod tests {
             r#"url = "postgres://u@127.0.0.1/db"
                table = "public.logs"
                tables = ["public.logs", "runs"]
-               poll_interval = "100ms""#,
+               poll_interval = "100ms"
+               sslmode = "verify-ca"
+               sslrootcert = "/nonexistent/ca.pem""#,
         )
         .unwrap();
         assert_eq!(cfg.table_names(), ["public.logs", "runs"]);
-        assert_eq!(cfg.poll_interval, Duration::from_millis(100));
+        assert_eq!(cfg.poll_interval, Some(Duration::from_millis(100)));
+        assert!(cfg.validate().unwrap_err().contains("/nonexistent/ca.pem"));
+        let cfg = PostgresConfig {
+            sslmode: None,
+            sslrootcert: None,
+            ..cfg
+        };
         assert!(cfg.validate().is_ok());
         let bad = PostgresConfig {
             slot: Some("Bad-Slot".into()),
@@ -644,26 +762,6 @@ mod tests {
             ..cfg
         };
         assert!(none.validate().unwrap_err().contains("table"));
-    }
-
-    #[test]
-    fn a_quiet_slot_moves_only_to_marks_a_later_empty_read_covered() {
-        let mut idle = IdleAdvance::default();
-        assert!(idle.probe_due());
-        assert!(!idle.probe_due(), "not again within a second");
-        // First empty read: sets the mark, moves nothing.
-        assert_eq!(idle.after_empty_read(Some((100, 120)), 50), None);
-        // Flushed WAL not yet past the mark: nothing.
-        assert_eq!(idle.after_empty_read(Some((110, 130)), 50), None);
-        // The mark is now 130; flushed past it and empty: move there.
-        assert_eq!(idle.after_empty_read(Some((140, 150)), 50), Some(130));
-        // A read with rows forgets the mark.
-        idle.reset();
-        assert_eq!(idle.after_empty_read(Some((200, 210)), 130), None);
-        // No probe before the read: nothing.
-        assert_eq!(idle.after_empty_read(None, 130), None);
-        // Never backwards.
-        assert_eq!(idle.after_empty_read(Some((300, 310)), 400), None);
     }
 
     fn row(n: i64, place: &str) -> Message {
@@ -690,7 +788,7 @@ mod tests {
         let out = b.flush().unwrap();
         let keys: Vec<&str> = out.changes.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["0/10:0", "0/10:2"]);
-        assert_eq!(out.checkpoint.as_deref(), Some("0/20"));
+        assert_eq!(out.checkpoint, Some(0x20));
         assert_eq!(b.committed, Some(0x20));
 
         // A big transaction leaves in chunks without a checkpoint, the rest with it.
@@ -709,19 +807,30 @@ mod tests {
             .is_none());
         let rest = b.flush().unwrap();
         assert_eq!(rest.changes.len(), 10);
-        assert_eq!(rest.checkpoint.as_deref(), Some("0/40"));
+        assert_eq!(rest.checkpoint, Some(0x40));
 
-        // Rows after the last commit are not handed out; nothing twice.
+        // A transaction's rows wait for its commit; idle only once all is handed out.
         let mut b = Batch::default();
+        assert!(b.is_idle());
         b.add(Message::Begin { final_lsn: 0x50 }, &places, "s");
         b.add(row(1, "public.logs"), &places, "s");
+        assert!(!b.is_idle(), "open transaction");
         b.add(Message::Commit { end_lsn: 0x60 }, &places, "s");
-        b.add(Message::Begin { final_lsn: 0x70 }, &places, "s");
-        b.add(row(2, "public.logs"), &places, "s");
+        assert!(!b.is_idle(), "not appended yet");
         let out = b.flush().unwrap();
         assert_eq!(out.changes.len(), 1);
         assert_eq!(out.changes[0].key, "0/50:0");
-        assert_eq!(out.checkpoint.as_deref(), Some("0/60"));
-        assert!(b.flush().is_none());
+        assert_eq!(out.checkpoint, Some(0x60));
+        assert!(b.is_idle());
+        assert!(b.flush().is_none(), "nothing twice");
+        // A transaction of other tables only still moves the checkpoint.
+        b.add(Message::Begin { final_lsn: 0x70 }, &places, "s");
+        b.add(row(2, "public.other"), &places, "s");
+        b.add(Message::Commit { end_lsn: 0x80 }, &places, "s");
+        assert!(!b.is_idle());
+        let out = b.flush().unwrap();
+        assert!(out.changes.is_empty());
+        assert_eq!(out.checkpoint, Some(0x80));
+        assert!(b.is_idle());
     }
 }

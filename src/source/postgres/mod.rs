@@ -3,7 +3,7 @@
 //!
 //! | `type` | how | sees | latency | database cost |
 //! |---|---|---|---|---|
-//! | `postgres` ([`cdc`]) | logical decoding (pgoutput) of a replication slot | inserts, updates, deletes, in commit order | ≈ `poll_interval` (50 ms) | one slot read per interval |
+//! | `postgres` ([`cdc`]) | logical decoding (pgoutput) of a replication slot, streamed over a replication connection | inserts, updates, deletes, in commit order | a round trip after the commit | one WAL sender, decoding as WAL is written |
 //! | `postgres_notify` ([`notify`]) | an outbox table filled by triggers + `LISTEN` | what the triggers write | a round trip after `NOTIFY` | one read per notification |
 //! | `postgres_poll` ([`poll`]) | `WHERE column > $last ORDER BY column` every `interval` | new rows (updates only if the column moves) | ≈ `interval` (5 s) | one query per interval |
 //!
@@ -15,6 +15,9 @@
 //! `Recoverable` (backoff, then resume); a missing table or column, a refused permission, a
 //! bad URL or `wal_level` not `logical` is `Fatal` with a message that says what to fix.
 //!
+//! TLS ([`tls`]): `sslmode` and `sslrootcert` settings of `postgres` sources, else the URL's
+//! `sslmode` (`prefer` by default, as libpq).
+//!
 //! Row values become JSON the way `to_jsonb` does it (numbers, booleans, JSON columns as
 //! JSON, timestamps in ISO 8601, one-dimensional arrays as arrays, the rest as text), with
 //! the session time zone set to UTC, so the three sources give the same event for the same
@@ -24,16 +27,18 @@ pub mod cdc;
 pub mod notify;
 mod pgoutput;
 pub mod poll;
+pub mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub use cdc::PostgresConfig;
 pub use notify::PostgresNotifyConfig;
 pub use poll::PostgresPollConfig;
+pub use tls::{SslMode, Tls};
 
 use super::{Cause, SourceContext, SourceError};
 
@@ -50,23 +55,31 @@ fn validate_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("`url` is not a PostgreSQL connection string: {e}"))
 }
 
-/// A connection for source `cx.name`, its session in UTC. The connection task runs until the
-/// client is dropped or the connection breaks; with `notifications`, every `NOTIFY` received
-/// (and the end of the connection, as the sender is dropped) is forwarded there.
+/// A connection for source `cx.name`, its session in UTC, with TLS as `tls` says (`None`:
+/// as the URL says, `prefer` by default). The connection task runs until the client is
+/// dropped or the connection breaks; with `notifications`, every `NOTIFY` received (and the
+/// end of the connection, as the sender is dropped) is forwarded there.
 async fn connect(
     url: &str,
+    tls: Option<&Tls>,
     cx: &SourceContext,
     notifications: Option<mpsc::Sender<()>>,
 ) -> Result<Client, SourceError> {
     let mut cfg =
         tokio_postgres::Config::from_str(url).map_err(|e| SourceError::fatal("invalid url", e))?;
+    let tls = match tls {
+        Some(t) => t.clone(),
+        None => Tls::resolve(None, None, &cfg),
+    };
+    cfg.ssl_mode(tls.postgres_mode());
+    let connector = tls.connector().map_err(|e| SourceError::Fatal(e.into()))?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
     if cfg.get_application_name().is_none() {
         cfg.application_name(format!("ssegate:{}", cx.name));
     }
-    let connecting = cfg.connect(NoTls);
+    let connecting = cfg.connect(connector);
     let (client, mut connection) = tokio::select! {
         r = connecting => r.map_err(|e| classify(e, "cannot connect"))?,
         _ = cx.cancelled() => return Err(SourceError::Recoverable("stopped while connecting".into())),

@@ -140,7 +140,7 @@ impl Source for NotifySource {
     async fn run(&mut self, cx: &SourceContext) -> Result<(), SourceError> {
         let cfg = &self.cfg;
         let (wake_tx, mut wake) = mpsc::channel(1);
-        let client = connect(&cfg.url, cx, Some(wake_tx)).await?;
+        let client = connect(&cfg.url, None, cx, Some(wake_tx)).await?;
         let table = resolve_table(&client, &cfg.outbox_table).await?;
         let id_type = column_type(&client, &table, &cfg.id_column).await?;
         if !matches!(id_type.as_str(), "bigint" | "integer" | "smallint") {

@@ -111,7 +111,7 @@ struct PollSource {
 impl Source for PollSource {
     async fn run(&mut self, cx: &SourceContext) -> Result<(), SourceError> {
         let cfg = &self.cfg;
-        let client = connect(&cfg.url, cx, None).await?;
+        let client = connect(&cfg.url, None, cx, None).await?;
         let table = resolve_table(&client, &cfg.table).await?;
         let ty = column_type(&client, &table, &cfg.column).await?;
         let col = ident(&cfg.column);
