@@ -1,33 +1,29 @@
-//! The MongoDB source against a fake server that replays recorded change events
+//! The MongoDB source through the official `mongodb` driver, end to end: a real `ssegate
+//! serve` process with a `[[sources]] type = "mongodb"` whose `url` points at a MongoDB
+//! wire-protocol replica-set simulator (tests/engines/mongo_sim.rs) on a free port, and real
+//! clients reading the events (`/v1/poll`, SSE). The simulator replays recorded change events
 //! (tests/fixtures/mongodb/: documents as the server sends them, in canonical Extended JSON)
-//! with the server's resume semantics: `resumeAfter` continues after a token, `startAfter`
-//! after an invalidate, a token older than the oplog fails with `ChangeStreamHistoryLost`, an
-//! invalidate ends the cursor. The source runs in-process on a memory log.
+//! with the server's resume rules and error replies, and counts what the driver sends.
 //!
-//! And, when `SSEGATE_TEST_MONGODB_URI` names a replica set, the real driver through a real
-//! `ssegate serve` process to a real SSE client.
+//! And, when `SSEGATE_TEST_MONGODB_URI` names a replica set, the same driver against a real
+//! replica set.
 
 mod common;
+mod engines;
 
-use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use futures::Stream;
+use common::{bearer, envelope, token_with, Server, Sse};
+use engines::mongo_sim::{Fault, MongoSim};
+use futures::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Value};
 use ssegate::log::memory::MemoryLog;
-use ssegate::log::{all_events, Event, EventLog, LogOptions, Position};
-use ssegate::source::mongodb::{
-    encode_checkpoint, ChangeCursor, ChangeStreamDriver, DriverError, MongoSource,
-    MongoSourceConfig, StartAt,
-};
+use ssegate::log::{EventLog, LogOptions};
+use ssegate::source::mongodb::{encode_checkpoint, MongoSource, MongoSourceConfig, StartAt};
 use ssegate::source::{Mapping, Source, SourceContext, SourceError};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------
@@ -40,34 +36,26 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON")
 }
 
+fn to_document(v: Value) -> Document {
+    match Bson::try_from(v).expect("Extended JSON") {
+        Bson::Document(d) => d,
+        other => panic!("not a document: {other}"),
+    }
+}
+
 /// The change events of a fixture file, as BSON documents.
 fn changes(name: &str) -> Vec<Document> {
     let Value::Array(items) = fixture(name) else {
         panic!("{name} holds a list")
     };
-    items
-        .into_iter()
-        .map(|v| match Bson::try_from(v).expect("Extended JSON") {
-            Bson::Document(d) => d,
-            other => panic!("not a document: {other}"),
-        })
-        .collect()
+    items.into_iter().map(to_document).collect()
 }
 
-/// A recorded server error reply as the driver reports it: resumable errors (labelled
-/// `ResumableChangeStreamError`) are transient, others carry their code.
-fn server_error(name: &str) -> DriverError {
-    let reply = &fixture("errors.json")[name];
-    let labels = reply["errorLabels"].as_array().cloned().unwrap_or_default();
-    let message = reply["errmsg"].as_str().unwrap().to_owned();
-    if labels.iter().any(|l| l == "ResumableChangeStreamError") {
-        return DriverError::transient(message);
-    }
-    DriverError::server(
-        reply["code"].as_i64().unwrap() as i32,
-        reply["codeName"].as_str().unwrap(),
-        message,
-    )
+/// A recorded server error reply (errors.json), as the simulator sends it.
+fn server_error(name: &str) -> Fault {
+    let reply = fixture("errors.json")[name].clone();
+    assert!(reply.is_object(), "no error {name:?} in errors.json");
+    Fault::Reply(to_document(reply))
 }
 
 fn token(d: &Document) -> Document {
@@ -75,329 +63,198 @@ fn token(d: &Document) -> Document {
 }
 
 // ---------------------------------------------------------------------------------------
-// The fake server
-
-#[derive(Default)]
-struct FakeState {
-    /// The oplog, as change events.
-    events: Vec<Document>,
-    /// Events before this index have rolled out of the oplog.
-    oldest: usize,
-    /// Where every `open` asked to start, in order.
-    opens: Vec<StartAt>,
-    /// Errors for the next opens (one per open).
-    open_failures: VecDeque<DriverError>,
-    /// For the next successful opens: fail after returning this many events.
-    mid_stream: VecDeque<(usize, DriverError)>,
-    /// Post-batch resume tokens handed out while idle, and where they point.
-    hwm: HashMap<String, usize>,
-    /// The cluster clock: idle tokens change when it moves.
-    clock: u32,
-    wakers: Vec<Waker>,
-}
-
-#[derive(Default)]
-struct FakeServer {
-    state: Mutex<FakeState>,
-}
-
-impl FakeServer {
-    fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap()
-    }
-
-    /// Changes happen on the server.
-    fn push(&self, docs: impl IntoIterator<Item = Document>) {
-        let mut s = self.lock();
-        s.events.extend(docs);
-        for w in s.wakers.drain(..) {
-            w.wake();
-        }
-    }
-
-    fn opens(&self) -> Vec<StartAt> {
-        self.lock().opens.clone()
-    }
-
-    /// The cluster's clock moves on (idle streams get a newer post-batch token).
-    fn tick(&self) {
-        self.lock().clock += 1;
-    }
-}
-
-/// A high-water-mark token at `pos` (what the server returns as postBatchResumeToken).
-fn hwm_token(s: &mut FakeState, pos: usize) -> Document {
-    let data = format!("8265{:06X}{pos:08X}2B0229296E04", 0x60A400 + s.clock);
-    s.hwm.insert(data.clone(), pos);
-    doc! { "_data": data }
-}
-
-/// The driver side of the fake server.
-struct FakeDriver(Arc<FakeServer>);
-
-#[async_trait]
-impl ChangeStreamDriver for FakeDriver {
-    async fn open(&self, start: &StartAt) -> Result<Box<dyn ChangeCursor>, DriverError> {
-        let mut s = self.0.lock();
-        s.opens.push(start.clone());
-        if let Some(e) = s.open_failures.pop_front() {
-            return Err(e);
-        }
-        let find = |s: &FakeState, t: &Document| -> Option<usize> {
-            let data = t.get_str("_data").ok()?;
-            if let Some(pos) = s.hwm.get(data) {
-                return Some(*pos);
-            }
-            let i = s.events.iter().position(|e| &token(e) == t)?;
-            (i >= s.oldest).then_some(i + 1)
-        };
-        // The server refuses to resume after an invalidate: only `startAfter` gets past it.
-        if let StartAt::ResumeAfter(t) = start {
-            let invalidate = s
-                .events
-                .iter()
-                .any(|e| &token(e) == t && e.get_str("operationType") == Ok("invalidate"));
-            if invalidate {
-                return Err(DriverError::server(
-                    280,
-                    "ChangeStreamFatalError",
-                    "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
-                ));
-            }
-        }
-        let pos = match start {
-            StartAt::Now => s.events.len(),
-            StartAt::ResumeAfter(t) | StartAt::StartAfter(t) => match find(&s, t) {
-                Some(pos) => pos,
-                None => return Err(server_error("history_lost")),
-            },
-        };
-        let initial = match start {
-            StartAt::Now => Some(hwm_token(&mut s, pos)),
-            StartAt::ResumeAfter(t) | StartAt::StartAfter(t) => Some(t.clone()),
-        };
-        let fail_after = s.mid_stream.pop_front();
-        drop(s);
-        Ok(Box::new(FakeCursor {
-            server: self.0.clone(),
-            pos,
-            returned: 0,
-            fail_after,
-            last_token: initial,
-            ended: false,
-        }))
-    }
-}
-
-struct FakeCursor {
-    server: Arc<FakeServer>,
-    pos: usize,
-    returned: usize,
-    fail_after: Option<(usize, DriverError)>,
-    last_token: Option<Document>,
-    ended: bool,
-}
-
-impl Stream for FakeCursor {
-    type Item = Result<Document, DriverError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if self
-            .fail_after
-            .as_ref()
-            .is_some_and(|(n, _)| *n == self.returned)
-        {
-            let (_, e) = self.fail_after.take().unwrap();
-            self.ended = true;
-            return Poll::Ready(Some(Err(e)));
-        }
-        let server = self.server.clone();
-        let mut s = server.lock();
-        if self.pos < s.events.len() {
-            let doc = s.events[self.pos].clone();
-            self.pos += 1;
-            self.returned += 1;
-            self.last_token = Some(token(&doc));
-            // The server closes the cursor after an invalidate.
-            if doc.get_str("operationType") == Ok("invalidate") {
-                self.ended = true;
-            }
-            return Poll::Ready(Some(Ok(doc)));
-        }
-        s.wakers.push(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl ChangeCursor for FakeCursor {
-    fn resume_token(&self) -> Option<Document> {
-        let mut s = self.server.lock();
-        // Idle at the end of the oplog: the post-batch token moves with the clock.
-        if self.pos == s.events.len() && s.clock > 0 {
-            let pos = self.pos;
-            return Some(hwm_token(&mut s, pos));
-        }
-        self.last_token.clone()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Harness
-
-struct Harness {
-    log: Arc<dyn EventLog>,
-    dir: tempfile::TempDir,
-    server: Arc<FakeServer>,
-    cfg: MongoSourceConfig,
-    mapping: Mapping,
-}
-
-struct Running {
-    stop: CancellationToken,
-    cx: SourceContext,
-    task: JoinHandle<Result<(), SourceError>>,
-}
-
-impl Running {
-    async fn stop(self) -> Result<(), SourceError> {
-        self.stop.cancel();
-        self.task.await.unwrap()
-    }
-}
+// Harness: the simulator, a gateway watching `social.posts` on it, and readers.
 
 const NAME: &str = "posts";
+/// How long anything may take on a loaded 2-core machine before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(45);
 
-fn mongo_config(extra: &str) -> MongoSourceConfig {
-    let cfg: MongoSourceConfig = toml::from_str(&format!(
-        "url = \"mongodb://db1,db2,db3/?replicaSet=rs0\"\ndatabase = \"social\"\ncollection = \"posts\"\n{extra}"
-    ))
-    .expect("config");
-    ssegate::source::BuildSource::validate(&cfg).expect("valid");
-    cfg
+struct Gate {
+    sim: MongoSim,
+    server: Server,
+    admin: String,
 }
 
-fn mapping(text: &str) -> Mapping {
-    let m: Mapping = toml::from_str(text).expect("mapping");
-    m.validate().expect("valid mapping");
-    m
-}
-
-impl Harness {
-    fn new(cfg: MongoSourceConfig, mapping: Mapping) -> Self {
-        Self {
-            log: Arc::new(MemoryLog::new(LogOptions {
-                retention_events: 10_000,
-                retention_age_ms: 0,
-                dedupe_window_ms: 600_000,
-                file_cache_bytes: 0,
-            })),
-            dir: tempfile::tempdir().unwrap(),
-            server: FakeServer::new(),
-            cfg,
-            mapping,
-        }
-    }
-
-    fn context(&self) -> (SourceContext, CancellationToken) {
-        let stop = CancellationToken::new();
-        let cx = SourceContext::new(
-            NAME,
-            self.mapping.clone(),
-            self.log.clone(),
-            self.dir.path().to_owned(),
-            stop.clone(),
-        );
-        (cx, stop)
-    }
-
-    fn source(&self) -> MongoSource {
-        MongoSource::with_driver(self.cfg.clone(), Arc::new(FakeDriver(self.server.clone())))
-    }
-
-    /// Runs the source in a task.
-    fn start(&self) -> Running {
-        let (cx, stop) = self.context();
-        let mut source = self.source();
-        let task_cx = cx.clone();
-        let task = tokio::spawn(async move { source.run(&task_cx).await });
-        Running { stop, cx, task }
-    }
-
-    /// Runs the source until it returns by itself.
-    async fn run_to_end(&self) -> (Result<(), SourceError>, SourceContext) {
-        let (cx, _stop) = self.context();
-        let mut source = self.source();
-        let r = tokio::time::timeout(Duration::from_secs(30), source.run(&cx))
-            .await
-            .expect("the source returns");
-        (r, cx)
-    }
-
-    fn checkpoint(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.path().join(format!("{NAME}.checkpoint"))).ok()
-    }
-
-    fn set_checkpoint(&self, start: &StartAt) {
-        ssegate::source::CheckpointStore::new(self.dir.path())
-            .save(NAME, &encode_checkpoint(start))
-            .unwrap();
-    }
-
-    async fn all(&self) -> Vec<Arc<Event>> {
-        self.log
-            .read(Position::ZERO, 1000, &all_events, None)
-            .await
-            .unwrap()
-            .events
-    }
-
-    /// Waits until the log holds `n` events.
-    async fn events(&self, n: usize) -> Vec<Arc<Event>> {
-        self.wait(|h| async move { h.all().await.len() >= n }).await;
-        let all = self.all().await;
-        assert_eq!(all.len(), n, "exactly {n} events: {all:#?}");
-        all
-    }
-
-    async fn wait<'a, F, Fut>(&'a self, mut ok: F)
-    where
-        F: FnMut(&'a Self) -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        for _ in 0..1000 {
-            if ok(self).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "timed out; log: {:#?}; opens: {:?}",
-            self.all().await,
-            self.server.opens()
-        );
-    }
-}
-
-fn data(e: &Event) -> Value {
-    serde_json::from_str(e.event.data.get()).unwrap()
-}
-
-fn feed_mapping() -> Mapping {
-    mapping(
+fn gateway_config(uri: &str, source: &str, mapping: &str) -> String {
+    format!(
         r#"
+[[sources]]
+name = "{NAME}"
+type = "mongodb"
+url = "{uri}"
+database = "social"
+collection = "posts"
+{source}
+{mapping}
+"#
+    )
+}
+
+const FEED_MAPPING: &str = r#"
 channel = "feeds:{doc.feedId}"
 event_type = "post.{op}"
 users = "{doc.audience}"
 exclude = ["internalNotes"]
-"#,
-    )
+"#;
+
+impl Gate {
+    /// A simulator and a gateway whose source watches it; returns once the stream is open
+    /// and its starting point checkpointed.
+    async fn start(source: &str, mapping: &str) -> Gate {
+        Self::start_with(source, mapping, &[], |_| {}).await
+    }
+
+    async fn start_with(
+        source: &str,
+        mapping: &str,
+        env: &[(&str, &str)],
+        before: impl FnOnce(&MongoSim),
+    ) -> Gate {
+        let sim = MongoSim::start();
+        before(&sim);
+        let server = Server::start_with_config(&gateway_config(&sim.uri(), source, mapping), env);
+        Gate {
+            sim,
+            server,
+            admin: token_with("admin", &[], &[], true, 3600),
+        }
+    }
+
+    async fn status(&self) -> Value {
+        let (code, _, body) = common::get(
+            &format!("{}/v1/status", self.server.url),
+            &[bearer(&self.admin)],
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        body["sources"][0].clone()
+    }
+
+    /// Waits until the source's status satisfies `ok`.
+    async fn wait_status(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let status = self.status().await;
+            if ok(&status) {
+                return status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; status: {status}\nsimulator: {:?}\nstages: {:?}\nserver log:\n{}",
+                    self.sim.counters(),
+                    self.sim.stages(),
+                    self.server.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the source runs with a checkpoint (its stream is open).
+    async fn running(&self) -> Value {
+        self.wait_status("a running source with a checkpoint", |s| {
+            s["state"] == "running" && !s["checkpoint"].is_null()
+        })
+        .await
+    }
+
+    /// Waits until the source's checkpoint is `cp`.
+    async fn checkpointed(&self, cp: &StartAt) {
+        let want = encode_checkpoint(cp);
+        self.wait_status(&format!("checkpoint {want}"), |s| {
+            s["checkpoint"] == want.as_str()
+        })
+        .await;
+    }
+
+    /// Waits until the simulator saw `n` change-stream aggregates.
+    async fn aggregates(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.sim.stages().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} aggregates expected, got {:?}\nserver log:\n{}",
+                self.sim.stages(),
+                self.server.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every event of the log `user` may see on `channels`, by `/v1/poll` from the start.
+    async fn events_for(&self, user: &str, channels: &[&str]) -> Vec<Value> {
+        let token = token_with(user, &["**"], &[], false, 3600);
+        let mut out = Vec::new();
+        let mut from = "0".to_owned();
+        loop {
+            let q: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
+            let (code, _, body) = common::get(
+                &format!(
+                    "{}/v1/poll?{}&last_event_id={from}&timeout_ms=0",
+                    self.server.url,
+                    q.join("&")
+                ),
+                &[bearer(&token)],
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+            let events = body["events"].as_array().cloned().unwrap_or_default();
+            let next = body["last_event_id"].as_str().unwrap_or(&from).to_owned();
+            if events.is_empty() || next == from {
+                out.extend(events);
+                return out;
+            }
+            out.extend(events);
+            from = next;
+        }
+    }
+
+    /// Waits until `user` sees exactly `n` events on `channels` (and gives them).
+    async fn wait_events(&self, user: &str, channels: &[&str], n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let events = self.events_for(user, channels).await;
+            if events.len() >= n {
+                assert_eq!(events.len(), n, "exactly {n} events: {events:#?}");
+                return events;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{n} events expected for {user}, got {events:#?}\nstatus: {}\nsimulator: {:?}\nserver log:\n{}",
+                    self.status().await,
+                    self.sim.counters(),
+                    self.server.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes the source's checkpoint file (the gateway must not be running).
+    fn set_checkpoint(&self, start: &StartAt) {
+        ssegate::source::CheckpointStore::new(self.server.dir.join("data/sources"))
+            .save(NAME, &encode_checkpoint(start))
+            .unwrap();
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+/// The `$changeStream` stage's resume option, as a checkpoint would say it.
+fn stage_start(stage: &Document) -> StartAt {
+    if let Ok(t) = stage.get_document("resumeAfter") {
+        return StartAt::ResumeAfter(t.clone());
+    }
+    if let Ok(t) = stage.get_document("startAfter") {
+        return StartAt::StartAfter(t.clone());
+    }
+    StartAt::Now
+}
+
+fn starts(sim: &MongoSim) -> Vec<StartAt> {
+    sim.stages().iter().map(stage_start).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -405,25 +262,33 @@ exclude = ["internalNotes"]
 
 #[tokio::test]
 async fn insert_update_replace_delete_become_events_with_channels_users_and_projection() {
-    let h = Harness::new(
-        mongo_config("full_document_before_change = \"whenAvailable\""),
-        feed_mapping(),
+    let gate = Gate::start(
+        "full_document_before_change = \"whenAvailable\"",
+        FEED_MAPPING,
+    )
+    .await;
+    gate.running().await;
+    // What the driver asked the server for.
+    let stage = &gate.sim.stages()[0];
+    assert_eq!(stage.get_str("fullDocument"), Ok("updateLookup"), "{stage}");
+    assert_eq!(
+        stage.get_str("fullDocumentBeforeChange"),
+        Ok("whenAvailable"),
+        "{stage}"
     );
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 1 }).await;
     let feed = changes("feed_changes.json");
-    h.server.push(feed.clone());
+    gate.sim.push(feed.clone());
     // Five changes; the delete without a pre-image has no feedId: skipped, not misrouted.
-    let events = h.events(4).await;
-    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind.as_str()).collect();
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[4])))
+        .await;
+    let seen_by_u2 = gate.wait_events("u2", &["feeds:*"], 3).await;
     assert_eq!(
-        kinds,
-        ["post.insert", "post.update", "post.replace", "post.delete"]
+        kinds(&seen_by_u2),
+        ["post.insert", "post.update", "post.replace"]
     );
-    assert_eq!(events[0].event.channel, "feeds:f1");
-    assert_eq!(events[0].event.users, Some(vec!["u2".into(), "u3".into()]));
+    assert!(seen_by_u2.iter().all(|e| e["channel"] == "feeds:f1"));
     assert_eq!(
-        data(&events[0]),
+        seen_by_u2[0]["data"],
         json!({
             "_id": "6560a1f1c2d3e4f5a6b7c8d9",
             "feedId": "f1",
@@ -434,264 +299,473 @@ async fn insert_update_replace_delete_become_events_with_channels_users_and_proj
             "createdAt": "2023-11-24T13:20:01.100Z",
         })
     );
-    assert_eq!(data(&events[1])["likes"], 1);
-    assert_eq!(data(&events[2])["text"], "hello again (edited)");
-    // The delete of post B is routed by its pre-image.
-    assert_eq!(events[3].event.channel, "feeds:f2");
-    assert_eq!(events[3].event.users, Some(vec!["u4".into()]));
-    assert_eq!(data(&events[3])["text"], "old post");
-    assert!(events
+    assert_eq!(seen_by_u2[1]["data"]["likes"], 1);
+    assert_eq!(seen_by_u2[2]["data"]["text"], "hello again (edited)");
+    assert_eq!(gate.events_for("u3", &["feeds:*"]).await.len(), 3);
+    // The delete of post B is routed by its pre-image, to its audience only.
+    let seen_by_u4 = gate.wait_events("u4", &["feeds:*"], 1).await;
+    assert_eq!(seen_by_u4[0]["type"], "post.delete");
+    assert_eq!(seen_by_u4[0]["channel"], "feeds:f2");
+    assert_eq!(seen_by_u4[0]["data"]["text"], "old post");
+    assert!(gate.events_for("u9", &["feeds:*"]).await.is_empty());
+    assert!(seen_by_u2
         .iter()
-        .all(|e| !e.event.data.get().contains("moderator")));
-    let status = running.cx.status.to_json(NAME, "mongodb");
-    assert_eq!(status["skipped"], 1);
-    assert_eq!(status["events"], 4);
-    assert_eq!(
-        h.checkpoint().unwrap(),
-        encode_checkpoint(&StartAt::ResumeAfter(token(&feed[4])))
-    );
-    running.stop().await.unwrap();
+        .chain(&seen_by_u4)
+        .all(|e| !e["data"].to_string().contains("moderator")));
+    let status = gate.status().await;
+    assert_eq!(status["skipped"], 1, "{status}");
+    assert_eq!(status["events"], 4, "{status}");
+    assert_eq!(status["restarts"], 0, "{status}");
+    let counters = gate.sim.counters();
+    assert_eq!(counters.aggregates(), 1, "{counters:?}");
+    assert!(counters.get_mores >= 1, "{counters:?}");
+    assert!(counters.unknown.is_empty(), "{counters:?}");
 }
 
 #[tokio::test]
 async fn updates_without_a_document_carry_the_key_and_the_updated_fields() {
-    let h = Harness::new(
-        mongo_config("full_document = \"default\""),
-        mapping(
-            r#"
+    let gate = Gate::start(
+        "full_document = \"default\"",
+        r#"
 channel = "posts:{doc._id}"
 include = ["_id", "likes", "lastLikedBy"]
 "#,
-        ),
-    );
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 1 }).await;
-    h.server.push(changes("update_without_full_document.json"));
-    let events = h.events(1).await;
-    assert_eq!(events[0].event.channel, "posts:6560a1f1c2d3e4f5a6b7c8d9");
-    assert_eq!(events[0].event.kind, "update");
+    )
+    .await;
+    gate.running().await;
+    // Without `fullDocument` the driver asks for none, and the server sends none — even for
+    // the recorded update that had one.
+    assert!(!gate.sim.stages()[0].contains_key("fullDocument"));
+    let mut updates = changes("feed_changes.json")[1..2].to_vec();
+    updates.extend(changes("update_without_full_document.json"));
+    gate.sim.push(updates);
+    let events = gate.wait_events("anyone", &["posts:*"], 2).await;
+    for e in &events {
+        assert_eq!(e["channel"], "posts:6560a1f1c2d3e4f5a6b7c8d9");
+        assert_eq!(e["type"], "update");
+    }
     assert_eq!(
-        data(&events[0]),
+        events[0]["data"],
+        json!({"_id": "6560a1f1c2d3e4f5a6b7c8d9", "likes": 1})
+    );
+    assert_eq!(
+        events[1]["data"],
         json!({"_id": "6560a1f1c2d3e4f5a6b7c8d9", "likes": 2, "lastLikedBy": "u3"})
     );
-    running.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_restart_resumes_after_the_persisted_token_without_duplicates() {
-    let h = Harness::new(mongo_config(""), feed_mapping());
+    let mut gate = Gate::start("", FEED_MAPPING).await;
     let feed = changes("feed_changes.json");
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 1 }).await;
     // The first start saved where "now" was, before any change.
-    assert!(h.checkpoint().is_some_and(|c| c.contains("resume_after")));
-    h.server.push(feed[..2].to_vec());
-    h.events(2).await;
-    running.stop().await.unwrap();
-    assert_eq!(
-        h.checkpoint().unwrap(),
-        encode_checkpoint(&StartAt::ResumeAfter(token(&feed[1])))
-    );
+    let status = gate.running().await;
+    assert!(status["checkpoint"]
+        .as_str()
+        .is_some_and(|c| c.contains("resume_after")));
+    gate.sim.push(feed[..2].to_vec());
+    gate.wait_events("u2", &["feeds:*"], 2).await;
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[1])))
+        .await;
 
-    // A change while the gateway is down is not lost.
-    h.server.push(feed[2..3].to_vec());
-    let running = h.start();
-    let events = h.events(3).await;
-    assert_eq!(events[2].event.kind, "post.replace");
-    assert_eq!(h.server.opens()[1], StartAt::ResumeAfter(token(&feed[1])));
-    running.stop().await.unwrap();
+    // kill -9; a change while the gateway is down is not lost: the new process resumes
+    // after the persisted token.
+    gate.server.kill9();
+    gate.sim.push(feed[2..3].to_vec());
+    gate.server.kill9_and_restart();
+    let events = gate.wait_events("u2", &["feeds:*"], 3).await;
+    assert_eq!(events[2]["type"], "post.replace");
+    gate.aggregates(2).await;
+    assert_eq!(starts(&gate.sim)[1], StartAt::ResumeAfter(token(&feed[1])));
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[2])))
+        .await;
 
     // A crash after an append but before its checkpoint: the changes come again and their
     // keys (digests of the resume tokens) keep them from being appended twice.
-    h.set_checkpoint(&StartAt::ResumeAfter(token(&feed[0])));
-    let running = h.start();
-    let done = encode_checkpoint(&StartAt::ResumeAfter(token(&feed[2])));
-    h.wait(|h| {
-        let done = done.clone();
-        async move { h.checkpoint() == Some(done) }
-    })
-    .await;
-    assert_eq!(h.all().await.len(), 3, "no duplicate");
-    assert_eq!(h.server.opens()[2], StartAt::ResumeAfter(token(&feed[0])));
-    running.stop().await.unwrap();
+    gate.server.kill9();
+    gate.set_checkpoint(&StartAt::ResumeAfter(token(&feed[0])));
+    gate.server.kill9_and_restart();
+    gate.aggregates(3).await;
+    assert_eq!(starts(&gate.sim)[2], StartAt::ResumeAfter(token(&feed[0])));
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[2])))
+        .await;
+    assert_eq!(
+        gate.events_for("u2", &["feeds:*"]).await.len(),
+        3,
+        "no duplicate"
+    );
+    // And changes after that go on.
+    gate.sim.push(feed[4..5].to_vec());
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[4])))
+        .await;
+    assert_eq!(gate.events_for("u2", &["feeds:*"]).await.len(), 3);
 }
 
 #[tokio::test]
 async fn a_drop_sends_a_reset_and_the_stream_restarts_after_the_invalidate() {
-    let h = Harness::new(
-        mongo_config("reset_channels = [\"feeds:reset\", \"admin:resets\"]"),
-        feed_mapping(),
-    );
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 1 }).await;
+    let gate = Gate::start(
+        "reset_channels = [\"feeds:reset\", \"admin:resets\"]",
+        FEED_MAPPING,
+    )
+    .await;
+    gate.running().await;
     let recorded = changes("drop_invalidate_recreate.json");
     // insert, drop, invalidate — then, in the collection created again, an insert.
-    h.server.push(recorded.clone());
-    let events = h.events(4).await;
-    assert_eq!(events[0].event.kind, "post.insert");
+    gate.sim.push(recorded.clone());
+    let events = gate.wait_events("u2", &["feeds:*", "admin:*"], 4).await;
+    assert_eq!(events[0]["type"], "post.insert");
     for (e, channel) in events[1..3].iter().zip(["feeds:reset", "admin:resets"]) {
-        assert_eq!(e.event.kind, "source.reset");
-        assert_eq!(e.event.channel, channel);
+        assert_eq!(e["type"], "source.reset");
+        assert_eq!(e["channel"], channel);
         assert_eq!(
-            data(e),
+            e["data"],
             json!({"source": NAME, "reason": "drop", "namespace": "social.posts", "to": null})
         );
     }
-    assert_eq!(data(&events[3])["text"], "first post in the new collection");
     assert_eq!(
-        h.server.opens(),
+        events[3]["data"]["text"],
+        "first post in the new collection"
+    );
+    assert_eq!(
+        starts(&gate.sim),
         vec![StartAt::Now, StartAt::StartAfter(token(&recorded[2]))]
     );
-    assert_eq!(
-        h.checkpoint().unwrap(),
-        encode_checkpoint(&StartAt::ResumeAfter(token(&recorded[3])))
-    );
-    running.stop().await.unwrap();
+    gate.checkpointed(&StartAt::ResumeAfter(token(&recorded[3])))
+        .await;
 }
 
 #[tokio::test]
 async fn a_rename_is_a_reset_and_a_restart_after_the_invalidate() {
-    let h = Harness::new(
-        mongo_config("reset_channels = [\"feeds:reset\"]"),
-        feed_mapping(),
-    );
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 1 }).await;
+    let gate = Gate::start("reset_channels = [\"feeds:reset\"]", FEED_MAPPING).await;
+    gate.running().await;
     let recorded = changes("rename_invalidate.json");
-    h.server.push(recorded.clone());
-    h.wait(|h| async move { h.server.opens().len() == 2 }).await;
-    let events = h.events(1).await;
+    gate.sim.push(recorded.clone());
+    gate.aggregates(2).await;
     assert_eq!(
-        data(&events[0]),
-        json!({"source": NAME, "reason": "rename", "namespace": "social.posts", "to": "social.posts_archive_2023"})
-    );
-    assert_eq!(
-        h.server.opens()[1],
+        starts(&gate.sim)[1],
         StartAt::StartAfter(token(&recorded[1]))
     );
-    // Once is enough: the invalidate after the rename sends no second reset.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(h.all().await.len(), 1);
-    running.stop().await.unwrap();
+    // The stream goes on after the invalidate…
+    let feed = changes("feed_changes.json");
+    gate.sim.push(feed[..1].to_vec());
+    let events = gate.wait_events("u2", &["feeds:*"], 2).await;
+    assert_eq!(
+        events[0]["data"],
+        json!({"source": NAME, "reason": "rename", "namespace": "social.posts", "to": "social.posts_archive_2023"})
+    );
+    // …and once is enough: the invalidate after the rename sent no second reset.
+    assert_eq!(events[1]["type"], "post.insert");
 }
 
 #[tokio::test]
 async fn history_lost_sends_a_reset_reports_the_error_and_restarts_from_now() {
-    let h = Harness::new(
-        mongo_config("reset_channels = [\"feeds:reset\"]"),
-        feed_mapping(),
-    );
+    let mut gate = Gate::start(
+        "reset_channels = [\"feeds:reset\"]\nfull_document_before_change = \"whenAvailable\"",
+        FEED_MAPPING,
+    )
+    .await;
+    gate.running().await;
     let feed = changes("feed_changes.json");
-    h.server.push(feed[..3].to_vec());
-    // The oplog rolled over: the checkpoint's change is gone.
-    h.server.lock().oldest = 2;
-    h.set_checkpoint(&StartAt::ResumeAfter(token(&feed[0])));
-    let (result, _) = h.run_to_end().await;
-    let Err(SourceError::Recoverable(message)) = result else {
-        panic!("expected a recoverable error, got {result:?}")
-    };
-    assert!(message.contains("history lost"), "{message}");
-    assert!(message.contains("MISSED"), "{message}");
-    assert!(message.contains("ChangeStreamHistoryLost"), "{message}");
-    let events = h.events(1).await;
-    assert_eq!(events[0].event.channel, "feeds:reset");
-    assert_eq!(data(&events[0])["reason"], "history_lost");
-    assert_eq!(h.checkpoint().unwrap(), encode_checkpoint(&StartAt::Now));
-
-    // The supervisor restarts it: from now on, changes flow again.
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 2 }).await;
-    assert_eq!(h.server.opens()[1], StartAt::Now);
-    h.server.push(feed[4..5].to_vec());
-    let events = h.events(2).await;
-    assert_eq!(events[1].event.kind, "post.delete");
-    running.stop().await.unwrap();
+    gate.server.kill9();
+    gate.sim.push(feed[..3].to_vec());
+    // The oplog rolled over while the gateway was down: the checkpoint's change is gone.
+    gate.sim.roll_oplog(2);
+    gate.set_checkpoint(&StartAt::ResumeAfter(token(&feed[0])));
+    gate.server.kill9_and_restart();
+    let events = gate.wait_events("u2", &["feeds:*"], 1).await;
+    assert_eq!(events[0]["channel"], "feeds:reset");
+    assert_eq!(events[0]["data"]["reason"], "history_lost");
+    // The source says so, and the supervisor restarts it from now.
+    let status = gate
+        .wait_status("the history_lost error reported", |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("history lost"))
+        })
+        .await;
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("MISSED"), "{error}");
+    assert!(error.contains("ChangeStreamHistoryLost"), "{error}");
+    assert!(gate.server.log_text().contains("MISSED"));
+    gate.aggregates(3).await;
+    let starts = starts(&gate.sim);
+    assert_eq!(starts[1], StartAt::ResumeAfter(token(&feed[0])));
+    assert_eq!(starts[2], StartAt::Now);
+    gate.running().await;
+    // From now on, changes flow again.
+    gate.sim.push(feed[4..5].to_vec());
+    let events = gate.wait_events("u4", &["feeds:*"], 2).await;
+    assert_eq!(events[1]["type"], "post.delete");
+    assert_eq!(gate.events_for("u2", &["feeds:*"]).await.len(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn transient_errors_reconnect_from_the_checkpoint_with_backoff() {
-    let h = Harness::new(mongo_config(""), feed_mapping());
+#[tokio::test]
+async fn transient_errors_are_resumed_by_the_driver_then_by_the_source_with_backoff() {
     let feed = changes("feed_changes.json");
-    {
-        let mut s = h.server.lock();
-        s.open_failures = VecDeque::from([
-            DriverError::transient("connection refused"),
-            server_error("interrupted_at_shutdown"),
-            DriverError::transient("no server available: server selection timeout"),
-        ]);
-        // The stream that opens returns one change, then the connection breaks.
-        s.mid_stream = VecDeque::from([(1, DriverError::transient("connection reset by peer"))]);
-    }
-    let started = tokio::time::Instant::now();
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 4 }).await;
-    h.server.push(feed[..2].to_vec());
-    let events = h.events(2).await;
-    assert_eq!(events[0].event.kind, "post.insert");
-    assert_eq!(events[1].event.kind, "post.update");
-    let opens = h.server.opens();
-    assert_eq!(opens.len(), 5, "{opens:?}");
-    assert!(matches!(opens[3], StartAt::Now));
-    assert_eq!(opens[4], StartAt::ResumeAfter(token(&feed[0])));
-    assert_eq!(running.cx.status.to_json(NAME, "mongodb")["restarts"], 4);
-    // Jittered exponential backoff: at least 100 + 200 + 400 ms before the stream opened,
-    // and 100 ms more after the reset (a delivered change resets the count).
-    assert!(
-        started.elapsed() >= Duration::from_millis(800),
-        "{:?}",
-        started.elapsed()
-    );
-    running.stop().await.unwrap();
-}
+    // The first aggregate meets a server shutting down: the driver retries it once by itself
+    // (a retryable read); the source never sees the error.
+    let gate = Gate::start_with("", FEED_MAPPING, &[], |sim| {
+        sim.fail_aggregate(server_error("interrupted_at_shutdown"))
+    })
+    .await;
+    gate.running().await;
+    assert_eq!(gate.sim.stages().len(), 2);
+    assert_eq!(gate.status().await["restarts"], 0);
 
-#[tokio::test(start_paused = true)]
-async fn persistent_failures_go_to_the_supervisor_and_fatal_ones_stop_the_source() {
-    let h = Harness::new(mongo_config(""), feed_mapping());
-    h.server.lock().open_failures = (0..10)
-        .map(|_| DriverError::transient("connection refused"))
-        .collect();
-    let (result, cx) = h.run_to_end().await;
-    match result {
-        Err(SourceError::Recoverable(m)) => assert!(m.contains("after 5 reconnects"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(h.server.opens().len(), 6);
-    assert_eq!(cx.status.to_json(NAME, "mongodb")["restarts"], 5);
+    gate.sim.push(feed[..1].to_vec());
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[0])))
+        .await;
+    // The connection drops in the middle of a getMore, then a getMore fails with a
+    // resumable error: the driver resumes after the last change by itself, each time.
+    gate.sim.fail_get_more(Fault::Drop);
+    gate.aggregates(3).await;
+    gate.sim.fail_get_more(server_error("host_unreachable"));
+    gate.aggregates(4).await;
+    let starts_now = starts(&gate.sim);
+    assert_eq!(starts_now[2], StartAt::ResumeAfter(token(&feed[0])));
+    assert_eq!(starts_now[3], StartAt::ResumeAfter(token(&feed[0])));
+    gate.sim.push(feed[1..2].to_vec());
+    gate.wait_events("u2", &["feeds:*"], 2).await;
+    assert_eq!(gate.status().await["restarts"], 0);
 
-    let h = Harness::new(mongo_config(""), feed_mapping());
-    h.server.lock().open_failures = VecDeque::from([server_error("unauthorized")]);
-    let (result, _) = h.run_to_end().await;
-    match result {
-        Err(SourceError::Fatal(m)) => assert!(m.contains("Unauthorized"), "{m}"),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(h.server.opens().len(), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_quiet_stream_checkpoints_the_post_batch_resume_token() {
-    let h = Harness::new(mongo_config("idle_checkpoint_ms = 1000"), feed_mapping());
-    let running = h.start();
-    h.wait(|h| async move { h.checkpoint().is_some() }).await;
-    let first = h.checkpoint().unwrap();
-    // Time passes on the cluster; nothing happens in the collection.
-    h.server.tick();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later = h.checkpoint().unwrap();
-    assert_ne!(first, later, "the idle token was saved");
-    running.stop().await.unwrap();
-    // A restart resumes from that token and misses nothing after it.
-    let running = h.start();
-    h.wait(|h| async move { h.server.opens().len() == 2 }).await;
-    assert!(matches!(h.server.opens()[1], StartAt::ResumeAfter(_)));
+    // A getMore error the driver does not resume (no label), and the driver's own resume
+    // fails (its connection drops twice: the aggregate and its retry): the source reopens
+    // from its checkpoint after a backoff.
+    gate.sim.fail_get_more(server_error("interrupted"));
+    gate.sim.fail_aggregate(Fault::Drop);
+    gate.sim.fail_aggregate(Fault::Drop);
+    let status = gate
+        .wait_status("a reconnect by the source", |s| {
+            s["restarts"].as_u64() >= Some(1) && s["state"] == "running"
+        })
+        .await;
+    assert!(gate
+        .server
+        .log_text()
+        .contains("reopening from the checkpoint"));
+    gate.sim.push(feed[2..3].to_vec());
+    let events = gate.wait_events("u2", &["feeds:*"], 3).await;
     assert_eq!(
-        encode_checkpoint(&h.server.opens()[1]),
+        kinds(&events),
+        ["post.insert", "post.update", "post.replace"]
+    );
+    assert_eq!(gate.sim.pending_faults(), 0);
+    // Every reopening started after the last change appended.
+    let stages = starts(&gate.sim);
+    assert_eq!(
+        stages.last().unwrap(),
+        &StartAt::ResumeAfter(token(&feed[1])),
+        "{stages:?}"
+    );
+    println!(
+        "restarts {}; simulator {:?}",
+        status["restarts"],
+        gate.sim.counters()
+    );
+}
+
+#[tokio::test]
+async fn persistent_failures_go_to_the_supervisor_and_fatal_ones_stop_the_source() {
+    // Every aggregate fails: after 5 reconnects of its own the source hands the error to the
+    // supervisor (backoff), which keeps restarting it; once the server answers, it runs.
+    let gate = Gate::start_with("", FEED_MAPPING, &[], |sim| {
+        for _ in 0..40 {
+            sim.fail_aggregate(server_error("interrupted_at_shutdown"));
+        }
+    })
+    .await;
+    let status = gate
+        .wait_status("backoff after 5 reconnects", |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("after 5 reconnects"))
+        })
+        .await;
+    assert!(status["restarts"].as_u64() >= Some(5), "{status}");
+    // The server recovers.
+    gate.sim.clear_faults();
+    gate.running().await;
+    let feed = changes("feed_changes.json");
+    gate.sim.push(feed[..1].to_vec());
+    gate.wait_events("u2", &["feeds:*"], 1).await;
+
+    // Not authorized: no retry, the source stops.
+    let gate = Gate::start_with("", FEED_MAPPING, &[], |sim| {
+        sim.fail_aggregate(server_error("unauthorized"))
+    })
+    .await;
+    let status = gate.wait_status("failed", |s| s["state"] == "failed").await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Unauthorized"),
+        "{status}"
+    );
+    assert_eq!(gate.sim.stages().len(), 1);
+
+    // ChangeStreamFatalError in the middle of the stream: the driver does not resume, the
+    // source stops.
+    let gate = Gate::start("", FEED_MAPPING).await;
+    gate.running().await;
+    gate.sim.fail_get_more(server_error("change_stream_fatal"));
+    let status = gate.wait_status("failed", |s| s["state"] == "failed").await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("ChangeStreamFatalError"),
+        "{status}"
+    );
+    assert_eq!(gate.sim.stages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_quiet_stream_checkpoints_the_post_batch_resume_token() {
+    let mut gate = Gate::start("idle_checkpoint_ms = 200", FEED_MAPPING).await;
+    let first = gate.running().await["checkpoint"].clone();
+    // Time passes on the cluster; nothing happens in the collection.
+    gate.sim.tick();
+    let later = gate
+        .wait_status("a newer idle checkpoint", |s| {
+            !s["checkpoint"].is_null() && s["checkpoint"] != first
+        })
+        .await["checkpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A restart resumes from that token and misses nothing after it.
+    gate.server.kill9();
+    gate.sim.push(changes("feed_changes.json")[..1].to_vec());
+    gate.server.kill9_and_restart();
+    gate.aggregates(2).await;
+    assert_eq!(
+        encode_checkpoint(&starts(&gate.sim)[1]),
         later,
         "resumed from the idle token"
     );
-    h.server.push(changes("feed_changes.json")[..1].to_vec());
-    h.events(1).await;
-    running.stop().await.unwrap();
+    gate.wait_events("u2", &["feeds:*"], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_stream_serves_a_thousand_subscribers_over_many_channels() {
+    const CHANNELS: usize = 100;
+    const SUBSCRIBERS: usize = 1_000;
+    const BATCHES: usize = 10;
+    let env = [
+        ("LIMITS__CONNECT_RATE_PER_IP", "1000000"),
+        ("LIMITS__CONNECT_BURST_PER_IP", "1000000"),
+        ("LIMITS__MAX_CONNECTIONS_PER_IP", "1000000"),
+        ("LIMITS__MAX_OPEN_CONNECTIONS_PER_IP", "1000000"),
+    ];
+    let gate = Gate::start_with(
+        "",
+        "channel = \"feeds:{doc.feedId}\"\nevent_type = \"post.{op}\"",
+        &env,
+        |_| {},
+    )
+    .await;
+    gate.running().await;
+    let template = changes("feed_changes.json")[0].clone();
+    let mut serial = 0u32;
+    // `n` inserts per channel, each change with a token of its own.
+    let mut inserts = |round: usize| -> Vec<Vec<Document>> {
+        let all: Vec<Document> = (0..CHANNELS)
+            .map(|c| {
+                serial += 1;
+                let mut d = template.clone();
+                let id = mongodb::bson::oid::ObjectId::new();
+                d.insert(
+                    "_id",
+                    doc! { "_data": format!("8265B0{serial:08X}2B022C0100296E5A1004") },
+                );
+                let full = d.get_document_mut("fullDocument").unwrap();
+                full.insert("_id", id);
+                full.insert("feedId", format!("c{c}"));
+                full.insert("round", round as i32);
+                d.insert("documentKey", doc! { "_id": id });
+                d
+            })
+            .collect();
+        all.chunks(CHANNELS / BATCHES).map(|c| c.to_vec()).collect()
+    };
+    // Pushes the batches one after the other, each once the previous one is in the log;
+    // returns the getMores the simulator answered meanwhile and the time it took.
+    let publish = |batches: Vec<Vec<Document>>| {
+        let gate = &gate;
+        async move {
+            let before = gate.sim.counters().get_mores;
+            let started = std::time::Instant::now();
+            for batch in batches {
+                let last = token(batch.last().unwrap());
+                gate.sim.push(batch);
+                gate.checkpointed(&StartAt::ResumeAfter(last)).await;
+            }
+            (gate.sim.counters().get_mores - before, started.elapsed())
+        }
+    };
+    let subscriber = |i: usize| {
+        let url = gate
+            .server
+            .stream_url(&[&format!("feeds:c{}", i % CHANNELS)]);
+        async move {
+            let t = token_with(&format!("s{i}"), &["feeds:*"], &[], false, 3600);
+            Sse::open(&url, &[bearer(&t)]).await.0
+        }
+    };
+
+    // One subscriber.
+    let mut one = subscriber(0).await;
+    let (get_mores_one, took_one) = publish(inserts(1)).await;
+    let got = one.take(1, PATIENCE).await;
+    assert_eq!(envelope(&got[0])["channel"], "feeds:c0");
+
+    // A thousand subscribers, ten on each of a hundred channels.
+    let mut sses: Vec<(usize, Sse)> = futures::stream::iter(0..SUBSCRIBERS)
+        .map(|i| {
+            let open = subscriber(i);
+            async move { (i, open.await) }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let (get_mores_many, took_many) = publish(inserts(2)).await;
+    let delivered: Vec<usize> = futures::stream::iter(sses.iter_mut())
+        .map(|(i, sse)| async move {
+            let got = sse.take(1, PATIENCE).await;
+            let e = envelope(&got[0]);
+            assert_eq!(e["channel"], format!("feeds:c{}", *i % CHANNELS));
+            assert_eq!(e["data"]["feedId"], format!("c{}", *i % CHANNELS));
+            assert_eq!(e["data"]["round"], 2);
+            *i
+        })
+        .buffer_unordered(SUBSCRIBERS)
+        .collect()
+        .await;
+    assert_eq!(delivered.len(), SUBSCRIBERS);
+
+    let counters = gate.sim.counters();
+    println!(
+        "one subscriber: {get_mores_one} getMores in {took_one:?}; {SUBSCRIBERS} subscribers: \
+         {get_mores_many} getMores in {took_many:?}; simulator: {counters:?}"
+    );
+    // One change stream for the collection, whatever the number of subscribers…
+    assert_eq!(
+        counters.change_streams.get("social.posts"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.aggregates(), 1, "{counters:?}");
+    assert_eq!(gate.sim.open_cursors(), 1);
+    // …and getMores paced by the changes and the server's one-second await, not by the
+    // subscribers: at most one per batch plus one per second of waiting (and one in flight).
+    for (get_mores, took) in [(get_mores_one, took_one), (get_mores_many, took_many)] {
+        let bound = BATCHES as u64 + took.as_secs() + 2;
+        assert!(
+            get_mores <= bound,
+            "{get_mores} getMores in {took:?} (bound {bound})"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -706,7 +780,10 @@ async fn the_real_driver_reports_an_unreachable_server_as_transient_and_a_bad_ur
         .unwrap()
         .port();
     let url = format!("mongodb://127.0.0.1:{port}/?replicaSet=rs0&serverSelectionTimeoutMS=300");
-    let cfg = mongo_config("");
+    let cfg: MongoSourceConfig = toml::from_str(
+        "url = \"mongodb://db1/?replicaSet=rs0\"\ndatabase = \"social\"\ncollection = \"posts\"",
+    )
+    .unwrap();
     let driver = MongoDriver::connect(&url, cfg.watch_spec().unwrap())
         .await
         .expect("the client connects lazily");
@@ -716,15 +793,26 @@ async fn the_real_driver_reports_an_unreachable_server_as_transient_and_a_bad_ur
     };
     assert_eq!(classify(&e), ErrorClass::Transient, "{e}");
 
-    let h = Harness::new(
-        MongoSourceConfig {
-            url: "mongodb://127.0.0.1:notaport/".into(),
-            ..cfg
-        },
-        feed_mapping(),
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(LogOptions {
+        retention_events: 100,
+        retention_age_ms: 0,
+        dedupe_window_ms: 600_000,
+        file_cache_bytes: 0,
+    }));
+    let mapping: Mapping = toml::from_str(FEED_MAPPING).unwrap();
+    let cx = SourceContext::new(
+        NAME,
+        mapping,
+        log,
+        dir.path().to_owned(),
+        CancellationToken::new(),
     );
-    let (cx, _stop) = h.context();
-    let result = MongoSource::new(h.cfg.clone()).run(&cx).await;
+    let cfg = MongoSourceConfig {
+        url: "mongodb://127.0.0.1:notaport/".into(),
+        ..cfg
+    };
+    let result = MongoSource::new(cfg).run(&cx).await;
     assert!(matches!(result, Err(SourceError::Fatal(_))), "{result:?}");
 }
 
@@ -738,7 +826,6 @@ async fn a_real_replica_set_delivers_inserts_updates_and_deletes_to_sse_clients(
         println!("skipped: SSEGATE_TEST_MONGODB_URI not set");
         return;
     };
-    use common::{bearer, envelope, token_with, Server, Sse};
     let db = format!(
         "ssegate_test_{}_{}",
         std::process::id(),

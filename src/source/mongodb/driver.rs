@@ -1,7 +1,8 @@
-//! What the MongoDB source needs from a change stream, as a trait: open it at a place, read
-//! raw change events (the documents the server sends), ask for the resume token. The real
-//! implementation is [`MongoDriver`] over the official `mongodb` crate; tests replay recorded
-//! change events through a fake (tests/source_mongodb.rs).
+//! The MongoDB source's side of the official `mongodb` crate: open a change stream at a place,
+//! read raw change events (the documents the server sends), ask for the resume token, and
+//! reduce the driver's errors to what the source decides on. Tested against a wire-protocol
+//! replica-set simulator (tests/engines/mongo_sim.rs) and, when one is given, a real replica
+//! set (tests/source_mongodb.rs).
 
 use std::fmt;
 use std::pin::Pin;
@@ -15,7 +16,6 @@ use ::mongodb::error::{ErrorKind, RESUMABLE_CHANGE_STREAM_ERROR};
 use ::mongodb::options::{
     ChangeStreamOptions, ClientOptions, FullDocumentBeforeChangeType, FullDocumentType,
 };
-use async_trait::async_trait;
 use futures::Stream;
 
 /// Where a change stream starts.
@@ -86,21 +86,6 @@ impl fmt::Display for DriverError {
 
 impl std::error::Error for DriverError {}
 
-/// An open change stream: raw change events in order. `None` means the server closed it (after
-/// an invalidate, or a cursor that died).
-pub trait ChangeCursor: Stream<Item = Result<Document, DriverError>> + Send + Unpin {
-    /// The token to resume after everything returned so far: the last event's `_id`, or —
-    /// while no event comes — the server's post-batch resume token, which moves on with the
-    /// cluster's clock (so an idle stream's checkpoint does not fall out of the oplog).
-    fn resume_token(&self) -> Option<Document>;
-}
-
-/// Opens change streams.
-#[async_trait]
-pub trait ChangeStreamDriver: Send + Sync + 'static {
-    async fn open(&self, start: &StartAt) -> Result<Box<dyn ChangeCursor>, DriverError>;
-}
-
 /// What is watched.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -145,9 +130,9 @@ impl MongoDriver {
     }
 }
 
-#[async_trait]
-impl ChangeStreamDriver for MongoDriver {
-    async fn open(&self, start: &StartAt) -> Result<Box<dyn ChangeCursor>, DriverError> {
+impl MongoDriver {
+    /// Opens the change stream at `start`.
+    pub async fn open(&self, start: &StartAt) -> Result<ChangeCursor, DriverError> {
         let mut options = ChangeStreamOptions::builder()
             .full_document(self.spec.full_document.as_deref().map(|f| match f {
                 "updateLookup" => FullDocumentType::UpdateLookup,
@@ -198,29 +183,107 @@ impl ChangeStreamDriver for MongoDriver {
             }
         }
         .map_err(from_driver)?;
-        Ok(Box::new(RealCursor {
-            stream: stream.with_type::<Document>(),
-        }))
+        Ok(ChangeCursor::spawn(stream.with_type::<Document>()))
     }
 }
 
-struct RealCursor {
-    stream: ChangeStream<Document>,
+/// What the reading task hands over: a change and the token to resume after it, the token
+/// after a `getMore` that brought nothing (the server's post-batch resume token), or an error.
+enum Read {
+    Change(Document, Option<Document>),
+    Idle(Option<Document>),
+    Failed(DriverError),
 }
 
-impl Stream for RealCursor {
+/// Changes read ahead of the source (one server batch is at most this many in flight).
+const READ_AHEAD: usize = 256;
+
+/// An open change stream: raw change events in order. `None` means the server closed it (after
+/// an invalidate, or a cursor that died).
+///
+/// A task of its own reads the driver's stream with `next_if_any` — one `getMore` at a time,
+/// returning after each, so the post-batch resume token of an idle stream is seen (the
+/// driver's `Stream::next` loops over empty batches inside one future, and its
+/// `resume_token()` panics while such a future is in flight). Reading from the channel is
+/// cancel-safe; dropping the cursor stops the task, and the driver kills the server cursor.
+pub struct ChangeCursor {
+    reads: tokio::sync::mpsc::Receiver<Read>,
+    /// The token after everything returned so far.
+    token: Option<Document>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChangeCursor {
+    fn spawn(mut stream: ChangeStream<Document>) -> Self {
+        let token = stream.resume_token().and_then(|t| token_to(&t).ok());
+        let (tx, reads) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let mut last_idle = token.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let read = match stream.next_if_any().await {
+                    Ok(Some(doc)) => {
+                        let t = stream.resume_token().and_then(|t| token_to(&t).ok());
+                        last_idle = t.clone();
+                        Read::Change(doc, t)
+                    }
+                    Ok(None) if !stream.is_alive() => return,
+                    Ok(None) => {
+                        let t = stream.resume_token().and_then(|t| token_to(&t).ok());
+                        if t == last_idle {
+                            continue;
+                        }
+                        last_idle = t.clone();
+                        Read::Idle(t)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Read::Failed(from_driver(e))).await;
+                        return;
+                    }
+                };
+                if tx.send(read).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self { reads, token, task }
+    }
+
+    /// The token to resume after everything returned so far: the last event's `_id`, or —
+    /// while no event comes — the server's post-batch resume token, which moves on with the
+    /// cluster's clock (so an idle stream's checkpoint does not fall out of the oplog).
+    pub fn resume_token(&self) -> Option<Document> {
+        self.token.clone()
+    }
+}
+
+impl Drop for ChangeCursor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for ChangeCursor {
     type Item = Result<Document, DriverError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.stream)
-            .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(from_driver)))
-    }
-}
-
-impl ChangeCursor for RealCursor {
-    fn resume_token(&self) -> Option<Document> {
-        self.stream.resume_token().and_then(|t| token_to(&t).ok())
+        loop {
+            match self.reads.poll_recv(cx) {
+                Poll::Ready(Some(Read::Idle(t))) => {
+                    if t.is_some() {
+                        self.token = t;
+                    }
+                }
+                Poll::Ready(Some(Read::Change(doc, t))) => {
+                    if t.is_some() {
+                        self.token = t;
+                    }
+                    return Poll::Ready(Some(Ok(doc)));
+                }
+                Poll::Ready(Some(Read::Failed(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -49,7 +49,6 @@ pub mod driver;
 pub mod json;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::mongodb::bson::{Bson, Document};
@@ -62,8 +61,7 @@ use sha2::{Digest, Sha256};
 use super::{BuildSource, Cause, Change, Op, Source, SourceContext, SourceError};
 use crate::retry::backoff_with_jitter;
 pub use driver::{
-    ChangeCursor, ChangeStreamDriver, DriverError, DriverErrorKind, MongoDriver, StartAt, Target,
-    WatchSpec,
+    ChangeCursor, DriverError, DriverErrorKind, MongoDriver, StartAt, Target, WatchSpec,
 };
 pub use json::JsonFormat;
 
@@ -341,7 +339,6 @@ pub fn token_digest(token: &Document) -> String {
 /// The running source.
 pub struct MongoSource {
     cfg: MongoSourceConfig,
-    driver: Option<Arc<dyn ChangeStreamDriver>>,
 }
 
 enum Outcome {
@@ -357,27 +354,16 @@ enum Outcome {
 impl MongoSource {
     /// The source over the real driver (connected when it runs).
     pub fn new(cfg: MongoSourceConfig) -> Self {
-        Self { cfg, driver: None }
+        Self { cfg }
     }
 
-    /// The source over `driver` (tests: a fake that replays recorded change events).
-    pub fn with_driver(cfg: MongoSourceConfig, driver: Arc<dyn ChangeStreamDriver>) -> Self {
-        Self {
-            cfg,
-            driver: Some(driver),
-        }
-    }
-
-    async fn driver(&self) -> Result<Arc<dyn ChangeStreamDriver>, SourceError> {
-        if let Some(d) = &self.driver {
-            return Ok(d.clone());
-        }
+    async fn driver(&self) -> Result<MongoDriver, SourceError> {
         let spec = self
             .cfg
             .watch_spec()
             .map_err(|e| SourceError::Fatal(e.into()))?;
         match MongoDriver::connect(&self.cfg.url, spec).await {
-            Ok(d) => Ok(Arc::new(d)),
+            Ok(d) => Ok(d),
             Err(e) if classify(&e) == ErrorClass::Fatal => Err(SourceError::fatal("mongodb", e)),
             Err(e) => Err(SourceError::recoverable("mongodb", e)),
         }
@@ -387,7 +373,7 @@ impl MongoSource {
     async fn follow(
         &self,
         cx: &SourceContext,
-        cursor: &mut dyn ChangeCursor,
+        cursor: &mut ChangeCursor,
         start: &StartAt,
         failures: &mut u32,
     ) -> Result<Outcome, SourceError> {
@@ -690,7 +676,7 @@ impl Source for MongoSource {
                 r = driver.open(&start) => r,
             };
             let outcome = match opened {
-                Ok(mut cursor) => self.follow(cx, &mut *cursor, &start, &mut failures).await?,
+                Ok(mut cursor) => self.follow(cx, &mut cursor, &start, &mut failures).await?,
                 Err(e) => Outcome::Failed(e),
             };
             let error = match outcome {
