@@ -105,7 +105,9 @@ pub struct WatchSpec {
 }
 
 /// The real driver: a `mongodb::Client` (connection pool, server monitoring; the driver itself
-/// resumes a stream once after a resumable error before it reports the error).
+/// retries a failed `aggregate` once and resumes a stream after every resumable error — a
+/// network error, `CursorNotFound`, the `ResumableChangeStreamError` label — and reports only
+/// what it could not resume).
 pub struct MongoDriver {
     client: ::mongodb::Client,
     spec: WatchSpec,

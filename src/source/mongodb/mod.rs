@@ -38,8 +38,9 @@
 //!   the oplog) → changes were missed and cannot be replayed: an error log line, a
 //!   `source.reset` (`history_lost`), the checkpoint becomes "now", and the source reports the
 //!   error (`last_error` in `/v1/status`) and restarts from now.
-//! - **Transient errors** (connection lost, election, no server): the driver resumes once by
-//!   itself; after that this source reopens from its checkpoint up to
+//! - **Transient errors** (connection lost, election, no server): the driver retries a failed
+//!   `aggregate` once and resumes the stream by itself after every resumable error; what it
+//!   gives up on reaches this source, which reopens from its checkpoint up to
 //!   `MAX_QUICK_RECONNECTS` times with jittered backoff, then hands the error to the
 //!   framework's supervisor (status `backoff`, `last_error`, restart with backoff).
 //!   Authentication failures, invalid settings and servers that are not replica sets stop
