@@ -320,6 +320,29 @@ async fn insert_update_replace_delete_become_events_with_channels_users_and_proj
     assert_eq!(counters.aggregates(), 1, "{counters:?}");
     assert!(counters.get_mores >= 1, "{counters:?}");
     assert!(counters.unknown.is_empty(), "{counters:?}");
+
+    // Stopping the source closes its stream: the driver kills the server's cursor.
+    assert_eq!(gate.sim.open_cursors(), 1);
+    let (code, _, body) = common::call(
+        reqwest::Method::POST,
+        &format!("{}/v1/sources/{NAME}/stop", gate.server.url),
+        &[bearer(&gate.admin)],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    gate.wait_status("stopped", |s| s["state"] == "stopped")
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while gate.sim.open_cursors() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cursor was not killed: {:?}",
+            gate.sim.counters()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gate.sim.counters().kill_cursors >= 1);
 }
 
 #[tokio::test]
