@@ -903,3 +903,62 @@ exclude = ["secret"]
     assert_eq!(envelope(&got[2])["data"], json!({"_id": "p1"}));
     client.database(&db).drop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// The simulator itself
+
+#[tokio::test]
+async fn the_simulator_answers_a_legacy_handshake_and_refuses_unknown_commands() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = MongoSim::start();
+    // OP_QUERY `isMaster` on admin.$cmd, as old drivers open a connection.
+    let mut query = Vec::new();
+    query.extend(0i32.to_le_bytes());
+    query.extend(b"admin.$cmd\0");
+    query.extend(0i32.to_le_bytes());
+    query.extend((-1i32).to_le_bytes());
+    doc! { "isMaster": 1, "helloOk": true }
+        .to_writer(&mut query)
+        .unwrap();
+    let mut message = Vec::new();
+    message.extend(((16 + query.len()) as i32).to_le_bytes());
+    message.extend(77i32.to_le_bytes());
+    message.extend(0i32.to_le_bytes());
+    message.extend(2004i32.to_le_bytes());
+    message.extend(query);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", sim.port()))
+        .await
+        .unwrap();
+    conn.write_all(&message).await.unwrap();
+    let mut header = [0u8; 16];
+    conn.read_exact(&mut header).await.unwrap();
+    let int = |i: usize| i32::from_le_bytes(header[i..i + 4].try_into().unwrap());
+    assert_eq!(int(8), 77, "responseTo");
+    assert_eq!(int(12), 1, "OP_REPLY");
+    let mut body = vec![0u8; int(0) as usize - 16];
+    conn.read_exact(&mut body).await.unwrap();
+    assert_eq!(i32::from_le_bytes(body[16..20].try_into().unwrap()), 1);
+    let reply = Document::from_reader(&body[20..]).unwrap();
+    assert_eq!(reply.get_str("setName"), Ok("rs0"), "{reply}");
+    assert_eq!(reply.get_bool("isWritablePrimary"), Ok(true));
+    assert_eq!(
+        reply.get_array("hosts").unwrap()[0],
+        Bson::String(format!("127.0.0.1:{}", sim.port()))
+    );
+
+    // Through the driver: ping works, an unknown command gets the server's CommandNotFound.
+    let client = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = client.database("social");
+    db.run_command(doc! { "ping": 1 }).await.unwrap();
+    let e = db.run_command(doc! { "frobnicate": 1 }).await.unwrap_err();
+    match *e.kind {
+        mongodb::error::ErrorKind::Command(ref c) => {
+            assert_eq!(c.code, 59, "{c:?}");
+            assert_eq!(c.code_name, "CommandNotFound");
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.counters().unknown, ["frobnicate"]);
+    client.shutdown().await;
+    assert_eq!(sim.counters().end_sessions, 1);
+}
