@@ -511,15 +511,30 @@ async fn history_lost_sends_a_reset_reports_the_error_and_restarts_from_now() {
     assert!(error.contains("ChangeStreamHistoryLost"), "{error}");
     assert!(gate.server.log_text().contains("MISSED"));
     gate.aggregates(3).await;
-    let starts = starts(&gate.sim);
-    assert_eq!(starts[1], StartAt::ResumeAfter(token(&feed[0])));
-    assert_eq!(starts[2], StartAt::Now);
+    let first = starts(&gate.sim);
+    assert_eq!(first[1], StartAt::ResumeAfter(token(&feed[0])));
+    assert_eq!(first[2], StartAt::Now);
     gate.running().await;
     // From now on, changes flow again.
     gate.sim.push(feed[4..5].to_vec());
     let events = gate.wait_events("u4", &["feeds:*"], 2).await;
     assert_eq!(events[1]["type"], "post.delete");
     assert_eq!(gate.events_for("u2", &["feeds:*"]).await.len(), 1);
+    gate.checkpointed(&StartAt::ResumeAfter(token(&feed[4])))
+        .await;
+
+    // The stream falls behind the oplog while it runs: the getMore fails with 286 (the
+    // driver does not resume that), the source reopens from its checkpoint, which the oplog
+    // no longer has either: a second reset, and from now again.
+    let aggregates = gate.sim.stages().len();
+    gate.sim.roll_oplog(4);
+    gate.sim.fail_get_more(server_error("history_lost"));
+    let resets = gate.wait_events("u2", &["feeds:*"], 2).await;
+    assert_eq!(resets[1]["data"]["reason"], "history_lost");
+    gate.aggregates(aggregates + 2).await;
+    let later = starts(&gate.sim);
+    assert_eq!(later[aggregates], StartAt::ResumeAfter(token(&feed[4])));
+    assert_eq!(later.last().unwrap(), &StartAt::Now);
 }
 
 #[tokio::test]
