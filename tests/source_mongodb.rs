@@ -795,6 +795,8 @@ async fn one_change_stream_serves_a_thousand_subscribers_over_many_channels() {
     );
     assert_eq!(counters.aggregates(), 1, "{counters:?}");
     assert_eq!(gate.sim.open_cursors(), 1);
+    // …over a connection or two of the driver's pool (and its monitor), not one per user…
+    assert!(counters.connections <= 5, "{counters:?}");
     // …and getMores paced by the changes and the server's one-second await, not by the
     // subscribers: at most one per batch plus one per second of waiting (and one in flight).
     for (get_mores, took) in [(get_mores_one, took_one), (get_mores_many, took_many)] {
