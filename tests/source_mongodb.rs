@@ -925,7 +925,8 @@ exclude = ["secret"]
 // The simulator itself
 
 #[tokio::test]
-async fn the_simulator_answers_a_legacy_handshake_and_refuses_unknown_commands() {
+async fn the_simulator_answers_a_legacy_handshake_refuses_unknown_commands_and_starts_at_an_operation_time(
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sim = MongoSim::start();
     // OP_QUERY `isMaster` on admin.$cmd, as old drivers open a connection.
@@ -976,6 +977,29 @@ async fn the_simulator_answers_a_legacy_handshake_and_refuses_unknown_commands()
         ref other => panic!("{other:?}"),
     }
     assert_eq!(sim.counters().unknown, ["frobnicate"]);
+
+    // startAtOperationTime (the source never sends it; the driver may, to resume a stream
+    // that has no token yet): the first change at or after that cluster time.
+    let feed = changes("feed_changes.json");
+    sim.push(feed.clone());
+    let at = feed[2].get_timestamp("clusterTime").unwrap();
+    let mut stream = db
+        .collection::<Document>("posts")
+        .watch()
+        .start_at_operation_time(at)
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(token(&first), token(&feed[2]));
+    assert_eq!(
+        sim.stages()
+            .last()
+            .unwrap()
+            .get_timestamp("startAtOperationTime"),
+        Ok(at)
+    );
+    drop(stream);
     client.shutdown().await;
     assert_eq!(sim.counters().end_sessions, 1);
 }
