@@ -10,7 +10,8 @@
 //!
 //! Placeholders: `{row.PATH}` / `{doc.PATH}` (a field of the changed record, dotted path for
 //! nested fields), `{op}` (`insert`, `update`, `delete`, `replace`), `{source}` (the source's
-//! name), `{table}` / `{collection}` (where the change happened). A field used in a channel
+//! name), `{table}` / `{collection}` (where the change happened), and for a message source
+//! its metadata (`{kafka.key}`, `{kafka.headers.tenant}`: see the source). A field used in a channel
 //! must be a plain segment value (a string or a number without `:`, `*`, spaces…): a change
 //! whose channel cannot be built is skipped, counted and logged — it never lands on a wrong
 //! or wider channel. The event's `data` is the record after projection, so secrets excluded
@@ -128,17 +129,26 @@ impl Mapping {
         time_ms: u64,
         max_bytes: usize,
     ) -> Result<NewEvent, MappingError> {
+        self.event_with(source, change, None, time_ms, max_bytes)
+    }
+
+    /// [`Mapping::event`] for a change that carries its message's metadata: `meta` is a
+    /// JSON object whose top-level keys are namespaces (`{"kafka": {"topic": …}}`), and
+    /// `{kafka.topic}` names a field of it in every template.
+    pub fn event_with(
+        &self,
+        source: &str,
+        change: &Change,
+        meta: Option<&Value>,
+        time_ms: u64,
+        max_bytes: usize,
+    ) -> Result<NewEvent, MappingError> {
         let lookup = |name: &str| -> Option<String> {
             match name {
                 "op" => Some(change.op.as_str().to_owned()),
                 "source" => Some(source.to_owned()),
                 "table" | "collection" => Some(change.place.clone()),
-                _ => {
-                    let path = name
-                        .strip_prefix("row.")
-                        .or_else(|| name.strip_prefix("doc."))?;
-                    scalar(field(&change.record, path)?)
-                }
+                _ => scalar(lookup_field(change, meta, name)?),
             }
         };
         let missing = |template: &str, field: String| MappingError::MissingField {
@@ -167,7 +177,7 @@ impl Mapping {
         let kind = render(&self.event_type, &lookup).map_err(|f| missing(&self.event_type, f))?;
         let users = match &self.users {
             None => None,
-            Some(t) => Some(self.users_of(t, change).map_err(|f| missing(t, f))?),
+            Some(t) => Some(self.users_of(t, change, meta).map_err(|f| missing(t, f))?),
         };
         let data = self.project(&change.record);
         let data = serde_json::value::to_raw_value(&data).expect("JSON values serialize");
@@ -178,27 +188,22 @@ impl Mapping {
 
     /// `{row.owner}` alone may name an array field (several users); otherwise the template
     /// renders one user id.
-    fn users_of(&self, template: &str, change: &Change) -> Result<Vec<String>, String> {
+    fn users_of(
+        &self,
+        template: &str,
+        change: &Change,
+        meta: Option<&Value>,
+    ) -> Result<Vec<String>, String> {
         let whole = template
             .strip_prefix('{')
             .and_then(|t| t.strip_suffix('}'))
             .filter(|t| !t.contains(['{', '}']));
         if let Some(name) = whole {
-            if let Some(path) = name
-                .strip_prefix("row.")
-                .or_else(|| name.strip_prefix("doc."))
-            {
-                if let Some(Value::Array(items)) = field(&change.record, path) {
-                    return Ok(items.iter().filter_map(scalar).collect());
-                }
+            if let Some(Value::Array(items)) = lookup_field(change, meta, name) {
+                return Ok(items.iter().filter_map(scalar).collect());
             }
         }
-        let lookup = |name: &str| -> Option<String> {
-            let path = name
-                .strip_prefix("row.")
-                .or_else(|| name.strip_prefix("doc."))?;
-            scalar(field(&change.record, path)?)
-        };
+        let lookup = |name: &str| -> Option<String> { scalar(lookup_field(change, meta, name)?) };
         render(template, &lookup).map(|u| vec![u])
     }
 
@@ -232,6 +237,17 @@ fn render(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Str
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `row.PATH` / `doc.PATH` in the record, else `NS.PATH` in the message's metadata.
+fn lookup_field<'a>(change: &'a Change, meta: Option<&'a Value>, name: &str) -> Option<&'a Value> {
+    match name
+        .strip_prefix("row.")
+        .or_else(|| name.strip_prefix("doc."))
+    {
+        Some(path) => field(&change.record, path),
+        None => field(meta?, name),
+    }
 }
 
 fn field<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {

@@ -22,6 +22,7 @@
 
 pub mod dapr;
 mod ingest;
+pub mod kafka;
 pub mod mapping;
 pub mod mongodb;
 pub mod nats;
@@ -221,6 +222,8 @@ pub enum SourceKind {
     Nats(nats::NatsSourceConfig),
     /// A Dapr pub/sub subscription delivered over HTTP: see [`dapr`].
     Dapr(dapr::DaprSourceConfig),
+    /// Kafka topics read with a consumer group (at least once, keyed): see [`kafka`].
+    Kafka(kafka::KafkaSourceConfig),
 }
 
 impl SourceKind {
@@ -235,6 +238,7 @@ impl SourceKind {
             SourceKind::RedisStream(c) => c,
             SourceKind::Nats(c) => c,
             SourceKind::Dapr(c) => c,
+            SourceKind::Kafka(c) => c,
         }
     }
 
@@ -249,6 +253,7 @@ impl SourceKind {
             SourceKind::RedisStream(_) => "redis_stream",
             SourceKind::Nats(_) => "nats",
             SourceKind::Dapr(_) => "dapr",
+            SourceKind::Kafka(_) => "kafka",
         }
     }
 }
@@ -376,6 +381,15 @@ impl SourceStatus {
         }
     }
 
+    /// Where a source without a checkpoint file stands (a Kafka group's offsets), for
+    /// `/v1/status`.
+    pub fn set_position(&self, position: String) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .checkpoint = Some(position);
+    }
+
     /// `stopped`, `starting`, `running`, `backoff` or `failed`.
     pub fn state(&self) -> &'static str {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -466,10 +480,28 @@ impl SourceContext {
         changes: &[Change],
         checkpoint: Option<&str>,
     ) -> Result<(), SourceError> {
+        self.emit_with_meta(changes, &[], checkpoint).await
+    }
+
+    /// [`SourceContext::emit`] of changes that carry their message's metadata: `metas[i]`
+    /// (when there) is what the templates see of `changes[i]` besides its record (see
+    /// [`Mapping::event_with`]).
+    pub async fn emit_with_meta(
+        &self,
+        changes: &[Change],
+        metas: &[serde_json::Value],
+        checkpoint: Option<&str>,
+    ) -> Result<(), SourceError> {
         let now = crate::time::now_ms();
         let mut items = Vec::with_capacity(changes.len());
-        for change in changes {
-            let event = self.event(change, now);
+        for (i, change) in changes.iter().enumerate() {
+            let event = self.mapping.event_with(
+                &self.name,
+                change,
+                metas.get(i),
+                now,
+                self.max_event_bytes,
+            );
             match event {
                 Ok(event) => items.push(AppendItem {
                     key: Some(format!("src:{}:{}", self.name, change.key)),

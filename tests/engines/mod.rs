@@ -17,6 +17,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod mongo_sim;
 pub mod nats;
 pub mod postgres;

@@ -1,0 +1,461 @@
+//! The Kafka source end to end: a real `ssegate serve` process with a `type = "kafka"`
+//! source, a real Kafka-protocol broker (tansu 0.6.0, see tests/engines/kafka.rs) started by
+//! the test on a free port, messages produced over the Kafka protocol (librdkafka), and real
+//! SSE clients.
+
+mod common;
+mod engines;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{bearer, envelope, get, last_event_id, metric, metrics_text, token_with, Server, Sse};
+use engines::kafka::{brokers, create_topic, produce, producer};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+
+fn admin() -> String {
+    token_with("admin", &[], &[], true, 3600)
+}
+
+async fn source_status(server: &Server, name: &str) -> Value {
+    let (_, _, status) = get(&format!("{}/v1/status", server.url), &[bearer(&admin())]).await;
+    status["sources"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `check` holds for source `name`'s status; fails with the status and the
+/// server log when it does not within `T`, or when the source failed.
+async fn wait_status(server: &Server, name: &str, what: &str, check: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let s = source_status(server, name).await;
+        assert!(
+            s["state"] != "failed" || check(&s),
+            "source {name} failed: {s}\n{}",
+            server.log_text()
+        );
+        if check(&s) {
+            return;
+        }
+        assert!(
+            start.elapsed() < T,
+            "source {name}: {what}, never: {s}\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The source table for `topic` in group `group` with `extra` settings and templates.
+fn source(brokers: &str, topic: &str, group: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[sources]]
+name = "orders"
+type = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group = "{group}"
+start = "all"
+session_timeout_ms = 6000
+{extra}
+"#
+    )
+}
+
+/// Every event of `channel` from the start of the log, as user `user` sees it.
+async fn read_all(server: &Server, user: &str, channel: &str, n: usize) -> Vec<Value> {
+    let sub = token_with(user, &[channel], &[], false, 3600);
+    let (mut sse, _) = Sse::open(
+        &server.stream_url(&[channel]),
+        &[bearer(&sub), last_event_id("0")],
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + T;
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sse.next_or_end(left).await {
+            common::Next::Event(e) if !e.id.is_empty() => got.push(e),
+            common::Next::Event(_) => {}
+            other => panic!(
+                "{channel}: got {} of {n} events, then {other:?}\nsource: {}\n{}",
+                got.len(),
+                source_status(server, "orders").await,
+                server.log_text()
+            ),
+        }
+    }
+    // Nothing more: a duplicate would come right after.
+    sse.expect_quiet(Duration::from_millis(1500)).await;
+    got.iter().map(envelope).collect()
+}
+
+/// The `n` field of each event's data.
+fn numbers(events: &[Value]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| e["data"]["n"].as_i64().expect("n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn kafka_messages_reach_their_users_in_partition_order_with_metadata_in_templates() {
+    let broker = engines::kafka::start();
+    let brokers = brokers(&broker);
+    create_topic(&brokers, "orders", 2).await;
+    let p = producer(&brokers);
+    // Produced before the gateway starts: `start = "all"` reads them too.
+    for n in 0..5 {
+        let owner = if n == 2 { "bob" } else { "alice" };
+        let v = json!({"customer": "c1", "owner": owner, "n": n}).to_string();
+        produce(&p, "orders", 0, "c1", v.as_bytes(), &[("kind", "created")]).await;
+    }
+    let server = Server::start_with_config(
+        &source(
+            &brokers,
+            "orders",
+            "gw",
+            r#"channel = "orders:{row.customer}"
+event_type = "order.{kafka.headers.kind}"
+users = "{row.owner}"
+exclude = ["owner"]"#,
+        ),
+        &[],
+    );
+    wait_status(&server, "orders", "5 events", |s| s["events"] == 5).await;
+    // More while it runs, on both partitions, and one message that is not JSON.
+    produce(&p, "orders", 0, "c1", b"{not json", &[("kind", "created")]).await;
+    for n in 5..10 {
+        let v = json!({"customer": "c1", "owner": "alice", "n": n}).to_string();
+        produce(&p, "orders", 0, "c1", v.as_bytes(), &[("kind", "updated")]).await;
+        let v = json!({"customer": "c2", "owner": "carol", "n": n}).to_string();
+        produce(&p, "orders", 1, "c2", v.as_bytes(), &[("kind", "updated")]).await;
+    }
+    let alice = read_all(&server, "alice", "orders:c1", 9).await;
+    assert_eq!(
+        numbers(&alice),
+        [0, 1, 3, 4, 5, 6, 7, 8, 9],
+        "bob's event is not alice's"
+    );
+    assert_eq!(alice[0]["type"], "order.created");
+    assert_eq!(alice[8]["type"], "order.updated");
+    assert_eq!(alice[0]["data"], json!({"customer": "c1", "n": 0}));
+    let bob = read_all(&server, "bob", "orders:c1", 1).await;
+    assert_eq!(numbers(&bob), [2]);
+    let carol = read_all(&server, "carol", "orders:c2", 5).await;
+    assert_eq!(numbers(&carol), [5, 6, 7, 8, 9]);
+    let s = source_status(&server, "orders").await;
+    assert_eq!(
+        (s["type"].clone(), s["state"].clone()),
+        (json!("kafka"), json!("running"))
+    );
+    assert_eq!(
+        (s["events"].clone(), s["skipped"].clone()),
+        (json!(15), json!(1)),
+        "{s}"
+    );
+    assert_eq!(
+        s["checkpoint"], "orders/0:11,orders/1:5",
+        "next offset of each partition"
+    );
+    let text = metrics_text(&server).await;
+    assert_eq!(
+        metric(&text, "ssegate_source_skipped_total{source=\"orders\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn kafka_templates_see_the_key_topic_partition_and_offset() {
+    let broker = engines::kafka::start();
+    let brokers = brokers(&broker);
+    create_topic(&brokers, "audit", 1).await;
+    let p = producer(&brokers);
+    produce(&p, "audit", 0, "tenant-7", br#"{"what": "login"}"#, &[]).await;
+    let server = Server::start_with_config(
+        &source(
+            &brokers,
+            "audit",
+            "gw",
+            r#"channel = "audit:{kafka.key}"
+event_type = "{table}.p{kafka.partition}.o{kafka.offset}""#,
+        ),
+        &[],
+    );
+    let got = read_all(&server, "u", "audit:tenant-7", 1).await;
+    assert_eq!(got[0]["type"], "audit.p0.o0");
+    assert_eq!(got[0]["data"], json!({"what": "login"}));
+    // A message without a key cannot build the channel: skipped, counted, never published
+    // on a wrong channel.
+    let record = rdkafka::producer::FutureRecord::<(), _>::to("audit")
+        .partition(0)
+        .payload(r#"{"what": "logout"}"#);
+    p.send(record, Duration::from_secs(30)).await.unwrap();
+    wait_status(&server, "orders", "the keyless message skipped", |s| {
+        s["skipped"] == 1
+    })
+    .await;
+}
+
+/// `kill -9` of the gateway, twice, while 2,400 messages stream in over two partitions:
+/// every message is on the stream exactly once, in partition order.
+#[tokio::test]
+async fn kafka_kill_9_mid_stream_every_message_exactly_once_in_partition_order() {
+    const PER_PARTITION: i64 = 1200;
+    let broker = engines::kafka::start();
+    let brokers = brokers(&broker);
+    create_topic(&brokers, "orders", 2).await;
+    let mut server = Server::start_with_config(
+        &source(
+            &brokers,
+            "orders",
+            "gw",
+            r#"channel = "orders:p{kafka.partition}"
+commit_interval_ms = 200"#,
+        ),
+        &[("LIMITS__PUBLISH_RATE", "0")],
+    );
+    wait_status(&server, "orders", "running", |s| s["state"] == "running").await;
+    let producing = {
+        let brokers = brokers.clone();
+        tokio::spawn(async move {
+            let p = producer(&brokers);
+            for n in 0..PER_PARTITION {
+                for part in 0..2 {
+                    let v = json!({"n": n}).to_string();
+                    produce(&p, "orders", part, "k", v.as_bytes(), &[]).await;
+                }
+                if n % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    for kill in 0..2 {
+        // Let part of the stream in, then kill the gateway in the middle of it.
+        let seen = 400 + 600 * kill;
+        wait_status(&server, "orders", "events flowing", |s| {
+            s["events"].as_u64().unwrap_or(0) >= seen
+        })
+        .await;
+        server.kill9_and_restart();
+    }
+    producing.await.unwrap();
+    for part in 0..2 {
+        let got = read_all(
+            &server,
+            "u",
+            &format!("orders:p{part}"),
+            PER_PARTITION as usize,
+        )
+        .await;
+        assert_eq!(
+            numbers(&got),
+            (0..PER_PARTITION).collect::<Vec<_>>(),
+            "partition {part}: every message once, in order"
+        );
+    }
+}
+
+/// The broker is killed and started again: the source backs off (and says so in
+/// `/v1/status`), then resumes where it was; nothing acknowledged by the broker is lost.
+#[tokio::test]
+async fn kafka_broker_restart_backs_off_and_resumes_without_loss() {
+    let mut broker = engines::kafka::start();
+    let brokers = brokers(&broker);
+    create_topic(&brokers, "orders", 1).await;
+    let server = Server::start_with_config(
+        &source(&brokers, "orders", "gw", r#"channel = "orders:all""#),
+        &[],
+    );
+    wait_status(&server, "orders", "running", |s| s["state"] == "running").await;
+    {
+        let p = producer(&brokers);
+        for n in 0..100 {
+            let v = json!({"n": n}).to_string();
+            produce(&p, "orders", 0, "k", v.as_bytes(), &[]).await;
+        }
+    }
+    // Killed as soon as it acknowledged the last message: some may not be read yet.
+    broker.kill();
+    wait_status(&server, "orders", "backoff while the broker is down", |s| {
+        s["state"] == "backoff"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("kafka"))
+    })
+    .await;
+    broker.restart();
+    let p = producer(&brokers);
+    for n in 100..200 {
+        let v = json!({"n": n}).to_string();
+        produce(&p, "orders", 0, "k", v.as_bytes(), &[]).await;
+    }
+    let got = read_all(&server, "u", "orders:all", 200).await;
+    assert_eq!(numbers(&got), (0..200).collect::<Vec<_>>());
+    wait_status(&server, "orders", "running again", |s| {
+        s["state"] == "running"
+    })
+    .await;
+}
+
+/// Two gateway nodes in one consumer group on one shared Redis log: the group splits the
+/// partitions between them; one node is killed mid-stream, the other takes its partitions
+/// over from their committed offsets, and every message is in the log exactly once.
+#[tokio::test]
+async fn kafka_two_nodes_in_one_group_on_a_shared_redis_log_exactly_once() {
+    let redis = engines::redis::start(engines::redis::Persistence::None);
+    let redis_url = engines::redis::url(&redis);
+    let broker = engines::kafka::start();
+    let brokers = brokers(&broker);
+    create_topic(&brokers, "orders", 4).await;
+    let config = source(
+        &brokers,
+        "orders",
+        "gw",
+        r#"channel = "orders:all"
+commit_interval_ms = 200"#,
+    );
+    let env = [
+        ("LOG__KIND", "redis"),
+        ("LOG__URL", redis_url.as_str()),
+        ("LOG__STREAM", "kafka-test"),
+        ("LIMITS__PUBLISH_RATE", "0"),
+    ];
+    let a = Server::start_with_config(&config, &env);
+    let mut b = Server::start_with_config(&config, &env);
+    wait_status(&a, "orders", "running", |s| s["state"] == "running").await;
+    wait_status(&b, "orders", "running", |s| s["state"] == "running").await;
+    let p = producer(&brokers);
+    let produce_round = |n: i64| {
+        let p = &p;
+        async move {
+            for part in 0..4 {
+                let v = json!({"n": n, "p": part}).to_string();
+                produce(p, "orders", part, "k", v.as_bytes(), &[]).await;
+            }
+        }
+    };
+    // Until the group has given both nodes partitions and both read from them.
+    let mut rounds = 0;
+    let start = Instant::now();
+    loop {
+        produce_round(rounds).await;
+        rounds += 1;
+        let (sa, sb) = (
+            source_status(&a, "orders").await,
+            source_status(&b, "orders").await,
+        );
+        if sa["events"].as_u64() > Some(0) && sb["events"].as_u64() > Some(0) && rounds >= 50 {
+            break;
+        }
+        assert!(
+            start.elapsed() < T,
+            "the group never split the partitions: {sa} {sb}\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill9();
+    for _ in 0..150 {
+        produce_round(rounds).await;
+        rounds += 1;
+    }
+    let sent = 4 * rounds as usize;
+    let got = read_all(&a, "u", "orders:all", sent).await;
+    let mut by_partition: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for e in &got {
+        by_partition
+            .entry(e["data"]["p"].as_i64().unwrap())
+            .or_default()
+            .push(e["data"]["n"].as_i64().unwrap());
+    }
+    for (part, ns) in by_partition {
+        assert_eq!(
+            ns,
+            (0..rounds).collect::<Vec<_>>(),
+            "partition {part}: each message once, in order"
+        );
+    }
+}
+
+/// TLS to the broker: with the CA that signed the broker's certificate the source reads;
+/// without it, it backs off and says why. (The TLS server is a terminator in front of tansu,
+/// see [`engines::kafka::tls_terminator`]; the client side is librdkafka's own TLS.)
+#[tokio::test]
+async fn kafka_over_tls_verifies_the_broker_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    engines::tls::test_ca(certs.path());
+    let cert = certs.path().join("server.pem");
+    let key = certs.path().join("server.key");
+    let ca = certs.path().join("ca.pem");
+    // The broker on a port of its own, advertising the TLS port in front of it.
+    let tls_port = engines::free_port();
+    let broker = engines::Engine::start(engines::kafka::spec_advertising(tls_port));
+    let _terminator = engines::kafka::tls_terminator(&cert, &key, tls_port, broker.port()).await;
+    let brokers = format!("127.0.0.1:{tls_port}");
+    let tls_client = |c: &mut rdkafka::config::ClientConfig| {
+        c.set("security.protocol", "ssl")
+            .set("ssl.ca.location", ca.to_str().unwrap());
+    };
+    let mut admin_cfg = rdkafka::config::ClientConfig::new();
+    admin_cfg.set("bootstrap.servers", &brokers);
+    tls_client(&mut admin_cfg);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        admin_cfg.create().unwrap();
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                "secure",
+                1,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let mut pcfg = rdkafka::config::ClientConfig::new();
+    pcfg.set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "false");
+    tls_client(&mut pcfg);
+    let p: rdkafka::producer::FutureProducer = pcfg.create().unwrap();
+    produce(&p, "secure", 0, "k", br#"{"n": 1}"#, &[]).await;
+    let config = format!(
+        "{}\n{}",
+        source(
+            &brokers,
+            "secure",
+            "gw",
+            &format!(
+                "channel = \"secure:all\"\nsecurity_protocol = \"ssl\"\ntls_ca_file = \"{}\"",
+                ca.display()
+            )
+        ),
+        source(
+            &brokers,
+            "secure",
+            "gw2",
+            "channel = \"untrusted:all\"\nsecurity_protocol = \"ssl\"",
+        )
+        .replace("name = \"orders\"", "name = \"untrusted\""),
+    )
+    .replace("name = \"orders\"", "name = \"trusted\"");
+    let server = Server::start_with_config(&config, &[]);
+    let got = read_all(&server, "u", "secure:all", 1).await;
+    assert_eq!(numbers(&got), [1]);
+    wait_status(&server, "untrusted", "a certificate error", |s| {
+        s["restarts"].as_u64() >= Some(1)
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase().contains("certificate"))
+    })
+    .await;
+    assert_eq!(source_status(&server, "untrusted").await["events"], 0);
+}
