@@ -935,14 +935,19 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
 }
 
 /// PostgreSQL stopped (fast shutdown: the WAL sender goes away mid-stream) and started
-/// again while changes are being streamed: the source backs off, resumes from the slot,
-/// and the subscriber sees every change once, in order.
+/// again while a writer is writing and the source streaming: the source backs off, resumes
+/// from the slot, and the subscriber sees every change once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_postgres_restarted_mid_stream_loses_and_repeats_nothing() {
-    const HALF: i64 = 1_000;
+    const TOTAL: i64 = 2_000;
     let mut pg = Postgres::start();
     let db = connect(&pg.url()).await;
     db.batch_execute(LOGS_DDL).await.unwrap();
+    // The writer retries a transaction whose outcome it did not learn: seq makes it idempotent.
+    db.batch_execute("CREATE UNIQUE INDEX ON logs (seq)")
+        .await
+        .unwrap();
+    drop(db);
     let server = gateway(
         r#"
 [[sources]]
@@ -954,36 +959,65 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
 "#,
         &pg,
     );
-    wait_slot(&db, "ssegate_cdc").await;
+    {
+        let db = connect(&pg.url()).await;
+        wait_slot(&db, "ssegate_cdc").await;
+    }
     let alice = token("alice", &["logs:w1:*"], &[]);
     let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
-    // Transactions of ten rows, no pause: the server stops while the source is behind.
-    let write = |from: i64, url: String| async move {
-        let db = connect(&url).await;
-        let mut seq = from;
-        while seq < from + HALF {
-            db.execute(
-                "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq)
-                 SELECT 'w1', 'f1', 'alice', s FROM generate_series($1::bigint, $1::bigint + 9) s",
-                &[&seq],
-            )
-            .await
-            .unwrap();
-            seq += 10;
+    // Transactions of ten rows, paced; through the outage it reconnects and retries.
+    let url = pg.url();
+    let writer = tokio::spawn(async move {
+        let mut seq = 0i64;
+        let mut db: Option<tokio_postgres::Client> = None;
+        while seq < TOTAL {
+            if db.is_none() {
+                db = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok((client, conn)) => {
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        Some(client)
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+            }
+            let done = db
+                .as_ref()
+                .unwrap()
+                .execute(
+                    "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq)
+                     SELECT 'w1', 'f1', 'alice', s FROM generate_series($1::bigint, $1::bigint + 9) s
+                     ON CONFLICT (seq) DO NOTHING",
+                    &[&seq],
+                )
+                .await;
+            match done {
+                Ok(_) => {
+                    seq += 10;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(_) => db = None,
+            }
         }
-    };
-    write(0, pg.url()).await;
-    drop(db);
-    pg.stop();
-    wait_state(&server, "cdc", "backoff", Duration::from_secs(30)).await;
-    pg.restart();
-    write(HALF, pg.url()).await;
-
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seqs = Vec::new();
     let mut last = String::new();
-    assert!(read_seqs(&mut sse, &mut seqs, &mut last, 2 * HALF as usize, deadline).await);
-    assert_eq!(seqs, (0..2 * HALF).collect::<Vec<_>>());
+    assert!(read_seqs(&mut sse, &mut seqs, &mut last, 300, deadline).await);
+    pg.stop();
+    wait_state(&server, "cdc", "backoff", Duration::from_secs(30)).await;
+    pg.restart();
+    assert!(
+        !writer.is_finished(),
+        "the writer was done before the restart"
+    );
+    assert!(read_seqs(&mut sse, &mut seqs, &mut last, TOTAL as usize, deadline).await);
+    writer.await.unwrap();
+    assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
     sse.expect_quiet(Duration::from_millis(500)).await;
     let st = wait_state(&server, "cdc", "running", Duration::from_secs(10)).await;
     assert!(st["restarts"].as_u64().unwrap() >= 1, "{st}");
