@@ -215,6 +215,7 @@ impl BuildSource for PostgresConfig {
             return Err("max_changes must be greater than 0".into());
         }
         let url = tokio_postgres::Config::from_str(&self.url).map_err(|e| e.to_string())?;
+        replication_host(&url)?;
         self.tls(&url).validate()
     }
 
@@ -357,6 +358,33 @@ async fn emit(
     Ok(())
 }
 
+/// The host the replication connection connects to over TCP (`localhost` if the URL names
+/// none). It takes one TCP host: a Unix socket directory or several hosts are refused (at
+/// validation), rather than tried as a host name and backed off from forever.
+fn replication_host(url: &tokio_postgres::Config) -> Result<String, String> {
+    let hosts = url.get_hosts();
+    if hosts.len() > 1 {
+        return Err(format!(
+            "`url` names {} hosts: several hosts are not supported by the replication \
+             connection of the postgres source; give one host",
+            hosts.len()
+        ));
+    }
+    let socket = |dir: &str| {
+        format!(
+            "`url` host {dir:?} is a Unix socket directory: the postgres source streams over \
+             TCP; give a host name or address (e.g. host=127.0.0.1), not a Unix socket directory"
+        )
+    };
+    match hosts.first() {
+        None => Ok("localhost".to_owned()),
+        Some(tokio_postgres::config::Host::Tcp(h)) if h.starts_with('/') => Err(socket(h)),
+        Some(tokio_postgres::config::Host::Tcp(h)) => Ok(h.clone()),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(dir)) => Err(socket(&dir.display().to_string())),
+    }
+}
+
 /// The replication connection's settings, from the source's URL and settings.
 fn replication_config(
     url: &tokio_postgres::Config,
@@ -367,12 +395,7 @@ fn replication_config(
     start: u64,
     cfg: &PostgresConfig,
 ) -> Result<ReplicationConfig, SourceError> {
-    let host = match url.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
-        None => "localhost".to_owned(),
-    };
+    let host = replication_host(url).map_err(|e| SourceError::fatal("invalid url", e))?;
     let port = url.get_ports().first().copied().unwrap_or(5432);
     let user = url.get_user().unwrap_or("postgres").to_owned();
     let password = url
@@ -762,6 +785,44 @@ mod tests {
             ..cfg
         };
         assert!(none.validate().unwrap_err().contains("table"));
+    }
+
+    #[test]
+    fn the_replication_connection_takes_one_tcp_host() {
+        let with_url = |url: &str| {
+            toml::from_str::<PostgresConfig>(&format!("url = {url:?}\ntable = \"logs\""))
+                .unwrap()
+                .validate()
+        };
+        for url in [
+            "postgres://u@127.0.0.1:5433/db",
+            "postgres://u@db.example/db",
+            "host=db.example port=5433 user=u dbname=db",
+            "postgres:///db?user=u",
+        ] {
+            assert_eq!(with_url(url), Ok(()), "{url}");
+        }
+        for url in [
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
+            "postgres:///db?host=/var/run/postgresql",
+            "host=/var/run/postgresql user=u dbname=db",
+        ] {
+            let e = with_url(url).unwrap_err();
+            assert!(
+                e.contains("`url`") && e.contains("streams over TCP") && e.contains("Unix socket"),
+                "{url}: {e}"
+            );
+        }
+        for url in [
+            "postgres://u@a.example,b.example/db",
+            "host=a.example,b.example user=u dbname=db",
+        ] {
+            let e = with_url(url).unwrap_err();
+            assert!(
+                e.contains("`url`") && e.contains("several hosts are not supported"),
+                "{url}: {e}"
+            );
+        }
     }
 
     fn row(n: i64, place: &str) -> Message {
