@@ -751,8 +751,9 @@ channel = "poll:{row.workflow_id}"
 /// delivered, once, and the slot moves past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_status_updates_never_confirm_what_the_log_does_not_hold() {
-    let pg = Postgres::start_with(&["wal_sender_timeout=1s"]);
-    let db = connect(&pg.url()).await;
+    // The server asks for a reply every 2.5 s of silence.
+    let pg = Postgres::start_with(&["wal_sender_timeout=5s"]);
+    let mut db = connect(&pg.url()).await;
     db.batch_execute(LOGS_DDL).await.unwrap();
     let mut redis = engines::redis::start(engines::redis::Persistence::Aof);
     let redis_url = engines::redis::url(&redis);
@@ -794,7 +795,16 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     wait_confirmed(&db, "ssegate_held", &before, Duration::from_secs(20)).await;
 
     redis.kill();
-    db.batch_execute(&insert(2)).await.unwrap();
+    // Where the WAL stands after insert 2's row, before its commit record: confirming
+    // insert 2 (its end LSN) moves the slot past this point.
+    let tx = db.transaction().await.unwrap();
+    tx.batch_execute(&insert(2)).await.unwrap();
+    let inside: String = tx
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
     let after: String = db
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -831,8 +841,9 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     }
     let held = confirmed_flush(&db, "ssegate_held").await;
     assert!(
-        !lsn_ge(&db, &held, &after).await,
-        "the slot confirmed {held}, past the change at {before}..{after} that the log does not hold"
+        lsn_ge(&db, &inside, &held).await,
+        "the slot confirmed {held}, past {inside} inside insert 2 (committed by {after}), \
+         which the log does not hold"
     );
 
     redis.restart();
@@ -861,13 +872,13 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     sse.expect_quiet(Duration::from_millis(300)).await;
 }
 
-/// With `wal_sender_timeout = 2s` the server asks for a reply every second and ends a
-/// stream that stays silent for two (the client's own status updates come every 10 s): a
-/// quiet source keeps its one stream (same WAL sender, no restart) for several timeouts,
-/// then still delivers.
+/// With `wal_sender_timeout = 5s` the server asks for a reply after 2.5 s of silence and
+/// ends a stream that stays silent for 5 s (the client's own status updates come every
+/// 10 s): a quiet source keeps its one stream (same WAL sender, no restart) for three
+/// timeouts, then still delivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_keepalives_are_answered() {
-    let pg = Postgres::start_with(&["wal_sender_timeout=2s"]);
+    let pg = Postgres::start_with(&["wal_sender_timeout=5s"]);
     let db = connect(&pg.url()).await;
     db.batch_execute(LOGS_DDL).await.unwrap();
     let server = gateway(
@@ -904,9 +915,11 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
         }
     };
     let (pid, mut last_reply) = sender().await;
-    // Six replies at the server's request (≥ 3 timeouts' worth), all on one WAL sender.
+    // Three timeouts (15 s), all on one WAL sender, kept alive by replies: unanswered, the
+    // server would end the stream after 5 s and the source would open another.
+    let watch = Instant::now();
     let mut replies = 0;
-    while replies < 6 {
+    while watch.elapsed() < Duration::from_secs(15) {
         let (now_pid, reply) = sender().await;
         assert_eq!(now_pid, pid, "the stream was ended and opened again");
         if reply != last_reply {
@@ -915,6 +928,7 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(replies >= 3, "{replies} replies in 15 s");
     assert!(
         !pg.output().contains("replication timeout"),
         "{}",
@@ -936,10 +950,13 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
 
 /// PostgreSQL stopped (fast shutdown: the WAL sender goes away mid-stream) and started
 /// again while a writer is writing and the source streaming: the source backs off, resumes
-/// from the slot, and the subscriber sees every change once, in order.
+/// from the slot, and the subscriber sees every change once, in order. The writer waits at
+/// change 1,000 until PostgreSQL is stopped, so however slow delivery is, changes are still
+/// being streamed when it stops and 1,000 are written through the outage and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_postgres_restarted_mid_stream_loses_and_repeats_nothing() {
     const TOTAL: i64 = 2_000;
+    const PAUSE_AT: i64 = 1_000;
     let mut pg = Postgres::start();
     let db = connect(&pg.url()).await;
     db.batch_execute(LOGS_DDL).await.unwrap();
@@ -967,10 +984,17 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
     // Transactions of ten rows, paced; through the outage it reconnects and retries.
     let url = pg.url();
+    let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
+    let wake = stopped.clone();
     let writer = tokio::spawn(async move {
         let mut seq = 0i64;
         let mut db: Option<tokio_postgres::Client> = None;
+        let mut paused = false;
         while seq < TOTAL {
+            if seq == PAUSE_AT && !paused {
+                wake.notified().await;
+                paused = true;
+            }
             if db.is_none() {
                 db = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                     Ok((client, conn)) => {
@@ -1009,12 +1033,9 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     let mut last = String::new();
     assert!(read_seqs(&mut sse, &mut seqs, &mut last, 300, deadline).await);
     pg.stop();
+    stopped.notify_one();
     wait_state(&server, "cdc", "backoff", Duration::from_secs(30)).await;
     pg.restart();
-    assert!(
-        !writer.is_finished(),
-        "the writer was done before the restart"
-    );
     assert!(read_seqs(&mut sse, &mut seqs, &mut last, TOTAL as usize, deadline).await);
     writer.await.unwrap();
     assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
