@@ -509,13 +509,67 @@ impl Config {
     }
 
     /// The effective configuration as TOML, with the secret masked.
+    /// Every secret is masked: values of keys named `*secret`, `*password` or `*_token`
+    /// (the JWT secret, a Kafka SASL password, the Dapr app token) and the password in a
+    /// `scheme://user:password@host` URL (Redis, NATS, PostgreSQL, MongoDB).
     pub fn to_toml_masked(&self) -> String {
-        let mut shown = self.clone();
-        if shown.auth.jwt_secret.is_some() {
-            shown.auth.jwt_secret = Some("*".repeat(16));
-        }
+        let mut shown = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render: {e}\n"),
+        };
+        mask_secrets(&mut shown, None);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+const MASK: &str = "****************";
+
+fn mask_secrets(value: &mut toml::Value, key: Option<&str>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                mask_secrets(v, Some(k));
+            }
+        }
+        toml::Value::Array(items) => {
+            for v in items {
+                mask_secrets(v, key);
+            }
+        }
+        toml::Value::String(s) => {
+            let secret_key = key.is_some_and(|k| {
+                k.ends_with("secret") || k.ends_with("password") || k.ends_with("_token")
+            });
+            if secret_key {
+                *s = MASK.to_owned();
+            } else if let Some(masked) = mask_url_password(s) {
+                *s = masked;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@rest` with the password masked, for each comma-separated URL.
+fn mask_url_password(text: &str) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = text
+        .split(',')
+        .map(|url| {
+            let masked = (|| {
+                let (scheme, rest) = url.split_once("://")?;
+                let (userinfo, host) = rest.split_once('@')?;
+                if userinfo.contains('/') {
+                    return None;
+                }
+                let (user, _) = userinfo.split_once(':')?;
+                Some(format!("{scheme}://{user}:{MASK}@{host}"))
+            })();
+            changed |= masked.is_some();
+            masked.unwrap_or_else(|| url.to_owned())
+        })
+        .collect();
+    changed.then(|| parts.join(","))
 }
 
 fn parse_error(origin: &str, e: impl std::fmt::Display) -> ConfigError {
@@ -669,5 +723,45 @@ mod tests {
         let shown = cfg.to_toml_masked();
         assert!(!shown.contains("0123456789abcdef-secret"));
         assert!(Config::from_toml_str(&shown).is_ok());
+    }
+
+    #[test]
+    fn masked_output_hides_source_passwords_and_url_passwords() {
+        let cfg = Config::from_toml_str(
+            r#"
+[[sources]]
+name = "orders"
+type = "kafka"
+brokers = "k:9092"
+topics = ["orders"]
+security_protocol = "sasl_ssl"
+sasl_mechanism = "PLAIN"
+sasl_username = "gw"
+sasl_password = "kafka-pass-42"
+channel = "orders:{row.c}"
+
+[[sources]]
+name = "rows"
+type = "postgres"
+url = "postgres://app:pg-pass-42@db:5432/app"
+tables = ["public.t"]
+channel = "t:{row.id}"
+"#,
+        )
+        .unwrap();
+        let shown = cfg.to_toml_masked();
+        for secret in ["kafka-pass-42", "pg-pass-42"] {
+            assert!(!shown.contains(secret), "{secret} in\n{shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:****************@db:5432/app"),
+            "{shown}"
+        );
+        assert!(shown.contains("sasl_username = \"gw\""), "{shown}");
+        assert_eq!(
+            mask_url_password("nats://a:p@h1:4222,nats://h2:4222").as_deref(),
+            Some("nats://a:****************@h1:4222,nats://h2:4222")
+        );
+        assert_eq!(mask_url_password("redis://h:6379/0"), None);
     }
 }

@@ -45,3 +45,15 @@ pub mod server;
 pub mod source;
 pub mod throttle;
 pub mod time;
+
+/// Names ring as rustls' process-wide crypto provider (once; later calls do nothing).
+/// rustls is built here with two providers — ring, and aws-lc-rs through
+/// pgwire-replication's tokio-rustls — so clients that ask rustls for the process default
+/// (async-nats' and redis' TLS) would find none. Called by everything that may open a TLS
+/// client: the `ssegate` command, the logs and the sources.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -143,10 +143,7 @@ fn load_config(file: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result
 }
 
 fn main() -> anyhow::Result<()> {
-    // rustls is built with two crypto providers (ring, and aws-lc-rs through
-    // pgwire-replication's tokio-rustls): name the process default, or clients that ask
-    // rustls for it (async-nats' TLS) would find none.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    ssegate::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {

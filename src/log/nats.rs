@@ -366,6 +366,7 @@ impl NatsLog {
         credentials_file: Option<&std::path::Path>,
         opts: LogOptions,
     ) -> Result<Arc<dyn EventLog>, LogError> {
+        crate::install_crypto_provider();
         let url = cfg.url.as_str();
         let addrs = servers(url, "log.url").map_err(|e| invalid(e.to_string()))?;
         let name = cfg.stream.clone();

@@ -266,6 +266,7 @@ struct Shared {
 impl RedisLog {
     /// Builds the log for `cfg.url` and starts its tailer. Redis need not be reachable yet.
     pub async fn open(cfg: &EngineConfig, opts: LogOptions) -> Result<Arc<dyn EventLog>, LogError> {
+        crate::install_crypto_provider();
         let client = client(cfg)?;
         let endpoint = client.get_connection_info().addr().to_string();
         let stream = cfg.stream.clone();

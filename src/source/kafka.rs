@@ -89,8 +89,8 @@ impl Protocol {
     }
 }
 
-/// The settings of a `type = "kafka"` source.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The settings of a `type = "kafka"` source. (`Debug` leaves the SASL password out.)
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap servers, `host:port` separated by commas.
@@ -135,6 +135,25 @@ pub struct KafkaSourceConfig {
     pub tls_verify_hostname: bool,
 }
 
+impl std::fmt::Debug for KafkaSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        if shown.sasl_password.is_some() {
+            shown.sasl_password = Some("****".into());
+        }
+        f.debug_struct("KafkaSourceConfig")
+            .field("brokers", &shown.brokers)
+            .field("topics", &shown.topics)
+            .field("group", &shown.group)
+            .field("start", &shown.start)
+            .field("security_protocol", &shown.security_protocol)
+            .field("sasl_mechanism", &shown.sasl_mechanism)
+            .field("sasl_username", &shown.sasl_username)
+            .field("sasl_password", &shown.sasl_password)
+            .finish_non_exhaustive()
+    }
+}
+
 fn default_group() -> String {
     "ssegate".into()
 }
@@ -154,7 +173,8 @@ fn yes() -> bool {
 /// librdkafka debug contexts to log (`cgrp,fetch`, `all`): its `debug` property.
 const DEBUG_ENV: &str = "SSEGATE_KAFKA_DEBUG";
 
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Less than the 10 s that stopping a source may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
@@ -267,6 +287,10 @@ impl KafkaSourceConfig {
             .set("security.protocol", self.security_protocol.as_str())
             // Reconnects come sooner than the default 1 s → 10 s backoff.
             .set("reconnect.backoff.max.ms", "2000")
+            .set(
+                "socket.connection.setup.timeout.ms",
+                CONNECT_TIMEOUT_MS.to_string(),
+            )
             .set_log_level(RDKafkaLogLevel::Warning);
         if let Ok(debug) = std::env::var(DEBUG_ENV) {
             c.set("debug", debug).set_log_level(RDKafkaLogLevel::Debug);
@@ -355,10 +379,16 @@ struct Outage {
     why: String,
 }
 
-/// How long the brokers may stay unreachable before the source backs off.
+/// How long the brokers may stay unreachable before the source says it waits for them.
 const OUTAGE_LIMIT: Duration = Duration::from_secs(3);
-/// No connection error for this long: the brokers answer again.
-const OUTAGE_OVER: Duration = Duration::from_secs(3);
+/// No connection error for this long (twice librdkafka's connection setup timeout, which
+/// [`KafkaSourceConfig::client_config`] sets, so that even a broker that never answers
+/// reports an error in between): the brokers answer again.
+const OUTAGE_OVER: Duration = Duration::from_secs(10);
+/// `socket.connection.setup.timeout.ms`.
+const CONNECT_TIMEOUT_MS: u64 = 5000;
+/// A batch stops growing at this many bytes of message values.
+const BATCH_BYTES: usize = 512 * 1024;
 
 /// Errors that say a broker cannot be reached (librdkafka keeps trying by itself).
 fn is_transport(e: &KafkaError) -> bool {
@@ -478,6 +508,53 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// An error on the message stream: a broker out of reach starts (or extends) an outage,
+    /// a fatal one stops the source, any other is logged and shown in `/v1/status` while
+    /// librdkafka retries.
+    fn on_error(
+        &self,
+        cx: &SourceContext,
+        consumer: &StreamConsumer<Context>,
+        e: KafkaError,
+        outage: &mut Option<Outage>,
+    ) -> Result<(), SourceError> {
+        if !is_transport(&e) {
+            let e = classify(e, "cannot read");
+            if matches!(e, SourceError::Fatal(_)) {
+                return Err(e);
+            }
+            let chain = e.cause().chain();
+            tracing::warn!(source = %cx.name, error = %chain, "kafka consumer error");
+            cx.status.note_error(chain);
+            return Ok(());
+        }
+        // librdkafka reconnects by itself; a source that cannot reach any broker for a while
+        // backs off (and says why in /v1/status).
+        let now = tokio::time::Instant::now();
+        let why = consumer
+            .context()
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| e.to_string());
+        match outage {
+            Some(o) => {
+                o.last = now;
+                o.why = why;
+            }
+            None => {
+                tracing::warn!(source = %cx.name, error = %why, "kafka: a broker is unreachable");
+                *outage = Some(Outage {
+                    since: now,
+                    last: now,
+                    why,
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn consume(
         &self,
         cx: &SourceContext,
@@ -496,10 +573,11 @@ impl KafkaSource {
                         if o.last.elapsed() > OUTAGE_OVER {
                             tracing::info!(source = %cx.name, "kafka: the brokers answer again");
                             outage = None;
+                            cx.status.set_running();
                         } else if o.since.elapsed() >= OUTAGE_LIMIT {
-                            return Err(SourceError::Recoverable(
-                                format!("kafka: no broker reachable: {}", o.why).into(),
-                            ));
+                            // The consumer stays (librdkafka reconnects it, and it keeps its
+                            // place in the group): the status says it waits.
+                            cx.status.set_waiting(format!("kafka: no broker reachable: {}", o.why));
                         }
                     }
                     continue;
@@ -507,49 +585,31 @@ impl KafkaSource {
             };
             let first = match first {
                 None => return Err(SourceError::Recoverable("kafka: the consumer ended".into())),
-                Some(Err(e)) if is_transport(&e) => {
-                    // librdkafka reconnects by itself; a source that cannot reach any
-                    // broker for a while backs off (and says why in /v1/status).
-                    let now = tokio::time::Instant::now();
-                    let why = consumer
-                        .context()
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone()
-                        .unwrap_or_else(|| e.to_string());
-                    match &mut outage {
-                        Some(o) => {
-                            o.last = now;
-                            o.why = why;
-                        }
-                        None => {
-                            tracing::warn!(source = %cx.name, error = %why, "kafka: a broker is unreachable");
-                            outage = Some(Outage {
-                                since: now,
-                                last: now,
-                                why,
-                            });
-                        }
-                    }
-                    continue;
-                }
                 Some(Err(e)) => {
-                    let e = classify(e, "cannot read");
-                    if matches!(e, SourceError::Fatal(_)) {
-                        return Err(e);
-                    }
-                    tracing::warn!(source = %cx.name, error = %e.cause().chain(), "kafka consumer error");
+                    self.on_error(cx, consumer, e, &mut outage)?;
                     continue;
                 }
                 Some(Ok(m)) => m,
             };
-            outage = None;
+            if outage.take().is_some() {
+                cx.status.set_running();
+            }
+            let mut bytes = first.payload_len();
             let mut batch = vec![self.take(cx, &first)];
             drop(first);
-            while batch.len() < self.cfg.batch {
+            let mut failed = None;
+            // As many as are already there, up to `batch` messages and BATCH_BYTES (a shared
+            // log refuses larger appends).
+            while batch.len() < self.cfg.batch && bytes < BATCH_BYTES {
                 match stream.next().now_or_never() {
-                    Some(Some(Ok(m))) => batch.push(self.take(cx, &m)),
+                    Some(Some(Ok(m))) => {
+                        bytes += m.payload_len();
+                        batch.push(self.take(cx, &m));
+                    }
+                    Some(Some(Err(e))) => {
+                        failed = Some(e);
+                        break;
+                    }
                     _ => break,
                 }
             }
@@ -565,6 +625,9 @@ impl KafkaSource {
                     // messages again and their keys keep them from being appended twice.
                     tracing::debug!(source = %cx.name, error = %e, "offset not stored");
                 }
+            }
+            if let Some(e) = failed {
+                self.on_error(cx, consumer, e, &mut outage)?;
             }
             positions.add(&batch);
             cx.status.set_position(positions.show());

@@ -381,6 +381,26 @@ impl SourceStatus {
         }
     }
 
+    /// `backoff` with `error` for a source that waits for its server while its client
+    /// reconnects by itself (no restart): `/v1/status` and `ssegate_source_running` say so.
+    pub fn set_waiting(&self, error: String) {
+        self.set("backoff", Some(error));
+    }
+
+    /// `running` again after [`SourceStatus::set_waiting`] (the last error stays shown).
+    pub fn set_running(&self) {
+        self.set("running", None);
+    }
+
+    /// Shows `error` in `/v1/status` (`last_error`) while the source goes on running (an
+    /// error its client retries by itself).
+    pub fn note_error(&self, error: String) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(error);
+    }
+
     /// Where a source without a checkpoint file stands (a Kafka group's offsets), for
     /// `/v1/status`.
     pub fn set_position(&self, position: String) {
@@ -813,6 +833,7 @@ impl Sources {
 /// Runs a source until it stops: recoverable errors restart it with jittered exponential
 /// backoff, a fatal one leaves it `failed`.
 async fn supervise(kind: SourceKind, cx: SourceContext) {
+    crate::install_crypto_provider();
     let name = cx.name.clone();
     let mut failures = 0u32;
     loop {
@@ -963,8 +984,8 @@ changes = [
         assert!(s[0].validate().is_ok());
         let err = config(&VEC.replace("exclude =", "exclud =")).unwrap_err();
         assert!(err.contains("exclud"), "{err}");
-        let err = config(&VEC.replace("type = \"vec\"", "type = \"kafka\"")).unwrap_err();
-        assert!(err.contains("kafka"), "{err}");
+        let err = config(&VEC.replace("type = \"vec\"", "type = \"kafkaa\"")).unwrap_err();
+        assert!(err.contains("kafkaa"), "{err}");
     }
 
     #[tokio::test]
