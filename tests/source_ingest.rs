@@ -7,24 +7,17 @@ mod engines;
 
 use std::time::Duration;
 
-use common::{bearer, call, envelope, get, last_event_id, token_with, Server, Sse};
+use common::{
+    admin_token, bearer, call, envelope, get, last_event_id, source_status, token_with, Server, Sse,
+};
 use engines::redis::Persistence;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-fn admin() -> String {
-    token_with("admin", &[], &[], true, 3600)
-}
-
 /// Waits until source `name` is `running`; fails at once (with the server log) when it failed.
 async fn wait_running(server: &Server, name: &str) {
     for _ in 0..300 {
-        let (_, _, status) = get(&format!("{}/v1/status", server.url), &[bearer(&admin())]).await;
-        let s = status["sources"]
-            .as_array()
-            .and_then(|all| all.iter().find(|s| s["name"] == name))
-            .cloned()
-            .unwrap_or(Value::Null);
+        let s = source_status(server, name).await;
         assert_ne!(s["state"], "failed", "{s}\n{}", server.log_text());
         if s["state"] == "running" {
             return;
@@ -32,15 +25,6 @@ async fn wait_running(server: &Server, name: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("source {name} is not running:\n{}", server.log_text());
-}
-
-async fn source_status(server: &Server, name: &str) -> Value {
-    let (_, _, status) = get(&format!("{}/v1/status", server.url), &[bearer(&admin())]).await;
-    status["sources"]
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["name"] == name))
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// Subscribes from the start of the log (`Last-Event-ID: 0`), so events appended before the
@@ -642,7 +626,7 @@ async fn dapr_deliveries_are_appended_once_and_answered_as_the_sidecar_expects()
     let (status, _, _) = call(
         Method::POST,
         &format!("{}/v1/sources/mastery/stop", server.url),
-        &[bearer(&admin())],
+        &[bearer(&admin_token())],
         None,
     )
     .await;

@@ -9,24 +9,13 @@ mod engines;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{bearer, envelope, get, last_event_id, metric, metrics_text, token_with, Server, Sse};
+use common::{
+    bearer, envelope, last_event_id, metric, metrics_text, source_status, token_with, Server, Sse,
+};
 use engines::kafka::{brokers, create_topic, produce, producer};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
-
-fn admin() -> String {
-    token_with("admin", &[], &[], true, 3600)
-}
-
-async fn source_status(server: &Server, name: &str) -> Value {
-    let (_, _, status) = get(&format!("{}/v1/status", server.url), &[bearer(&admin())]).await;
-    status["sources"]
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["name"] == name))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
 
 /// Waits until `check` holds for source `name`'s status; fails with the status and the
 /// server log when it does not within `T`, or when the source failed.

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bearer, envelope, last_event_id, token, token_with, Next, Server, Sse};
+use common::{bearer, envelope, last_event_id, token, Next, Server, Sse};
 use engines::postgres::Postgres;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -82,19 +82,11 @@ fn gateway_env(toml: &str, pg: &Postgres, env: &[(&str, &str)]) -> Server {
     Server::start_with_config(&toml.replace("URL", &pg.url()), env)
 }
 
-fn admin() -> String {
-    token_with("admin", &[], &[], true, 3600)
-}
-
-/// The `/v1/status` entry of source `name`.
+/// The `/v1/status` entry of source `name` (which must exist).
 async fn source_status(server: &Server, name: &str) -> Value {
-    let (status, _, body) =
-        common::get(&format!("{}/v1/status", server.url), &[bearer(&admin())]).await;
-    assert_eq!(status, 200, "{body}");
-    body["sources"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no source {name:?} in {body}"))
+    let s = common::source_status(server, name).await;
+    assert!(!s.is_null(), "no source {name:?}");
+    s
 }
 
 /// Waits until source `name` is in `state`; returns its status then.

@@ -663,9 +663,7 @@ mod tests {
     use super::*;
 
     fn config(text: &str) -> Result<KafkaSourceConfig, String> {
-        let c: KafkaSourceConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        c.validate()?;
-        Ok(c)
+        crate::source::settings(text)
     }
 
     #[test]

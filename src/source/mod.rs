@@ -830,6 +830,17 @@ impl Sources {
     }
 }
 
+/// A source type's settings read from TOML and checked, as at start (for the types' unit
+/// tests).
+#[cfg(test)]
+pub(crate) fn settings<T: serde::de::DeserializeOwned + BuildSource>(
+    text: &str,
+) -> Result<T, String> {
+    let c: T = toml::from_str(text).map_err(|e| e.to_string())?;
+    c.validate()?;
+    Ok(c)
+}
+
 /// Runs a source until it stops: recoverable errors restart it with jittered exponential
 /// backoff, a fatal one leaves it `failed`.
 async fn supervise(kind: SourceKind, cx: SourceContext) {

@@ -337,9 +337,7 @@ mod tests {
     use super::*;
 
     fn config(text: &str) -> Result<NatsSourceConfig, String> {
-        let c: NatsSourceConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        c.validate()?;
-        Ok(c)
+        crate::source::settings(text)
     }
 
     #[test]

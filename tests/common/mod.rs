@@ -556,3 +556,23 @@ pub async fn metrics_text(server: &Server) -> String {
         .await
         .expect("metrics body")
 }
+
+/// A token with the admin grant.
+pub fn admin_token() -> String {
+    token_with("admin", &[], &[], true, 3600)
+}
+
+/// The `/v1/status` entry of source `name` (`null` when there is none).
+pub async fn source_status(server: &Server, name: &str) -> Value {
+    let (status, _, body) = get(
+        &format!("{}/v1/status", server.url),
+        &[bearer(&admin_token())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["sources"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
