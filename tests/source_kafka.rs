@@ -456,3 +456,49 @@ async fn kafka_over_tls_verifies_the_broker_certificate() {
     .await;
     assert_eq!(source_status(&server, "untrusted").await["events"], 0);
 }
+
+/// SASL (SCRAM-SHA-512) to a broker that requires it: with the right password the source
+/// reads; with a wrong one it stops (`failed`: retrying cannot help) and says why.
+#[tokio::test]
+async fn kafka_over_sasl_scram_authenticates_and_a_wrong_password_fails_the_source() {
+    let mut broker = engines::Engine::start(engines::kafka::spec_authenticating_when_marked());
+    let brokers = brokers(&broker);
+    engines::kafka::create_user(&brokers, "gateway", "right-password-1");
+    create_topic(&brokers, "orders", 1).await;
+    {
+        let p = producer(&brokers);
+        produce(&p, "orders", 0, "k", br#"{"n": 1}"#, &[]).await;
+    }
+    std::fs::write(broker.dir().join("authenticate"), "").unwrap();
+    broker.restart();
+    let sasl = |name: &str, channel: &str, password: &str| {
+        source(
+            &brokers,
+            "orders",
+            name,
+            &format!(
+                "channel = \"{channel}:all\"\nsecurity_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"gateway\"\nsasl_password = \"{password}\""
+            ),
+        )
+        .replace("name = \"orders\"", &format!("name = \"{name}\""))
+    };
+    let config = format!(
+        "{}\n{}",
+        sasl("good", "orders", "right-password-1"),
+        sasl("bad", "refused", "wrong-password")
+    );
+    let server = Server::start_with_config(&config, &[]);
+    let got = read_all(&server, "u", "orders:all", 1).await;
+    assert_eq!(numbers(&got), [1]);
+    wait_status(&server, "bad", "an authentication failure", |s| {
+        s["state"] == "failed"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase().contains("authentication"))
+    })
+    .await;
+    assert_eq!(source_status(&server, "bad").await["events"], 0);
+    // The password is nowhere in what the gateway says.
+    assert!(!server.log_text().contains("wrong-password"));
+    assert!(!server.log_text().contains("right-password-1"));
+}

@@ -168,3 +168,41 @@ pub fn spec_advertising(advertised: u16) -> EngineSpec {
     s.args[4] = url;
     s
 }
+
+/// tansu that requires SASL (SCRAM) once a file `authenticate` exists in its directory. An
+/// authenticating tansu 0.6.0 lets nobody in to create the first user, so users are created
+/// (over the Kafka protocol, [`create_user`]) while it does not authenticate yet; then the
+/// test writes the file and [`Engine::restart`] brings it back with `--authentication` on
+/// the same storage.
+pub fn spec_authenticating_when_marked() -> EngineSpec {
+    let base = spec(&[]);
+    let quoted: Vec<String> = base.args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "if [ -e authenticate ]; then set -- --authentication; fi; exec '{}' {} \"$@\"",
+        base.program.display(),
+        quoted.join(" ")
+    );
+    EngineSpec {
+        name: "tansu",
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script],
+        ready: tcp_accepts,
+    }
+}
+
+/// Creates SCRAM-SHA-512 user `name` with `password` (tansu's own client, over the Kafka
+/// protocol: AlterUserScramCredentials).
+pub fn create_user(brokers: &str, name: &str, password: &str) {
+    let out = std::process::Command::new(program())
+        .args(["user", "create", "--mechanism", "scram512", "--broker"])
+        .arg(format!("tcp://{brokers}"))
+        .args([name, password])
+        .output()
+        .expect("run tansu user create");
+    assert!(
+        out.status.success(),
+        "tansu user create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
