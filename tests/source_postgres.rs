@@ -17,13 +17,17 @@ mod common;
 mod engines;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{bearer, envelope, last_event_id, token, Next, Server, Sse};
 use engines::postgres::Postgres;
 use serde_json::Value;
 use tokio::time::Instant;
+
+/// The event type and users of the restart tests' sources.
+const LOG_EVENTS_FOR_OWNER: &str = r#"event_type = "log.{op}"
+users = "{row.owner_id}"
+"#;
 
 /// Row changes written during the restart tests.
 const CHANGES: i64 = 10_000;
@@ -132,11 +136,79 @@ fn record(e: &common::Ev) -> Value {
     envelope(e)["data"].clone()
 }
 
+/// The channels of `events`, sorted.
+fn channels(events: &[common::Ev]) -> Vec<String> {
+    let mut channels: Vec<String> = events
+        .iter()
+        .map(|e| envelope(e)["channel"].as_str().unwrap().to_owned())
+        .collect();
+    channels.sort();
+    channels
+}
+
+/// A client of `pg`'s database, with the `logs` table created.
+async fn logs_db(pg: &Postgres) -> tokio_postgres::Client {
+    let db = connect(&pg.url()).await;
+    db.batch_execute(LOGS_DDL).await.unwrap();
+    db
+}
+
+/// The channel template of the sources on `logs`: `logs:w1:f1` for alice's rows.
+const LOGS_CHANNEL: &str = "logs:{row.workspace_id}:{row.workflow_id}";
+
+/// A `[[sources]]` block: a `postgres` (logical decoding) source `name` on `public.logs` at
+/// `url` (`URL`: the test database), publishing on `channel`, with `extra` TOML lines.
+fn cdc_source_at(name: &str, url: &str, channel: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[sources]]
+name = "{name}"
+type = "postgres"
+url = "{url}"
+table = "public.logs"
+channel = "{channel}"
+{extra}"#
+    )
+}
+
+/// The same on the test database and `LOGS_CHANNEL`.
+fn cdc_source(name: &str, extra: &str) -> String {
+    cdc_source_at(name, "URL", LOGS_CHANNEL, extra)
+}
+
+/// SQL inserting a row of alice's on `logs:w1:f1` with `seq`.
+fn insert_alice(seq: i64) -> String {
+    format!(
+        "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', {seq})"
+    )
+}
+
+/// Where the WAL stands (`pg_current_wal_lsn`), as text.
+async fn wal_lsn(db: &tokio_postgres::Client) -> String {
+    db.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Alice's token: she reads `logs:w1:*`.
+fn alice() -> String {
+    token("alice", &["logs:w1:*"], &[])
+}
+
+/// Alice subscribed to `logs:w1:f1`, after `last_id` when given.
+async fn alice_stream(server: &Server, last_id: Option<&str>) -> Sse {
+    let mut headers = vec![bearer(&alice())];
+    headers.extend(last_id.map(last_event_id));
+    Sse::open(&server.stream_url(&["logs:w1:f1"]), &headers)
+        .await
+        .0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_changes_of_two_tables_reach_the_users_they_target() {
     let pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let db = logs_db(&pg).await;
     db.batch_execute(
         "CREATE TABLE runs (id bigserial PRIMARY KEY, workspace_id text, workflow_id text,
                             owner_id text, status text);
@@ -145,18 +217,14 @@ async fn cdc_changes_of_two_tables_reach_the_users_they_target() {
     .await
     .unwrap();
     let server = gateway(
-        r#"
-[[sources]]
-name = "etl-logs"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-tables = ["runs"]
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
+        &cdc_source(
+            "etl-logs",
+            r#"tables = ["runs"]
 event_type = "{table}.{op}"
 users = "{row.owner_id}"
 exclude = ["secret"]
 "#,
+        ),
         &pg,
     );
     wait_slot(&db, "ssegate_etl_logs").await;
@@ -230,34 +298,18 @@ exclude = ["secret"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_slot_follows_the_wal_while_its_tables_are_quiet() {
     let pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let db = logs_db(&pg).await;
     db.batch_execute("CREATE TABLE busy (id bigserial PRIMARY KEY, v text)")
         .await
         .unwrap();
-    let server = gateway(
-        r#"
-[[sources]]
-name = "quiet"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-"#,
-        &pg,
-    );
+    let server = gateway(&cdc_source("quiet", ""), &pg);
     wait_slot(&db, "ssegate_quiet").await;
-    let alice = token("alice", &["logs:w1:*"], &[]);
-    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
+    let mut sse = alice_stream(&server, None).await;
     // Only another table changes: the slot must still move, or the server keeps all WAL.
     db.batch_execute("INSERT INTO busy (v) SELECT 'x' FROM generate_series(1, 5000)")
         .await
         .unwrap();
-    let wal_now: String = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let wal_now = wal_lsn(&db).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let caught_up: bool = db
@@ -276,11 +328,7 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And nothing of ours was skipped by moving it.
-    db.batch_execute(
-        "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', 7)",
-    )
-    .await
-    .unwrap();
+    db.batch_execute(&insert_alice(7)).await.unwrap();
     let got = sse.take(1, Duration::from_secs(10)).await;
     assert_eq!(record(&got[0])["seq"], 7);
     sse.expect_quiet(Duration::from_millis(300)).await;
@@ -362,8 +410,7 @@ async fn read_seqs(
 /// must see every change exactly once, in order. A reader from the start of the log then
 /// sees the same: the log itself has no duplicate.
 async fn kill_9_mid_stream(pg: &Postgres, mut server: Server, inserts_only: bool) {
-    let alice = token("alice", &["logs:w1:*"], &[]);
-    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
+    let mut sse = alice_stream(&server, None).await;
     let writer = tokio::spawn(write_changes(pg.url(), inserts_only));
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seqs = Vec::new();
@@ -373,11 +420,7 @@ async fn kill_9_mid_stream(pg: &Postgres, mut server: Server, inserts_only: bool
         eprintln!("note: the writer was done before the kill");
     }
     server.kill9_and_restart();
-    let (mut sse, _) = Sse::open(
-        &server.stream_url(&["logs:w1:f1"]),
-        &[bearer(&alice), last_event_id(&last)],
-    )
-    .await;
+    let mut sse = alice_stream(&server, Some(&last)).await;
     assert!(
         read_seqs(&mut sse, &mut seqs, &mut last, CHANGES as usize, deadline).await,
         "stream ended"
@@ -393,11 +436,7 @@ async fn kill_9_mid_stream(pg: &Postgres, mut server: Server, inserts_only: bool
     }
     sse.expect_quiet(Duration::from_millis(500)).await;
 
-    let (mut all, _) = Sse::open(
-        &server.stream_url(&["logs:w1:f1"]),
-        &[bearer(&alice), last_event_id("0")],
-    )
-    .await;
+    let mut all = alice_stream(&server, Some("0")).await;
     let mut replayed = Vec::new();
     let mut last = String::new();
     assert!(
@@ -417,30 +456,13 @@ async fn kill_9_mid_stream(pg: &Postgres, mut server: Server, inserts_only: bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_kill_9_mid_stream_loses_and_repeats_nothing() {
     let pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
-    let server = gateway(
-        r#"
-[[sources]]
-name = "cdc"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-event_type = "log.{op}"
-users = "{row.owner_id}"
-"#,
-        &pg,
-    );
+    let db = logs_db(&pg).await;
+    let server = gateway(&cdc_source("cdc", LOG_EVENTS_FOR_OWNER), &pg);
     wait_slot(&db, "ssegate_cdc").await;
     kill_9_mid_stream(&pg, server, false).await;
     // Everything in the log is confirmed to the slot (the status update follows the append):
     // the slot's position reaches the WAL written by the end of the writer.
-    let wal: String = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let wal = wal_lsn(&db).await;
     wait_confirmed(&db, "ssegate_cdc", &wal, Duration::from_secs(30)).await;
 }
 
@@ -453,6 +475,31 @@ async fn confirmed_flush(db: &tokio_postgres::Client, slot: &str) -> String {
     .await
     .unwrap()
     .get(0)
+}
+
+/// A source's WAL sender, as `pg_stat_replication` shows it.
+struct WalSender {
+    pid: i32,
+    /// The last WAL position sent.
+    sent: Option<String>,
+    /// When the client last answered.
+    reply: Option<String>,
+}
+
+/// The WAL sender streaming to source `name`, if there is one.
+async fn wal_sender(db: &tokio_postgres::Client, name: &str) -> Option<WalSender> {
+    db.query_opt(
+        "SELECT pid, sent_lsn::text, reply_time::text FROM pg_stat_replication
+         WHERE application_name = $1::text",
+        &[&format!("ssegate:{name}")],
+    )
+    .await
+    .unwrap()
+    .map(|r| WalSender {
+        pid: r.get(0),
+        sent: r.get(1),
+        reply: r.get(2),
+    })
 }
 
 /// Whether LSN `a` ≥ `b` (both text).
@@ -482,11 +529,11 @@ async fn wait_confirmed(db: &tokio_postgres::Client, slot: &str, lsn: &str, time
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_kill_9_mid_stream_loses_and_repeats_nothing() {
     let pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let db = logs_db(&pg).await;
     db.batch_execute(OUTBOX_DDL).await.unwrap();
     let server = gateway(
-        r#"
+        &format!(
+            r#"
 [[sources]]
 name = "outbox"
 type = "postgres_notify"
@@ -495,10 +542,9 @@ outbox_table = "public.ssegate_outbox"
 record_column = "record"
 op_column = "op"
 delete_processed = true
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-event_type = "log.{op}"
-users = "{row.owner_id}"
-"#,
+channel = "{LOGS_CHANNEL}"
+{LOG_EVENTS_FOR_OWNER}"#
+        ),
         &pg,
     );
     wait_state(&server, "outbox", "running", Duration::from_secs(10)).await;
@@ -522,10 +568,10 @@ users = "{row.owner_id}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_kill_9_mid_stream_loses_and_repeats_nothing() {
     let pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let _db = logs_db(&pg).await;
     let server = gateway(
-        r#"
+        &format!(
+            r#"
 [[sources]]
 name = "poll"
 type = "postgres_poll"
@@ -534,10 +580,9 @@ table = "public.logs"
 column = "id"
 interval = "100ms"
 start = "beginning"
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-event_type = "log.{op}"
-users = "{row.owner_id}"
-"#,
+channel = "{LOGS_CHANNEL}"
+{LOG_EVENTS_FOR_OWNER}"#
+        ),
         &pg,
     );
     wait_state(&server, "poll", "running", Duration::from_secs(10)).await;
@@ -632,8 +677,7 @@ channel = "t:{{row.w}}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_backs_off_and_recovers() {
     let mut pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let db = logs_db(&pg).await;
     db.batch_execute(OUTBOX_DDL).await.unwrap();
     drop(db);
     let server = gateway(
@@ -691,12 +735,7 @@ channel = "poll:{row.workflow_id}"
     wait_state(&server, "outbox", "running", Duration::from_secs(10)).await;
     insert(1).await;
     let got = sse.take(3, Duration::from_secs(20)).await;
-    let mut channels: Vec<String> = got
-        .iter()
-        .map(|e| envelope(e)["channel"].as_str().unwrap().to_owned())
-        .collect();
-    channels.sort();
-    assert_eq!(channels, ["cdc:f1", "notify:f1", "poll:f1"]);
+    assert_eq!(channels(&got), ["cdc:f1", "notify:f1", "poll:f1"]);
 
     pg.stop();
     for name in ["cdc", "outbox", "poll"] {
@@ -745,19 +784,11 @@ channel = "poll:{row.workflow_id}"
 async fn cdc_status_updates_never_confirm_what_the_log_does_not_hold() {
     // The server asks for a reply every 2.5 s of silence.
     let pg = Postgres::start_with(&["wal_sender_timeout=5s"]);
-    let mut db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let mut db = logs_db(&pg).await;
     let mut redis = engines::redis::start(engines::redis::Persistence::Aof);
     let redis_url = engines::redis::url(&redis);
     let server = gateway_env(
-        r#"
-[[sources]]
-name = "held"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-"#,
+        &cdc_source("held", ""),
         &pg,
         &[
             ("LOG__KIND", "redis"),
@@ -767,61 +798,40 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     );
     wait_slot(&db, "ssegate_held").await;
     wait_state(&server, "held", "running", Duration::from_secs(20)).await;
-    let alice = token("alice", &["logs:w1:*"], &[]);
-    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
-    let insert = |seq: i64| {
-        format!(
-            "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', {seq})"
-        )
-    };
-    db.batch_execute(&insert(1)).await.unwrap();
+    let mut sse = alice_stream(&server, None).await;
+    db.batch_execute(&insert_alice(1)).await.unwrap();
     let got = sse.take(1, Duration::from_secs(20)).await;
     assert_eq!(record(&got[0])["seq"], 1);
     let first_id = got[0].id.clone();
     drop(sse);
-    let before: String = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let before = wal_lsn(&db).await;
     wait_confirmed(&db, "ssegate_held", &before, Duration::from_secs(20)).await;
 
     redis.kill();
     // Where the WAL stands after insert 2's row, before its commit record: confirming
     // insert 2 (its end LSN) moves the slot past this point.
     let tx = db.transaction().await.unwrap();
-    tx.batch_execute(&insert(2)).await.unwrap();
+    tx.batch_execute(&insert_alice(2)).await.unwrap();
     let inside: String = tx
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .unwrap()
         .get(0);
     tx.commit().await.unwrap();
-    let after: String = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let after = wal_lsn(&db).await;
     // The WAL sender has sent the change, and the client has answered at least three of
     // its keepalives since.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut replies = Vec::new();
     while replies.len() < 4 {
-        let row = db
-            .query_opt(
-                "SELECT sent_lsn::text, reply_time::text FROM pg_stat_replication
-                 WHERE application_name = 'ssegate:held'",
-                &[],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            let sent: Option<String> = row.get(0);
-            let reply: Option<String> = row.get(1);
-            if let (Some(sent), Some(reply)) = (sent, reply) {
-                if lsn_ge(&db, &sent, &after).await && !replies.contains(&reply) {
-                    replies.push(reply);
-                }
+        if let Some(WalSender {
+            sent: Some(sent),
+            reply: Some(reply),
+            ..
+        }) = wal_sender(&db, "held").await
+        {
+            if lsn_ge(&db, &sent, &after).await && !replies.contains(&reply) {
+                replies.push(reply);
             }
         }
         assert!(
@@ -853,11 +863,7 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (mut sse, _) = Sse::open(
-        &server.stream_url(&["logs:w1:f1"]),
-        &[bearer(&alice), last_event_id(&first_id)],
-    )
-    .await;
+    let mut sse = alice_stream(&server, Some(&first_id)).await;
     let got = sse.take(1, Duration::from_secs(30)).await;
     assert_eq!(record(&got[0])["seq"], 2);
     wait_confirmed(&db, "ssegate_held", &after, Duration::from_secs(20)).await;
@@ -871,36 +877,19 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_keepalives_are_answered() {
     let pg = Postgres::start_with(&["wal_sender_timeout=5s"]);
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
-    let server = gateway(
-        r#"
-[[sources]]
-name = "quiet"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-"#,
-        &pg,
-    );
+    let db = logs_db(&pg).await;
+    let server = gateway(&cdc_source("quiet", ""), &pg);
     wait_slot(&db, "ssegate_quiet").await;
     let sender = || async {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let row = db
-                .query_opt(
-                    "SELECT pid, reply_time::text FROM pg_stat_replication
-                     WHERE application_name = 'ssegate:quiet'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            if let Some(r) = row {
-                let reply: Option<String> = r.get(1);
-                if let Some(reply) = reply {
-                    return (r.get::<_, i32>(0), reply);
-                }
+            if let Some(WalSender {
+                pid,
+                reply: Some(reply),
+                ..
+            }) = wal_sender(&db, "quiet").await
+            {
+                return (pid, reply);
             }
             assert!(Instant::now() < deadline, "no WAL sender for the source");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -929,13 +918,8 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     let st = source_status(&server, "quiet").await;
     assert_eq!(st["state"], "running", "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
-    let alice = token("alice", &["logs:w1:*"], &[]);
-    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
-    db.batch_execute(
-        "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', 5)",
-    )
-    .await
-    .unwrap();
+    let mut sse = alice_stream(&server, None).await;
+    db.batch_execute(&insert_alice(5)).await.unwrap();
     let got = sse.take(1, Duration::from_secs(20)).await;
     assert_eq!(record(&got[0])["seq"], 5);
 }
@@ -950,30 +934,18 @@ async fn cdc_postgres_restarted_mid_stream_loses_and_repeats_nothing() {
     const TOTAL: i64 = 2_000;
     const PAUSE_AT: i64 = 1_000;
     let mut pg = Postgres::start();
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
+    let db = logs_db(&pg).await;
     // The writer retries a transaction whose outcome it did not learn: seq makes it idempotent.
     db.batch_execute("CREATE UNIQUE INDEX ON logs (seq)")
         .await
         .unwrap();
     drop(db);
-    let server = gateway(
-        r#"
-[[sources]]
-name = "cdc"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-channel = "logs:{row.workspace_id}:{row.workflow_id}"
-"#,
-        &pg,
-    );
+    let server = gateway(&cdc_source("cdc", ""), &pg);
     {
         let db = connect(&pg.url()).await;
         wait_slot(&db, "ssegate_cdc").await;
     }
-    let alice = token("alice", &["logs:w1:*"], &[]);
-    let (mut sse, _) = Sse::open(&server.stream_url(&["logs:w1:f1"]), &[bearer(&alice)]).await;
+    let mut sse = alice_stream(&server, None).await;
     // Transactions of ten rows, paced; through the outage it reconnects and retries.
     let url = pg.url();
     let stopped = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -1036,61 +1008,6 @@ channel = "logs:{row.workspace_id}:{row.workflow_id}"
     assert!(st["restarts"].as_u64().unwrap() >= 1, "{st}");
 }
 
-/// Runs openssl in `dir`; panics with its output on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A server certificate for `san` (e.g. `IP:127.0.0.1`) signed by the test CA in `dir`
-/// (`ca.pem`, `ca.key`): `db.pem`, `db.key`.
-fn db_cert(dir: &Path, san: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "db.key",
-            "-out",
-            "db.csr",
-            "-subj",
-            "/CN=ssegate test db",
-        ],
-    );
-    std::fs::write(dir.join("db.ext"), format!("subjectAltName={san}\n")).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "db.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "db.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "db.ext",
-        ],
-    );
-}
-
 /// TLS to PostgreSQL (`ssl = on`, a certificate for 127.0.0.1 only, signed by a private
 /// CA): `verify-full` with the CA streams changes over an encrypted replication connection;
 /// the same CA with the host named `localhost`, or another CA, fail with what is wrong in
@@ -1101,53 +1018,39 @@ async fn cdc_over_tls_verifies_the_server() {
     let other = tempfile::tempdir().unwrap();
     engines::tls::test_ca(certs.path());
     engines::tls::test_ca(other.path());
-    db_cert(certs.path(), "IP:127.0.0.1");
+    engines::tls::signed_cert(certs.path(), "db", "IP:127.0.0.1");
     let pg = Postgres::start();
     pg.enable_tls(&certs.path().join("db.pem"), &certs.path().join("db.key"));
-    let db = connect(&pg.url()).await;
-    db.batch_execute(LOGS_DDL).await.unwrap();
-    let ca = certs.path().join("ca.pem");
-    let other_ca = other.path().join("ca.pem");
+    let db = logs_db(&pg).await;
+    let verify_with = |ca: &Path| {
+        format!(
+            "sslmode = \"verify-full\"\nsslrootcert = \"{}\"\n",
+            ca.join("ca.pem").display()
+        )
+    };
     let localhost = pg.url().replace("127.0.0.1", "localhost");
-    let toml = format!(
-        r#"
-[[sources]]
-name = "tls"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-sslmode = "verify-full"
-sslrootcert = "{ca}"
-channel = "logs:{{row.workspace_id}}:{{row.workflow_id}}"
-
-[[sources]]
-name = "tls-require"
-type = "postgres"
-url = "URL?sslmode=require"
-table = "public.logs"
-channel = "req:{{row.workspace_id}}:{{row.workflow_id}}"
-
-[[sources]]
-name = "tls-wrong-host"
-type = "postgres"
-url = "{localhost}"
-table = "public.logs"
-sslmode = "verify-full"
-sslrootcert = "{ca}"
-channel = "x:{{row.workflow_id}}"
-
-[[sources]]
-name = "tls-unknown-ca"
-type = "postgres"
-url = "URL"
-table = "public.logs"
-sslmode = "verify-full"
-sslrootcert = "{other_ca}"
-channel = "x:{{row.workflow_id}}"
-"#,
-        ca = ca.display(),
-        other_ca = other_ca.display(),
-    );
+    let toml = [
+        cdc_source("tls", &verify_with(certs.path())),
+        cdc_source_at(
+            "tls-require",
+            "URL?sslmode=require",
+            "req:{row.workspace_id}:{row.workflow_id}",
+            "",
+        ),
+        cdc_source_at(
+            "tls-wrong-host",
+            &localhost,
+            "x:{row.workflow_id}",
+            &verify_with(certs.path()),
+        ),
+        cdc_source_at(
+            "tls-unknown-ca",
+            "URL",
+            "x:{row.workflow_id}",
+            &verify_with(other.path()),
+        ),
+    ]
+    .concat();
     let server = gateway(&toml, &pg);
     wait_slot(&db, "ssegate_tls").await;
     wait_slot(&db, "ssegate_tls_require").await;
@@ -1157,18 +1060,9 @@ channel = "x:{{row.workflow_id}}"
         &[bearer(&alice)],
     )
     .await;
-    db.batch_execute(
-        "INSERT INTO logs (workspace_id, workflow_id, owner_id, seq) VALUES ('w1', 'f1', 'alice', 9)",
-    )
-    .await
-    .unwrap();
+    db.batch_execute(&insert_alice(9)).await.unwrap();
     let got = sse.take(2, Duration::from_secs(20)).await;
-    let mut channels: Vec<String> = got
-        .iter()
-        .map(|e| envelope(e)["channel"].as_str().unwrap().to_owned())
-        .collect();
-    channels.sort();
-    assert_eq!(channels, ["logs:w1:f1", "req:w1:f1"]);
+    assert_eq!(channels(&got), ["logs:w1:f1", "req:w1:f1"]);
     assert!(got.iter().all(|e| record(e)["seq"] == 9));
     // Both replication connections are encrypted.
     let encrypted: Vec<(String, bool)> = db
