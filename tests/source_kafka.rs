@@ -502,3 +502,72 @@ async fn kafka_over_sasl_scram_authenticates_and_a_wrong_password_fails_the_sour
     assert!(!server.log_text().contains("wrong-password"));
     assert!(!server.log_text().contains("right-password-1"));
 }
+
+/// Benchmark, not a test (ignored; run it on a quiet machine, in release mode):
+/// `cargo nextest run --release --run-ignored only --test source_kafka --no-capture
+/// kafka_source_throughput`. 4 partitions hold `SSEGATE_BENCH_KAFKA_MESSAGES` (200,000) JSON
+/// messages of about 200 bytes, produced before the gateway starts; the gateway's source
+/// reads them all (`start = "all"`) into the file log. Prints messages/s from the source's
+/// start to its last append, and the appends' batch sizes.
+#[tokio::test]
+#[ignore = "benchmark: prints figures"]
+async fn kafka_source_throughput() {
+    let n: usize = std::env::var("SSEGATE_BENCH_KAFKA_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let broker = engines::kafka::start();
+    let brokers = brokers(&broker);
+    create_topic(&brokers, "orders", 4).await;
+    let p: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "2000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .unwrap();
+    let pad = "x".repeat(120);
+    let produced = Instant::now();
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let v = json!({"customer": format!("c{}", i % 100), "n": i, "pad": pad}).to_string();
+        let record = rdkafka::producer::FutureRecord::to("orders")
+            .partition((i % 4) as i32)
+            .key("k")
+            .payload(&v);
+        pending.push(p.send_result(record).expect("queue"));
+    }
+    for d in pending {
+        d.await.unwrap().unwrap();
+    }
+    let produce_secs = produced.elapsed().as_secs_f64();
+    let server = Server::start_with_config(
+        &source(
+            &brokers,
+            "orders",
+            "bench",
+            r#"channel = "orders:{row.customer}""#,
+        ),
+        &[],
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let s = source_status(&server, "orders").await;
+        if s["events"].as_u64() >= Some(n as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all read: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let text = metrics_text(&server).await;
+    let commits = metric(&text, "ssegate_log_commits_total").unwrap_or(0.0);
+    println!(
+        "kafka source: {n} messages of ~200 bytes on 4 partitions: produced (librdkafka → tansu) at {:.0}/s; read into the file log at {:.0} messages/s ({secs:.2} s from the gateway's start, {commits:.0} log commits, {:.0} messages per commit)",
+        n as f64 / produce_secs,
+        n as f64 / secs,
+        n as f64 / commits.max(1.0)
+    );
+}
