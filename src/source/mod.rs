@@ -401,8 +401,8 @@ impl SourceStatus {
             .last_error = Some(error);
     }
 
-    /// Where a source without a checkpoint file stands (a Kafka group's offsets), for
-    /// `/v1/status`.
+    /// Where the source stands, for `/v1/status`: its saved checkpoint, or for a source
+    /// without a checkpoint file (a Kafka group's offsets) its position.
     pub fn set_position(&self, position: String) {
         self.state
             .lock()
@@ -627,11 +627,7 @@ impl SourceContext {
         self.checkpoints
             .save(&self.name, cp)
             .map_err(|e| SourceError::fatal("cannot save the checkpoint", e))?;
-        self.status
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .checkpoint = Some(cp.to_owned());
+        self.status.set_position(cp.to_owned());
         Ok(())
     }
 }
