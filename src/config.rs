@@ -39,6 +39,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub stream: StreamConfig,
     pub cors: CorsConfig,
+    /// The Mercure hub protocol (`[mercure]`).
+    pub mercure: crate::mercure::config::MercureConfig,
     /// Watchers that turn database changes and messages into events (`[[sources]]`).
     pub sources: Vec<crate::source::SourceConfig>,
 }

@@ -39,6 +39,7 @@ pub mod hub;
 pub mod limits;
 pub mod log;
 pub mod logfmt;
+pub mod mercure;
 pub mod metrics;
 pub mod retry;
 pub mod server;
