@@ -112,6 +112,8 @@ pub struct JwtVerifier {
     leeway: u64,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Registered claims a token must carry (`sub` and `exp` for [`Self::new`]).
+    required: Vec<String>,
 }
 
 impl JwtVerifier {
@@ -148,13 +150,36 @@ impl JwtVerifier {
                 kid: None,
             });
         }
-        Ok(Self {
+        Ok(Self::with_keys(
             static_keys,
             jwks,
-            leeway: cfg.leeway_s,
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
-        })
+            cfg.leeway_s,
+            cfg.issuer.clone(),
+            cfg.audience.clone(),
+            &["sub", "exp"],
+        ))
+    }
+
+    /// A verifier of explicit keys, for a protocol with its own configuration (Mercure):
+    /// `required` names the registered claims (`sub`, `exp`, `nbf`; `iss` and `aud` are
+    /// required anyway when `issuer` / `audience` are set) a token must carry. Present
+    /// `exp`/`nbf` are checked with `leeway` seconds whether required or not.
+    pub fn with_keys(
+        static_keys: Vec<Key>,
+        jwks: Option<Arc<Jwks>>,
+        leeway: u64,
+        issuer: Option<String>,
+        audience: Option<String>,
+        required: &[&str],
+    ) -> Self {
+        Self {
+            static_keys,
+            jwks,
+            leeway,
+            issuer,
+            audience,
+            required: required.iter().map(|c| (*c).to_owned()).collect(),
+        }
     }
 
     /// Whether any key is configured (otherwise tokens are not this verifier's business).
@@ -167,7 +192,7 @@ impl JwtVerifier {
         v.algorithms = vec![alg];
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.required_spec_claims = ["sub".to_string(), "exp".to_string()].into_iter().collect();
+        v.required_spec_claims = self.required.iter().cloned().collect();
         v.validate_aud = self.audience.is_some();
         // A configured issuer or audience is required, not merely checked when present: a
         // token the same key signed for another purpose, without these claims, must not pass.
@@ -182,8 +207,9 @@ impl JwtVerifier {
         v
     }
 
-    /// Verifies signature, algorithm allow-list, `exp`/`nbf`, `iss`/`aud`, and that `sub`
-    /// and `exp` are present; returns every claim.
+    /// Verifies signature, algorithm allow-list, `exp`/`nbf`, `iss`/`aud`, and that the
+    /// required claims (`sub` and `exp` unless built [`Self::with_keys`]) are present; returns
+    /// every claim.
     pub async fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         self.verify_from(token).await.map(|(claims, _)| claims)
     }
