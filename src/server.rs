@@ -52,6 +52,8 @@ pub enum ServerError {
          auth.jwks_url, auth.forward_url or auth.publisher_keys (or run `ssegate serve --dev`)"
     )]
     NoAuth,
+    #[error("invalid [mercure] configuration: {0}")]
+    Mercure(String),
     #[error("cannot read the listener's address")]
     ListenerAddress(#[source] std::io::Error),
     #[error("cannot listen on {addr} (server.metrics_listen)")]
@@ -85,6 +87,7 @@ pub struct Gateway {
     sources: Arc<Sources>,
     /// Stops the sources; cancelled when `serve`'s shutdown is.
     sources_stop: CancellationToken,
+    mercure: Option<Arc<crate::mercure::Mercure>>,
 }
 
 impl Gateway {
@@ -115,8 +118,15 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(ServerError::HttpClient)?;
+        let mercure = match cfg.mercure.enabled {
+            true => Some(Arc::new(
+                crate::mercure::Mercure::new(&cfg.mercure, http.clone())
+                    .map_err(ServerError::Mercure)?,
+            )),
+            false => None,
+        };
         let auth = Auth::new(&cfg.auth, http, metrics.clone()).map_err(ServerError::Auth)?;
-        if !auth.is_configured() {
+        if !auth.is_configured() && mercure.is_none() {
             return Err(ServerError::NoAuth);
         }
         Ok(Self {
@@ -126,6 +136,7 @@ impl Gateway {
             hub,
             sources,
             sources_stop,
+            mercure,
         })
     }
 
@@ -134,11 +145,7 @@ impl Gateway {
     /// sources, no listener), so it answers every request that needs no live stream.
     pub fn router(&self) -> axum::Router {
         router(app_state(
-            &self.cfg,
-            self.auth.clone(),
-            self.metrics.clone(),
-            &self.hub,
-            self.sources.clone(),
+            self,
             CancellationToken::new(),
             "in-process".into(),
         ))
@@ -153,17 +160,25 @@ impl Gateway {
     ) -> Result<(), ServerError> {
         // Cancelled at the end of the drain: stop accepting, close what is left.
         let shutdown = CancellationToken::new();
-        let Gateway {
-            cfg,
-            auth,
-            metrics,
-            hub,
-            sources,
-            sources_stop,
-        } = self;
         let addr = listener
             .local_addr()
             .map_err(ServerError::ListenerAddress)?;
+        let node_id = self
+            .cfg
+            .server
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
+        let state = app_state(&self, shutdown.clone(), node_id);
+        let Gateway {
+            cfg,
+            auth,
+            metrics: _,
+            hub,
+            sources,
+            sources_stop,
+            mercure,
+        } = self;
         let log = hub.log().clone();
         let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run(shutdown.clone()));
@@ -187,20 +202,17 @@ impl Gateway {
             });
         }
         sources.start_auto();
-        let node_id = cfg
-            .server
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
-        let state = app_state(
-            &cfg,
-            auth,
-            metrics,
-            &hub,
-            sources,
-            shutdown.clone(),
-            node_id,
-        );
+        if let Some(mercure) = &mercure {
+            tasks.spawn(mercure.registry.clone().run(log.clone(), shutdown.clone()));
+            if let Some(jwks) = mercure.verifier.jwks() {
+                let jwks = jwks.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = jwks.refresh().await {
+                        tracing::warn!(error = %e, "mercure JWKS not loaded at start; tokens will trigger a fetch");
+                    }
+                });
+            }
+        }
         {
             let (state, shutdown) = (state.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -289,20 +301,13 @@ impl Gateway {
 }
 
 /// What the HTTP handlers share, for a gateway whose parts are built.
-fn app_state(
-    cfg: &Arc<Config>,
-    auth: Arc<Auth>,
-    metrics: Arc<Metrics>,
-    hub: &Arc<Hub>,
-    sources: Arc<Sources>,
-    shutdown: CancellationToken,
-    node_id: String,
-) -> Arc<AppState> {
+fn app_state(gw: &Gateway, shutdown: CancellationToken, node_id: String) -> Arc<AppState> {
+    let cfg = &gw.cfg;
     let limits = &cfg.limits;
     Arc::new(AppState {
-        sources,
-        auth,
-        metrics,
+        sources: gw.sources.clone(),
+        auth: gw.auth.clone(),
+        metrics: gw.metrics.clone(),
         conn_limits: ConnLimits::new(
             limits.max_connections,
             limits.max_connections_per_user,
@@ -320,12 +325,13 @@ fn app_state(
             limits.publish_burst,
             LIMITER_MAX_KEYS,
         ),
-        hub: hub.clone(),
+        hub: gw.hub.clone(),
         shutdown,
         draining: std::sync::atomic::AtomicBool::new(false),
         drain_request: CancellationToken::new(),
         started: Instant::now(),
         node_id,
+        mercure: gw.mercure.clone(),
         cfg: cfg.clone(),
     })
 }

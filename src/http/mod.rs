@@ -18,6 +18,7 @@ mod dapr;
 mod edge;
 mod error;
 pub mod head;
+mod mercure;
 mod ops;
 mod poll;
 pub mod publish;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub drain_request: CancellationToken,
     pub started: Instant,
     pub node_id: String,
+    /// The Mercure hub protocol, when `[mercure]` enables it.
+    pub mercure: Option<Arc<crate::mercure::Mercure>>,
 }
 
 impl AppState {
@@ -111,6 +114,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route(
+            "/.well-known/mercure",
+            get(mercure::subscribe).post(mercure::publish),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions",
+            get(mercure::subscriptions),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{*rest}",
+            get(mercure::subscriptions),
+        )
         .fallback(ops::not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     // One layer for both (each layer costs every request a boxed service and future).

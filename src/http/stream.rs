@@ -147,7 +147,7 @@ pub(super) async fn stream(
 }
 
 /// A `200` event-stream response with `body`.
-fn event_stream(body: Body) -> Response {
+pub(super) fn event_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
@@ -205,7 +205,7 @@ pub(super) struct SubscriptionChange {
 
 /// `200` with `retry:` and `closing` (`shutdown`), then the end: the client reconnects after
 /// `retry` (to another node, behind a load balancer) and resumes.
-fn come_back_later(state: &AppState) -> Response {
+pub(super) fn come_back_later(state: &AppState) -> Response {
     let body = format!(
         ": draining\n\nretry: {}\n\n{}",
         state.cfg.stream.retry_ms,

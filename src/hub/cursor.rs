@@ -173,7 +173,9 @@ impl Cursor {
     fn close(&mut self, reason: &'static str) -> Bytes {
         self.done = true;
         *super::lock(&self.reg.conn.close_reason) = Some(reason);
-        frame::control_frame("closing", &serde_json::json!({ "reason": reason }))
+        self.reg
+            .conn
+            .control_frame("closing", &serde_json::json!({ "reason": reason }))
     }
 
     /// Frames already queued, after `pos`, gathered into one chunk (a single frame is sent
@@ -225,7 +227,7 @@ impl Cursor {
         if let Some(gap) = batch.gap {
             self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
             let oldest = gap.oldest.map(|p| p.to_string());
-            buf.extend_from_slice(&frame::control_frame(
+            buf.extend_from_slice(&conn.control_frame(
                 "gap",
                 &serde_json::json!({
                     "last_event_id": self.pos.to_string(),
@@ -236,7 +238,7 @@ impl Cursor {
         }
         self.count_delivered(batch.events.len());
         for event in &batch.events {
-            buf.extend_from_slice(&frame::event_frame(event));
+            buf.extend_from_slice(&conn.event_frame(event));
         }
         self.pos = self.pos.max(batch.next);
         if batch.at_head {

@@ -204,6 +204,9 @@ pub struct Conn {
     control: Mutex<VecDeque<Control>>,
     /// Wakes the cursor: control queued, or live delivery dropped.
     wake: Notify,
+    /// A Mercure subscriber: its topic matchers and token choose its events (its channels
+    /// only route them), and its frames are Mercure's.
+    pub mercure: Option<Arc<crate::mercure::subscriber::Subscriber>>,
 }
 
 impl Conn {
@@ -222,6 +225,9 @@ impl Conn {
     fn wants_except(&self, event: &Event, except: Option<&str>) -> bool {
         if !event.targets(&self.user) {
             return false;
+        }
+        if let Some(mercure) = &self.mercure {
+            return mercure.wants(event);
         }
         let channel = event.event.channel.as_str();
         let channels = lock(&self.channels);
@@ -247,6 +253,22 @@ impl Conn {
         subscription_matches(subscription, &event.event.channel)
             && event.targets(&self.user)
             && !self.wants_except(event, Some(subscription))
+    }
+
+    /// The frame of `event` in the connection's protocol.
+    pub fn event_frame(&self, event: &Event) -> Bytes {
+        match &self.mercure {
+            Some(_) => crate::mercure::update::frame(event).unwrap_or_default(),
+            None => frame::event_frame(event),
+        }
+    }
+
+    /// A control event in the connection's protocol (Mercure has none: a comment says it).
+    pub fn control_frame(&self, kind: &str, data: &serde_json::Value) -> Bytes {
+        match &self.mercure {
+            Some(_) => crate::mercure::update::comment(&format!("{kind} {data}")),
+            None => frame::control_frame(kind, data),
+        }
     }
 
     /// Queues a control item and wakes the stream.
@@ -505,6 +527,27 @@ impl Hub {
         channels: &[String],
         info: ConnInfo,
     ) -> Registration {
+        self.register_as(user, channels, info, None)
+    }
+
+    /// Registers a Mercure subscriber: indexed under its routes, its events chosen by it.
+    pub fn register_mercure(
+        self: &Arc<Self>,
+        user: String,
+        subscriber: Arc<crate::mercure::subscriber::Subscriber>,
+        info: ConnInfo,
+    ) -> Registration {
+        let routes = subscriber.routes();
+        self.register_as(user, &routes, info, Some(subscriber))
+    }
+
+    fn register_as(
+        self: &Arc<Self>,
+        user: String,
+        channels: &[String],
+        info: ConnInfo,
+        mercure: Option<Arc<crate::mercure::subscriber::Subscriber>>,
+    ) -> Registration {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "c_{:016x}{:08x}",
@@ -528,6 +571,7 @@ impl Hub {
             queue: Mutex::default(),
             control: Mutex::default(),
             wake: Notify::new(),
+            mercure,
         });
         {
             let mut index = self.index.write().expect("index lock");
@@ -720,14 +764,31 @@ impl Hub {
                 .filter(|(p, _)| pattern_matches(p, channel, ""))
                 .map(|(_, subs)| subs)
                 .peekable();
-            if exact.is_none() && patterns.peek().is_none() {
+            // A Mercure update is also routed by its alternate topics (the older protocol
+            // lets an update have several).
+            let update = if crate::mercure::update::is_mercure_channel(channel) {
+                crate::mercure::update::Stored::of(event)
+            } else {
+                None
+            };
+            let alternates: Vec<&Subscribers> = update
+                .iter()
+                .flat_map(|u| u.topics.iter().skip(1))
+                .filter_map(|t| {
+                    index
+                        .exact
+                        .get(crate::mercure::update::channel_for(t).as_str())
+                })
+                .collect();
+            if exact.is_none() && patterns.peek().is_none() && alternates.is_empty() {
                 continue;
             }
-            let dedupe = patterns.peek().is_some();
+            let dedupe = patterns.peek().is_some() || !alternates.is_empty();
             given.clear();
             let mut encoded: Option<Bytes> = None;
+            let mut encoded_mercure: Option<Bytes> = None;
             let queued_before = queued;
-            for subs in exact.into_iter().chain(patterns) {
+            for subs in exact.into_iter().chain(patterns).chain(alternates) {
                 for (key, Sub { conn, since }) in subs {
                     if event.pos <= *since
                         || !event.targets(&conn.user)
@@ -736,9 +797,19 @@ impl Hub {
                     {
                         continue;
                     }
-                    let bytes = encoded
-                        .get_or_insert_with(|| frame::event_frame(event))
-                        .clone();
+                    let bytes = match &conn.mercure {
+                        None => encoded
+                            .get_or_insert_with(|| frame::event_frame(event))
+                            .clone(),
+                        Some(m) => {
+                            if !update.as_ref().is_some_and(|u| m.wants_update(u)) {
+                                continue;
+                            }
+                            encoded_mercure
+                                .get_or_insert_with(|| conn.event_frame(event))
+                                .clone()
+                        }
+                    };
                     let mut queue = lock(&conn.queue);
                     if queue.len() >= self.queue_frames {
                         drop(queue);

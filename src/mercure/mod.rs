@@ -1,8 +1,104 @@
 //! The Mercure hub protocol, a view of the one log: updates published at
 //! `/.well-known/mercure` are events like any other (durable, resumable, clustered,
-//! counted), stored on the channel `mercure:<topic>`; Mercure subscribers are connections of
-//! the hub whose events are chosen by topic matchers and written as Mercure frames.
+//! counted), stored on the channel `mercure:<topic>` ([`update`]); Mercure subscribers are
+//! connections of the hub whose events are chosen by topic matchers and tokens
+//! ([`subscriber`]) and written as Mercure frames. Both generations of the protocol are
+//! spoken: draft-07 (`topic=` selectors, the `mercure` claim) and draft-08 (`match`
+//! matchers, RFC 9068 access tokens). The HTTP side is `crate::http::mercure`.
 
 pub mod config;
 pub mod matcher;
+pub mod registry;
+pub mod subscriber;
 pub mod token;
+pub mod update;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::log::{EventLog, Position};
+use config::MercureConfig;
+
+/// Publisher-chosen ids remembered per node, for resuming without a scan of the log.
+const RECENT_IDS: usize = 16_384;
+
+/// Longest a search of the log for a publisher-chosen id may take.
+const FIND_ID_DEADLINE: Duration = Duration::from_secs(3);
+
+/// The Mercure side of a node: token verification, the active subscriptions, recent ids.
+pub struct Mercure {
+    pub cfg: MercureConfig,
+    pub verifier: token::Verifier,
+    pub registry: Arc<registry::Registry>,
+    recent: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    map: HashMap<String, Position>,
+    order: VecDeque<String>,
+}
+
+impl Mercure {
+    /// Checks the settings and reads the keys; the message names what is wrong.
+    pub fn new(cfg: &MercureConfig, http: reqwest::Client) -> Result<Self, String> {
+        if cfg.max_matchers == 0 || cfg.max_topic_bytes == 0 {
+            return Err(
+                "mercure.max_matchers and mercure.max_topic_bytes must be greater than 0".into(),
+            );
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            verifier: token::Verifier::with_http(cfg, http, Default::default())?,
+            registry: Arc::new(registry::Registry::default()),
+            recent: Mutex::default(),
+        })
+    }
+
+    /// Remembers where the update with a publisher-chosen `id` is.
+    pub fn remember(&self, id: &str, pos: Position) {
+        let mut recent = crate::retry::lock(&self.recent);
+        if recent.map.insert(id.to_owned(), pos).is_none() {
+            recent.order.push_back(id.to_owned());
+            if recent.order.len() > RECENT_IDS {
+                if let Some(old) = recent.order.pop_front() {
+                    recent.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Where the update with id `id` is: a hub-made id says it; a publisher's is looked up
+    /// in the ids this node saw published, then searched in the log (oldest first, for at
+    /// most a few seconds). `None`: not in the log (or not found in time).
+    pub async fn find(&self, log: &Arc<dyn EventLog>, id: &str) -> Option<Position> {
+        if let Some(pos) = update::position_of_id(id) {
+            return Some(pos);
+        }
+        if let Some(pos) = crate::retry::lock(&self.recent).map.get(id) {
+            return Some(*pos);
+        }
+        let filter = |e: &crate::log::Event| {
+            update::Stored::of(e).is_some_and(|u| u.id.as_deref() == Some(id))
+        };
+        let search = async {
+            let mut at = Position::ZERO;
+            loop {
+                let batch = log.read(at, 1, &filter, None).await.ok()?;
+                if let Some(found) = batch.events.first() {
+                    return Some(found.pos);
+                }
+                if batch.at_head || batch.next <= at {
+                    return None;
+                }
+                at = batch.next;
+            }
+        };
+        let found = tokio::time::timeout(FIND_ID_DEADLINE, search)
+            .await
+            .ok()??;
+        self.remember(id, found);
+        Some(found)
+    }
+}
