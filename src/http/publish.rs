@@ -147,6 +147,21 @@ pub(super) async fn publish(
     if !denied.is_empty() {
         return Err(ApiError::forbidden_channels("publish to", denied));
     }
+    if state.mercure.is_some() {
+        if let Some(ev) = items
+            .iter()
+            .flat_map(|i| &i.events)
+            .find(|e| crate::mercure::update::is_mercure_channel(&e.channel))
+        {
+            return Err(ApiError::Forbidden {
+                code: "reserved_channel",
+                message: format!(
+                    "channel {:?} holds Mercure updates: publish them at /.well-known/mercure",
+                    ev.channel
+                ),
+            });
+        }
+    }
     state
         .publish_rate
         .check(&principal.user, u32::try_from(cost).unwrap_or(u32::MAX))
