@@ -1,0 +1,142 @@
+// `ssegate serve` (not the demo) for the tests of one file, and HS256 tokens signed with
+// node's crypto. Kept apart from harness.ts, which the global setup imports.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Browser } from "playwright-core";
+import { afterAll, beforeAll } from "vitest";
+import { binary, launchBrowser, sleep } from "./harness";
+
+async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
+/**
+ * One `ssegate serve --config <file>` process on a free loopback port with its own data
+ * directory (file log); `restart()` stops it and starts it again on the same port and data.
+ */
+export class Serve {
+  private proc: ChildProcess | null = null;
+  private exited: Promise<void> = Promise.resolve();
+  readonly output: string[] = [];
+
+  private constructor(
+    readonly port: number,
+    readonly dataDir: string,
+    private readonly config: string,
+  ) {}
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /**
+   * `server`: more lines of `[server]` (this writes `listen` and `data_dir`, and `[log]`);
+   * `toml`: the rest of the configuration.
+   */
+  static async start(toml: string, server: string[] = []): Promise<Serve> {
+    const port = await freePort();
+    const dataDir = mkdtempSync(join(tmpdir(), "ssegate-e2e-serve-"));
+    const config = join(dataDir, "ssegate.toml");
+    const serve = new Serve(port, join(dataDir, "data"), config);
+    writeFileSync(
+      config,
+      [
+        "[server]",
+        `listen = "127.0.0.1:${port}"`,
+        `data_dir = ${JSON.stringify(serve.dataDir)}`,
+        ...server,
+        "",
+        "[log]",
+        'kind = "file"',
+        "",
+        toml,
+      ].join("\n"),
+    );
+    await serve.launch();
+    return serve;
+  }
+
+  private async launch(): Promise<void> {
+    const proc = spawn(binary(), ["serve", "--config", this.config], {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.proc = proc;
+    this.exited = new Promise((done) => proc.once("exit", () => done()));
+    const keep = (chunk: Buffer) => this.output.push(chunk.toString());
+    proc.stderr!.on("data", keep);
+    // Only this run's output tells it is ready (after a restart the first run's line is there).
+    let stdout = "";
+    await new Promise<void>((ready, fail) => {
+      const timer = setTimeout(() => fail(new Error(`ssegate serve did not start:\n${this.output.join("")}`)), 20_000);
+      proc.stdout!.on("data", (chunk: Buffer) => {
+        keep(chunk);
+        stdout += chunk.toString();
+        if (stdout.includes("ssegate listening on")) {
+          clearTimeout(timer);
+          ready();
+        }
+      });
+      proc.once("exit", (code) => {
+        clearTimeout(timer);
+        fail(new Error(`ssegate serve exited (${code}):\n${this.output.join("")}`));
+      });
+    });
+  }
+
+  /** Stops the process (SIGKILL: as a crash; SIGTERM: graceful drain). */
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    this.proc?.kill(signal);
+    await this.exited;
+    this.proc = null;
+  }
+
+  /** Starts the process again (after `kill`) on the same port and data directory. */
+  async relaunch(): Promise<void> {
+    this.output.push("--- restart ---\n");
+    await this.launch();
+  }
+
+  async stop(): Promise<void> {
+    if (this.proc) {
+      this.proc.kill("SIGTERM");
+      const killed = sleep(5000).then(() => this.proc?.kill("SIGKILL"));
+      await Promise.race([this.exited, killed]);
+      await this.exited;
+    }
+    rmSync(join(this.dataDir, ".."), { recursive: true, force: true });
+  }
+}
+
+/** A gateway started with `toml` (and `server` lines, see `Serve.start`) and a browser for the tests of one file. */
+export function withServe(toml: string, server: string[] = []): { readonly serve: Serve; readonly browser: Browser } {
+  const ctx = {} as { serve: Serve; browser: Browser };
+  beforeAll(async () => {
+    ctx.serve = await Serve.start(toml, server);
+    ctx.browser = await launchBrowser();
+  });
+  afterAll(async () => {
+    await ctx.browser?.close();
+    await ctx.serve?.stop();
+  });
+  return ctx;
+}
+
+const b64url = (s: string | Buffer) => Buffer.from(s).toString("base64url");
+
+/** A compact JWS (HS256) of `claims`. */
+export function hs256(claims: object, secret: string): string {
+  const input = `${b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${b64url(JSON.stringify(claims))}`;
+  return `${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`;
+}
