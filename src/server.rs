@@ -222,6 +222,7 @@ impl Gateway {
                 }
             });
         }
+        tasks.spawn(crate::http::mercure::end_stale_subscriptions(state.clone()));
         tracing::info!(%addr, log = log.kind(), "ssegate listening");
         let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
         let window = Duration::from_millis(cfg.server.drain_window_ms).min(grace / 2);

@@ -495,6 +495,51 @@ async fn announce(state: &AppState, docs: &[Value]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Ends the subscriptions the log says this node held but no longer holds: those of a
+/// previous run of the same `node_id` that was killed before it could end them. Runs once,
+/// when the registry has read the log up to its head.
+pub async fn end_stale_subscriptions(state: Arc<AppState>) {
+    let Some(mercure) = state.mercure.clone() else {
+        return;
+    };
+    if !mercure.cfg.subscriptions {
+        return;
+    }
+    while !mercure.registry.caught_up() {
+        if crate::retry::sleep_or_cancel(Duration::from_millis(200), &state.shutdown).await {
+            return;
+        }
+    }
+    let live: std::collections::HashSet<String> = state
+        .hub
+        .connections(None)
+        .iter()
+        .filter_map(|c| c.mercure.as_ref().map(|m| m.id.clone()))
+        .collect();
+    let stale: Vec<Value> = mercure
+        .registry
+        .of_node(&state.node_id)
+        .into_iter()
+        .filter(|d| !d["subscriber"].as_str().is_some_and(|s| live.contains(s)))
+        .map(|mut d| {
+            d["active"] = json!(false);
+            d
+        })
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    match announce(&state, &stale).await {
+        Ok(()) => tracing::info!(
+            subscriptions = stale.len(),
+            "mercure: ended the subscriptions a previous run of this node left active"
+        ),
+        Err(e) => {
+            tracing::warn!(error = ?e.to_string_lossy(), "mercure: could not end the subscriptions a previous run left active")
+        }
+    }
+}
+
 /// Publishes the end of a connection's subscriptions when it closes.
 struct Farewell {
     state: Arc<AppState>,

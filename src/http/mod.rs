@@ -18,7 +18,7 @@ mod dapr;
 mod edge;
 mod error;
 pub mod head;
-mod mercure;
+pub mod mercure;
 mod ops;
 mod poll;
 pub mod publish;
