@@ -48,9 +48,13 @@ impl Mercure {
                 "mercure.max_matchers and mercure.max_topic_bytes must be greater than 0".into(),
             );
         }
+        let verifier = token::Verifier::with_http(cfg, http, Default::default())?;
+        if !verifier.has_keys(token::Role::Publisher) {
+            return Err("the hub needs a key for publishers' tokens: mercure.jwt_secret, publisher_jwt_secret, publisher_public_key_file or jwks_url".into());
+        }
         Ok(Self {
             cfg: cfg.clone(),
-            verifier: token::Verifier::with_http(cfg, http, Default::default())?,
+            verifier,
             registry: Arc::new(registry::Registry::default()),
             recent: Mutex::default(),
         })
