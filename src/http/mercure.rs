@@ -220,20 +220,35 @@ fn matchers_of(
     Ok(out)
 }
 
-/// Verifies the request's token for `role`; `None` when it presents none.
+/// Verifies the request's token for `role`; `None` when it presents none (and `required`
+/// is false). A refusal is counted in `ssegate_auth_failures_total`.
 async fn claims_of(
+    state: &AppState,
     mercure: &Mercure,
     headers: &HeaderMap,
     pairs: &[(String, String)],
     role: Role,
+    required: bool,
     base: &str,
 ) -> Result<Option<Arc<Claims>>, Refusal> {
-    match token::presented(headers, pairs, &mercure.cfg)? {
-        None => Ok(None),
-        Some((raw, _via)) => Ok(Some(Arc::new(
-            mercure.verifier.verify(&raw, role, base).await?,
-        ))),
-    }
+    let verified = match token::presented(headers, pairs, &mercure.cfg) {
+        Ok(None) if required => Err(TokenError::Missing),
+        Ok(None) => Ok(None),
+        Ok(Some((raw, _via))) => mercure
+            .verifier
+            .verify(&raw, role, base)
+            .await
+            .map(|c| Some(Arc::new(c))),
+        Err(e) => Err(e),
+    };
+    verified.map_err(|e| {
+        state.metrics.auth_failure(match e {
+            TokenError::Missing => "missing_credentials",
+            TokenError::Invalid(_) => "invalid_token",
+            TokenError::Malformed(_) => "invalid_request",
+        });
+        e.into()
+    })
 }
 
 /// A random `urn:uuid:` (version 4).
@@ -271,10 +286,16 @@ pub(super) async fn subscribe(
         .map_err(|r| state.limited(r))?;
     let base = hub_url(&state, mercure, &headers, &uri);
     let matchers = matchers_of(&pairs, mercure, &base)?;
-    let claims = claims_of(mercure, &headers, &pairs, Role::Subscriber, &base).await?;
-    if claims.is_none() && !mercure.cfg.anonymous {
-        return Err(TokenError::Missing.into());
-    }
+    let claims = claims_of(
+        &state,
+        mercure,
+        &headers,
+        &pairs,
+        Role::Subscriber,
+        !mercure.cfg.anonymous,
+        &base,
+    )
+    .await?;
     let requested = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -580,9 +601,17 @@ pub(super) async fn publish(
     let base = hub_url(&state, mercure, &headers, &uri);
     let query = form_pairs(uri.query().unwrap_or("").as_bytes())
         .map_err(|e| bad_request("invalid_request", format!("the query string: {e}")))?;
-    let claims = claims_of(mercure, &headers, &query, Role::Publisher, &base)
-        .await?
-        .ok_or(TokenError::Missing)?;
+    let claims = claims_of(
+        &state,
+        mercure,
+        &headers,
+        &query,
+        Role::Publisher,
+        true,
+        &base,
+    )
+    .await?
+    .ok_or(TokenError::Missing)?;
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -809,9 +838,17 @@ pub(super) async fn subscriptions(
     let base = hub_url(&state, mercure, &headers, &uri);
     let query = form_pairs(uri.query().unwrap_or("").as_bytes())
         .map_err(|e| bad_request("invalid_request", format!("the query string: {e}")))?;
-    let claims = claims_of(mercure, &headers, &query, Role::Subscriber, &base)
-        .await?
-        .ok_or(TokenError::Missing)?;
+    let claims = claims_of(
+        &state,
+        mercure,
+        &headers,
+        &query,
+        Role::Subscriber,
+        true,
+        &base,
+    )
+    .await?
+    .ok_or(TokenError::Missing)?;
     // The path in the canonical form of subscription ids: each segment decoded, then
     // encoded once, as the hub encodes them.
     let rest = uri
