@@ -98,6 +98,11 @@ pub(super) async fn status(
             "forward_auth_up": state.auth.forward().map(|f| f.up()),
         },
         "sources": state.sources.status(),
+        "mercure": state.mercure.as_ref().map(|m| json!({
+            "subscribers": state.hub.connections(None).iter().filter(|c| c.mercure.is_some()).count(),
+            "active_subscriptions": m.cfg.subscriptions.then(|| m.registry.len()),
+            "subscriptions_caught_up": m.cfg.subscriptions.then(|| m.registry.caught_up()),
+        })),
     })))
 }
 

@@ -52,6 +52,16 @@ impl Registry {
             .collect()
     }
 
+    /// How many subscriptions are active in the cluster.
+    pub fn len(&self) -> usize {
+        lock(&self.active).len()
+    }
+
+    /// Whether no subscription is active.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.active).is_empty()
+    }
+
     /// One active subscription.
     pub fn get(&self, id: &str) -> Option<Value> {
         lock(&self.active).get(id).cloned()
