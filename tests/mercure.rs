@@ -1940,3 +1940,315 @@ async fn metrics_count_mercure_publishes_and_admin_lists_mercure_subscribers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// More attacker cases
+
+/// The reserved-namespace rule is on the *resolved* path, so every spelling that resolves there
+/// is refused: backslashes (WHATWG URL parsing of http), encoded dot segments, relative
+/// references resolved against `/.well-known/mercure` itself, other schemes. A watcher of the
+/// subscriptions namespace receives none of them.
+#[tokio::test]
+async fn reserved_namespace_spellings_that_resolve_there_are_all_refused() {
+    let server = hub("subscriptions = true");
+    let tok = v8_publisher();
+    let mut watcher = subscribe(
+        &server,
+        &[(
+            "matchURLPattern",
+            "/.well-known/mercure/subscriptions/Exact/*",
+        )],
+        &[bearer(&v8_subscriptions_reader())],
+    )
+    .await;
+    let host = server.url.trim_start_matches("http://").to_owned();
+    for topic in [
+        "\\.well-known\\mercure\\subscriptions\\Exact\\x\\y".to_owned(),
+        "/.well-known/x/%2e%2e/mercure/subscriptions/Exact/x/y".to_owned(),
+        "/.well-known/x/%2E%2E/mercure/subscriptions/Exact/x/y".to_owned(),
+        "/.well-known/%6Dercure/subscriptions/Exact/x/y".to_owned(),
+        "mercure/subscriptions/Exact/x/y".to_owned(),
+        "./mercure/subscriptions/Exact/x/y".to_owned(),
+        "?x=1".to_owned(),
+        "#x".to_owned(),
+        format!("HTTP://{host}/.well-known/mercure/subscriptions/Exact/x/y"),
+        format!("http:\\\\{host}\\.well-known\\mercure\\subscriptions\\Exact\\x\\y"),
+        "ftp://h/.well-known/mercure/subscriptions/Exact/x/y".to_owned(),
+        "foo:/.well-known/mercure/subscriptions/Exact/x/y".to_owned(),
+    ] {
+        let doc = json!({"type": "Subscription", "active": true, "subscriber": "urn:forged"});
+        let (status, _, body) = post(
+            &server,
+            &tok,
+            &[
+                ("topic", &topic),
+                ("data", &doc.to_string()),
+                ("private", ""),
+            ],
+        )
+        .await;
+        refused(status, &body, 403, "reserved_topic");
+    }
+    watcher.expect_quiet(QUIET).await;
+}
+
+/// Authorization evaluates a grant against the update's *topic*: an Exact grant whose text
+/// happens to equal a subscriber's URL pattern authorizes that one literal topic, never the
+/// topics the pattern selects.
+#[tokio::test]
+async fn an_exact_grant_spelled_like_a_pattern_authorizes_only_that_literal_topic() {
+    let server = hub("");
+    let publisher = v8_publisher();
+    let pattern = "https://example.com/books/:id";
+    let tok = v8_sub(&[pattern]);
+    let mut sse = subscribe(&server, &[("matchURLPattern", pattern)], &[bearer(&tok)]).await;
+    publish(&server, &publisher, &[("topic", BOOK1), ("private", "on")]).await;
+    sse.expect_quiet(QUIET).await;
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token made byte by byte: `header` and `payload` are JSON text, signed HS256 with `MS`.
+fn crafted(header: &str, payload: &str) -> String {
+    let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &EncodingKey::from_secret(MS.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{input}.{sig}")
+}
+
+/// Token validation "in accordance with the JSON Web Token Best Current Practices": members named
+/// twice (which one would be read?), a `crit` extension the hub does not understand (RFC 7515
+/// §4.1.11: MUST reject), claims of the wrong JSON type — all correctly signed, all refused.
+#[tokio::test]
+async fn correctly_signed_but_ambiguous_or_mistyped_tokens_are_invalid() {
+    let server = hub("");
+    let exp = now() + 3600;
+    let details = r#"[{"type":"mercure","actions":["publish"],"topics":[{"match":"*"}]}]"#;
+    let good = crafted(
+        r#"{"alg":"HS256","typ":"at+jwt"}"#,
+        &format!(r#"{{"exp":{exp},"authorization_details":{details}}}"#),
+    );
+    publish(&server, &good, &[("topic", BOOK1)]).await;
+    let cases = [
+        (
+            "typ twice",
+            r#"{"alg":"HS256","typ":"JWT","typ":"at+jwt"}"#.to_owned(),
+            format!(r#"{{"exp":{exp},"authorization_details":{details}}}"#),
+        ),
+        (
+            "details twice",
+            r#"{"alg":"HS256","typ":"at+jwt"}"#.to_owned(),
+            format!(
+                r#"{{"exp":{exp},"authorization_details":[],"authorization_details":{details}}}"#
+            ),
+        ),
+        (
+            "mercure claim twice",
+            r#"{"alg":"HS256","typ":"JWT"}"#.to_owned(),
+            r#"{"mercure":{"publish":[]},"mercure":{"publish":["*"]}}"#.to_owned(),
+        ),
+        (
+            "exp twice",
+            r#"{"alg":"HS256","typ":"at+jwt"}"#.to_owned(),
+            format!(r#"{{"exp":1,"exp":{exp},"authorization_details":{details}}}"#),
+        ),
+        (
+            "unknown crit",
+            format!(r#"{{"alg":"HS256","typ":"at+jwt","crit":["x-hub"],"x-hub":1}}"#),
+            format!(r#"{{"exp":{exp},"authorization_details":{details}}}"#),
+        ),
+        (
+            "exp as a string",
+            r#"{"alg":"HS256","typ":"at+jwt"}"#.to_owned(),
+            format!(r#"{{"exp":"{exp}","authorization_details":{details}}}"#),
+        ),
+        (
+            "nbf as a string",
+            r#"{"alg":"HS256","typ":"at+jwt"}"#.to_owned(),
+            format!(r#"{{"exp":{exp},"nbf":"0","authorization_details":{details}}}"#),
+        ),
+        (
+            "details as an object",
+            r#"{"alg":"HS256","typ":"at+jwt"}"#.to_owned(),
+            format!(r#"{{"exp":{exp},"authorization_details":{{"type":"mercure"}}}}"#),
+        ),
+        (
+            "publish as a string",
+            r#"{"alg":"HS256","typ":"JWT"}"#.to_owned(),
+            r#"{"mercure":{"publish":"*"}}"#.to_owned(),
+        ),
+        (
+            "payload not JSON",
+            r#"{"alg":"HS256","typ":"JWT"}"#.to_owned(),
+            "not json".to_owned(),
+        ),
+    ];
+    for (what, header, payload) in cases {
+        let tok = crafted(&header, &payload);
+        let (status, _, body) = post(&server, &tok, &[("topic", BOOK1)]).await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+}
+
+/// RFC 9068 `typ`: a media type, so `application/at+jwt` and any case name the same type.
+#[tokio::test]
+async fn at_jwt_type_is_a_case_insensitive_media_type() {
+    let server = hub("");
+    let claims =
+        json!({"exp": now() + 60, "authorization_details": [detail(&["publish"], &["*"])]});
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+Jwt",
+    ] {
+        publish(&server, &sign(typ, &claims, MS), &[("topic", BOOK1)]).await;
+    }
+    // An at+jwt token is read as draft-08 only: a `mercure` claim grants nothing there.
+    let v7_claims_in_v8 = sign(
+        "at+jwt",
+        &json!({"exp": now() + 60, "mercure": {"publish": ["*"]}}),
+        MS,
+    );
+    let (status, _, body) = post(&server, &v7_claims_in_v8, &[("topic", BOOK1)]).await;
+    assert!(status == 401 || status == 403, "{status} {body}");
+}
+
+/// A `lastEventID` holding CR/LF or other hostile text never splits the response headers, and
+/// the answer is `earliest` (no such event).
+#[tokio::test]
+async fn hostile_last_event_ids_do_not_reach_response_headers() {
+    let server = hub("anonymous = true");
+    publish(&server, &v8_publisher(), &[("topic", BOOK1)]).await;
+    for id in ["x\r\nSet-Cookie: a=b", "x\nevil: 1", "\u{0}", "   "] {
+        let sse = Sse::connect(
+            &sub_url(&server, &[("match", BOOK1), ("lastEventID", id)]),
+            &[],
+        )
+        .await;
+        assert!(sse.headers.get("set-cookie").is_none() && sse.headers.get("evil").is_none());
+        if sse.status == 200 {
+            let answer = response_last_event_id(&sse);
+            assert!(
+                answer.is_none() || answer.as_deref() == Some("earliest"),
+                "{answer:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// More reconciliation and active subscriptions
+
+/// Query-parameter tokens: "Server success (2XX status) responses to these requests SHOULD
+/// contain a Cache-Control header with the `private` option."
+#[tokio::test]
+async fn responses_to_query_token_requests_are_cache_control_private() {
+    let server = hub("");
+    let tok = v8_sub(&[BOOK1]);
+    let sse = subscribe(&server, &[("match", BOOK1), ("access_token", &tok)], &[]).await;
+    let cc = sse.headers["cache-control"].to_str().unwrap();
+    assert!(cc.split(',').any(|d| d.trim() == "private"), "{cc}");
+}
+
+/// Subscription API `lastEventID`: "MUST be `earliest` if no events have been dispatched yet.
+/// This value SHOULD be passed back to the hub when subscribing to subscription events to
+/// prevent data loss" — so resuming from it yields what happened after the API call.
+#[tokio::test]
+async fn subscription_api_last_event_id_is_a_resume_point_for_subscription_events() {
+    let server = hub("subscriptions = true");
+    let reader = v8_subscriptions_reader();
+    let root = "/.well-known/mercure/subscriptions";
+    let (status, _, empty) = api_get(&server, root, &reader).await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(empty["lastEventID"], "earliest");
+    assert_eq!(empty["subscriptions"], json!([]));
+
+    let _first = subscribe(&server, &[("match", BOOK1)], &[bearer(&v8_sub(&[BOOK1]))]).await;
+    let listed = api_until(&server, root, &reader, |b| {
+        b["subscriptions"].as_array().is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    let since = listed["lastEventID"].as_str().unwrap().to_owned();
+    assert_ne!(since, "earliest");
+    // Published after the listing: must come back on a resume from `since`.
+    let _second = subscribe(&server, &[("match", BOOK2)], &[bearer(&v8_sub(&[BOOK2]))]).await;
+    let mut events = subscribe(
+        &server,
+        &[
+            (
+                "matchURLPattern",
+                "/.well-known/mercure/subscriptions/Exact/*",
+            ),
+            ("lastEventID", &since),
+        ],
+        &[bearer(&reader)],
+    )
+    .await;
+    assert_eq!(
+        response_last_event_id(&events).as_deref(),
+        Some(since.as_str())
+    );
+    let doc = docs_where(&mut events, 1, |_| true).await.remove(0);
+    assert_eq!(
+        doc["match"], BOOK2,
+        "the first event after the listing: {doc}"
+    );
+}
+
+/// A subscription ended by its token's expiry is "terminated": an `active: false` event follows.
+#[tokio::test]
+async fn a_subscription_closed_by_token_expiry_publishes_its_termination() {
+    let server = hub("subscriptions = true");
+    let mut watcher = subscribe(
+        &server,
+        &[(
+            "matchURLPattern",
+            "/.well-known/mercure/subscriptions/Exact/*",
+        )],
+        &[bearer(&v8_subscriptions_reader())],
+    )
+    .await;
+    let short = v8_claims(json!({"exp": now() + 2,
+        "authorization_details": [detail(&["subscribe"], &[BOOK7])]}));
+    let mut sse = subscribe(&server, &[("match", BOOK7)], &[bearer(&short)]).await;
+    let on = docs_where(&mut watcher, 1, |d| d["match"] == BOOK7)
+        .await
+        .remove(0);
+    sse.expect_end(Duration::from_secs(5)).await;
+    let off = docs_where(&mut watcher, 1, |d| d["match"] == BOOK7)
+        .await
+        .remove(0);
+    assert_eq!(
+        (on["active"].clone(), off["active"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(on["subscriber"], off["subscriber"]);
+}
+
+/// Error responses: "The challenge SHOULD include a `resource_metadata` parameter pointing to
+/// the hub's protected resource metadata"; "the hub SHOULD publish OAuth 2.0 Protected Resource
+/// Metadata" at `/.well-known/oauth-protected-resource/.well-known/mercure`.
+#[tokio::test]
+#[ignore = "not implemented: protected resource metadata (RFC 9728) and the challenge's resource_metadata (SHOULDs of draft-08 discovery)"]
+async fn challenge_points_to_protected_resource_metadata() {
+    let server = hub("");
+    let sse = Sse::connect(&sub_url(&server, &[("match", BOOK1)]), &[]).await;
+    assert!(challenge(&sse.headers).contains("resource_metadata="));
+    let (status, _, body) = get(
+        &format!(
+            "{}/.well-known/oauth-protected-resource/.well-known/mercure",
+            server.url
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["mercure_version"], 8);
+}
