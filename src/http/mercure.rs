@@ -789,7 +789,7 @@ pub(super) async fn publish(
         .log()
         .append(
             vec![AppendItem {
-                key: id.map(|i| format!("mercure:{i}")),
+                key: id.map(|i| dedupe_key(&topics, i)),
                 events: vec![event],
             }],
             now,
@@ -818,6 +818,15 @@ pub(super) async fn publish(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// The log's idempotency key of an update with a publisher's `id`: the id *and* the topics, so
+/// a publisher's retry is stored once while an update of other topics that happens to reuse the
+/// id (another publisher's, who cannot publish to these topics) is not silently dropped as its
+/// duplicate. Hashed, so the key stays short whatever the topics' length.
+fn dedupe_key(topics: &[&str], id: &str) -> String {
+    let canonical = serde_json::to_string(&(topics, id)).expect("strings serialize");
+    format!("mercure:{}", crate::auth::hex_sha256(canonical.as_bytes()))
 }
 
 /// `GET /.well-known/mercure/subscriptions[/…]`: the active subscriptions of the cluster, as
