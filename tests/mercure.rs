@@ -2060,7 +2060,7 @@ async fn correctly_signed_but_ambiguous_or_mistyped_tokens_are_invalid() {
         ),
         (
             "unknown crit",
-            format!(r#"{{"alg":"HS256","typ":"at+jwt","crit":["x-hub"],"x-hub":1}}"#),
+            r#"{"alg":"HS256","typ":"at+jwt","crit":["x-hub"],"x-hub":1}"#.to_owned(),
             format!(r#"{{"exp":{exp},"authorization_details":{details}}}"#),
         ),
         (
@@ -2307,4 +2307,75 @@ async fn an_id_taken_by_another_publisher_on_another_topic_does_not_swallow_an_u
         // Refusing the clash loudly is fine too; answering 200 and dropping it is not.
         assert!((400..500).contains(&status), "{status} {body}");
     }
+}
+
+/// "The `data` property MUST contain the topic's new version": an update without data still
+/// reaches EventSource clients (an empty `data:` line; with none the event would not be
+/// dispatched), and leading spaces and colons in data survive the framing.
+#[tokio::test]
+async fn empty_data_leading_spaces_and_colons_survive_the_framing() {
+    let server = hub("anonymous = true");
+    let tok = v8_publisher();
+    let mut sse = subscribe(&server, &[("match", BOOK1)], &[]).await;
+    let empty = publish(&server, &tok, &[("topic", BOOK1), ("type", "deleted")]).await;
+    let odd = publish(
+        &server,
+        &tok,
+        &[
+            ("topic", BOOK1),
+            ("data", "  two spaces\n: not a comment\n:\n "),
+        ],
+    )
+    .await;
+    let got = sse.take(2, ARRIVES).await;
+    assert_eq!(
+        (
+            got[0].id.as_str(),
+            got[0].event.as_str(),
+            got[0].data.as_str()
+        ),
+        (empty.as_str(), "deleted", "")
+    );
+    assert_eq!(got[1].id, odd);
+    assert_eq!(got[1].data, "  two spaces\n: not a comment\n:\n ");
+}
+
+/// "When more than one mechanism is present, the hub MUST select exactly one token": two
+/// `Authorization` headers are not a choice the hub can make (400); a hub that does not take
+/// tokens in URLs ("Hubs MAY support this method") says so rather than ignoring them.
+#[tokio::test]
+async fn two_authorization_headers_and_disabled_query_tokens_are_400() {
+    let server = hub("allow_query_token = false");
+    let tok = v8_sub(&[BOOK1]);
+    let sse = Sse::connect(
+        &sub_url(&server, &[("match", BOOK1)]),
+        &[bearer(&tok), bearer(&v8_sub(&["*"]))],
+    )
+    .await;
+    assert_error(sse.status, &sse.error, 400, "invalid_request");
+    let sse = Sse::connect(
+        &sub_url(&server, &[("match", BOOK1), ("access_token", &tok)]),
+        &[],
+    )
+    .await;
+    assert_error(sse.status, &sse.error, 400, "invalid_request");
+    let sse = Sse::connect(&sub_url(&server, &[("match", BOOK1)]), &[bearer(&tok)]).await;
+    assert_eq!(sse.status, 200);
+}
+
+/// draft-07 tokens need no `typ` at all (plain JWTs of the Mercure hub's older clients).
+#[tokio::test]
+async fn v7_tokens_without_typ_are_read_as_draft_07() {
+    let server = hub("");
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = None;
+    let tok = encode(
+        &header,
+        &json!({"mercure": {"publish": [BOOK1]}}),
+        &EncodingKey::from_secret(MS.as_bytes()),
+    )
+    .unwrap();
+    publish(&server, &tok, &[("topic", BOOK1)]).await;
+    let (status, _, body) = post(&server, &tok, &[("topic", BOOK2)]).await;
+    refused(status, &body, 403, "insufficient_scope");
 }
