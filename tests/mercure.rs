@@ -715,6 +715,12 @@ async fn oversized_updates_are_413() {
     )
     .await;
     assert_eq!(status, 413, "{body}");
+    let long_topic = format!("https://example.com/{}", "t".repeat(2048));
+    let (status, _, body) = post(&server, &tok, &[("topic", &long_topic)]).await;
+    assert_eq!(status, 413, "{body}");
+    let huge = "x".repeat(400_000);
+    let (status, _, body) = post(&server, &tok, &[("topic", BOOK1), ("data", &huge)]).await;
+    assert_eq!(status, 413, "{body}");
 }
 
 /// `private`: "The presence of the field name marks the update as private regardless of its
@@ -2378,4 +2384,48 @@ async fn v7_tokens_without_typ_are_read_as_draft_07() {
     publish(&server, &tok, &[("topic", BOOK1)]).await;
     let (status, _, body) = post(&server, &tok, &[("topic", BOOK2)]).await;
     refused(status, &body, 403, "insufficient_scope");
+}
+
+/// Reconnection survives a hub restart: a publisher's own id (no longer in memory) is still
+/// found in the log, the answer names it, and what followed is replayed.
+#[tokio::test]
+async fn resuming_from_a_publisher_id_works_after_a_restart() {
+    let mut server = hub("anonymous = true");
+    let tok = v8_publisher();
+    publish(&server, &tok, &[("topic", BOOK1), ("id", "urn:rev:1")]).await;
+    publish(&server, &tok, &[("topic", BOOK1), ("id", "urn:rev:2")]).await;
+    server.kill9_and_restart();
+    let mut sse = subscribe(&server, &[("match", BOOK1)], &[last_event_id("urn:rev:1")]).await;
+    assert_eq!(response_last_event_id(&sse).as_deref(), Some("urn:rev:1"));
+    assert_eq!(
+        ids(&sse.take(1, ARRIVES).await),
+        vec!["urn:rev:2".to_owned()]
+    );
+    sse.expect_quiet(QUIET).await;
+}
+
+/// The subscription API reads its path in canonical form: the same subscription whatever the
+/// (valid) percent-encoding of the request, and authorization is checked on that same form.
+#[tokio::test]
+async fn subscription_api_paths_are_read_in_canonical_form() {
+    let server = hub("subscriptions = true");
+    let _s = subscribe(&server, &[("match", BOOK1)], &[bearer(&v8_sub(&[BOOK1]))]).await;
+    let reader = v8_subscriptions_reader();
+    let canonical = format!("/.well-known/mercure/subscriptions/Exact/{}", enc(BOOK1));
+    api_until(&server, &canonical, &reader, |b| {
+        b["subscriptions"].as_array().is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    let loose = "/.well-known/mercure/subscriptions/Exact/https:%2f%2fexample.com%2Fbooks%2F1";
+    let (status, _, body) = api_get(&server, loose, &reader).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], canonical.as_str());
+    assert_eq!(body["subscriptions"].as_array().map(Vec::len), Some(1));
+    // A token for exactly the canonical collection reads it through either spelling, and
+    // nothing else.
+    let exact = v8_sub(&[&canonical]);
+    let (status, _, _) = api_get(&server, loose, &exact).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = api_get(&server, "/.well-known/mercure/subscriptions", &exact).await;
+    assert_eq!(status, 403);
 }
