@@ -148,6 +148,7 @@ impl Gateway {
             self,
             CancellationToken::new(),
             "in-process".into(),
+            TaskTracker::new(),
         ))
     }
 
@@ -169,7 +170,8 @@ impl Gateway {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{}:{}", hostname(), addr.port()));
-        let state = app_state(&self, shutdown.clone(), node_id);
+        let tasks = TaskTracker::new();
+        let state = app_state(&self, shutdown.clone(), node_id, tasks.clone());
         let Gateway {
             cfg,
             auth,
@@ -180,7 +182,6 @@ impl Gateway {
             mercure,
         } = self;
         let log = hub.log().clone();
-        let tasks = TaskTracker::new();
         tasks.spawn(hub.clone().run(shutdown.clone()));
         tasks.spawn(maintain_log(hub.clone(), shutdown.clone()));
         if let Some(forward) = auth.forward() {
@@ -302,7 +303,12 @@ impl Gateway {
 }
 
 /// What the HTTP handlers share, for a gateway whose parts are built.
-fn app_state(gw: &Gateway, shutdown: CancellationToken, node_id: String) -> Arc<AppState> {
+fn app_state(
+    gw: &Gateway,
+    shutdown: CancellationToken,
+    node_id: String,
+    tasks: TaskTracker,
+) -> Arc<AppState> {
     let cfg = &gw.cfg;
     let limits = &cfg.limits;
     Arc::new(AppState {
@@ -333,6 +339,7 @@ fn app_state(gw: &Gateway, shutdown: CancellationToken, node_id: String) -> Arc<
         started: Instant::now(),
         node_id,
         mercure: gw.mercure.clone(),
+        tasks,
         cfg: cfg.clone(),
     })
 }

@@ -47,6 +47,8 @@ pub enum ApiError {
     },
     /// 503: the log is unavailable; nothing was appended.
     LogUnavailable(LogError),
+    /// 503: not ready to answer this yet (`Retry-After: 1`).
+    Unavailable { code: &'static str, message: String },
     /// 507: the disk under the log is full; nothing was appended.
     LogFull(String),
 }
@@ -113,6 +115,9 @@ impl ApiError {
             ApiError::TooMany { code, message, .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, code, message.clone())
             }
+            ApiError::Unavailable { code, message } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code, message.clone())
+            }
             ApiError::LogFull(reason) => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "log_full",
@@ -158,7 +163,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::TooMany { retry_after_s, .. } => Some(*retry_after_s),
             ApiError::Unauthorized(AuthError::Unavailable(_)) => Some(2),
-            ApiError::LogUnavailable(_) => Some(1),
+            ApiError::LogUnavailable(_) | ApiError::Unavailable { .. } => Some(1),
             ApiError::LogFull(_) => Some(5),
             _ => None,
         };

@@ -285,7 +285,7 @@ pub(super) async fn subscribe(
         .check(&ip, 1)
         .map_err(|r| state.limited(r))?;
     let base = hub_url(&state, mercure, &headers, &uri);
-    let matchers = matchers_of(&pairs, mercure, &base)?;
+    // Credentials first: compiling matchers costs more than checking a signature.
     let claims = claims_of(
         &state,
         mercure,
@@ -296,20 +296,21 @@ pub(super) async fn subscribe(
         &base,
     )
     .await?;
+    let matchers = matchers_of(&pairs, mercure, &base)?;
+    // The id exactly as sent (an IRI may be UTF-8; an EventSource sends it back verbatim).
     let requested = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| {
             pairs
                 .iter()
-                .find(|(k, v)| k == "lastEventID" && !v.trim().is_empty())
-                .map(|(_, v)| v.trim().to_owned())
+                .find(|(k, v)| k == "lastEventID" && !v.is_empty())
+                .map(|(_, v)| v.clone())
         });
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(super::stream::come_back_later(&state));
+        return Ok(come_back_later(&state, requested.as_deref()));
     }
     let subscriber = Arc::new(Subscriber {
         matchers,
@@ -366,12 +367,33 @@ pub(super) async fn subscribe(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     if mercure.cfg.subscriptions {
+        // The start is announced by a task of its own, which the end waits for: a client
+        // gone while the start is appended still gets its end announced, after it.
+        let order = Arc::new(tokio::sync::Mutex::new(()));
+        let started = order.clone().try_lock_owned().expect("a new lock is free");
         let docs = subscription_docs(&state, &subscriber, true);
-        announce(&state, &docs).await.map_err(Refusal::from)?;
+        let task = {
+            let state = state.clone();
+            state.tasks.clone().spawn(async move {
+                let _started = started;
+                announce(&state, &docs).await
+            })
+        };
         registration.hold(Farewell {
             state: state.clone(),
             docs: subscription_docs(&state, &subscriber, false),
+            order,
         });
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(ApiError::LogUnavailable(crate::log::LogError::Unavailable(
+                    "the subscription could not be announced".into(),
+                ))
+                .into())
+            }
+        }
     }
     tracing::info!(conn = %registration.conn.id, user = %user, ip = %ip, matchers = subscriber.matchers.len(), resume = ?requested, "mercure subscription opened");
     let expires_at = claims.as_ref().and_then(|c| c.exp).map(|exp| {
@@ -403,10 +425,22 @@ pub(super) async fn subscribe(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache, no-transform"),
     );
-    if let Some(v) = answer.and_then(|a| HeaderValue::from_str(&a).ok()) {
+    if let Some(v) = answer.and_then(|a| HeaderValue::from_bytes(a.as_bytes()).ok()) {
         h.insert("last-event-id", v);
     }
     Ok(response)
+}
+
+/// The answer of a draining node: a comment, `retry:` and the end (the client reconnects,
+/// to another node behind a load balancer), with the `Last-Event-ID` answer when one was
+/// asked for (nothing was sent: the client resumes from where it asked).
+fn come_back_later(state: &AppState, requested: Option<&str>) -> Response {
+    let body = format!(": draining\n\nretry: {}\n\n", state.cfg.stream.retry_ms);
+    let mut response = super::stream::event_stream(Body::from(body));
+    if let Some(v) = requested.and_then(|r| HeaderValue::from_bytes(r.as_bytes()).ok()) {
+        response.headers_mut().insert("last-event-id", v);
+    }
+    response
 }
 
 /// Whether the event at `pos` exists and `subscriber` may receive it (only such an id may be
@@ -489,6 +523,7 @@ async fn announce(state: &AppState, docs: &[Value]) -> Result<(), ApiError> {
             private: true,
             id: None,
             retry: None,
+            hub: true,
             data: doc.to_string().into(),
         };
         let data = RawValue::from_string(serde_json::to_string(&stored).expect("serializes"))
@@ -561,17 +596,22 @@ pub async fn end_stale_subscriptions(state: Arc<AppState>) {
     }
 }
 
-/// Publishes the end of a connection's subscriptions when it closes.
+/// Publishes the end of a connection's subscriptions when it closes (after their start), in
+/// a task the server waits for when it shuts down.
 struct Farewell {
     state: Arc<AppState>,
     docs: Vec<Value>,
+    /// Held by the task announcing the start.
+    order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Drop for Farewell {
     fn drop(&mut self) {
         let (state, docs) = (self.state.clone(), std::mem::take(&mut self.docs));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+        let order = self.order.clone();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            state.tasks.clone().spawn(async move {
+                let _after_start = order.lock().await;
                 if let Err(e) = announce(&state, &docs).await {
                     tracing::warn!(error = ?e.to_string_lossy(), "mercure: the end of a subscription could not be published");
                 }
@@ -762,6 +802,7 @@ pub(super) async fn publish(
         private: field("private").is_some(),
         id: id.map(Into::into),
         retry,
+        hub: false,
         data: field("data").unwrap_or("").into(),
     };
     let data =
@@ -882,6 +923,19 @@ pub(super) async fn subscriptions(
         return Err(insufficient_scope(format!(
             "your token does not allow reading {path}"
         )));
+    }
+    // A node that just started reads the subscriptions from the log first: wait a moment
+    // for it rather than answer an incomplete list.
+    let wait_until = Instant::now() + Duration::from_secs(3);
+    while !mercure.registry.caught_up() {
+        if Instant::now() >= wait_until {
+            return Err(ApiError::Unavailable {
+                code: "subscriptions_loading",
+                message: "this node is still reading the active subscriptions from the log; retry in a moment".into(),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let head = state.hub.log().bounds().await.map_err(ApiError::from)?.head;
     let last_event_id = if head == Position::ZERO {

@@ -74,6 +74,8 @@ pub struct AppState {
     pub node_id: String,
     /// The Mercure hub protocol, when `[mercure]` enables it.
     pub mercure: Option<Arc<crate::mercure::Mercure>>,
+    /// Background work the server waits for (within its grace period) when it stops.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
@@ -227,7 +229,9 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("cache-control"),
         ])
-        .max_age(Duration::from_secs(cfg.max_age_s));
+        .max_age(Duration::from_secs(cfg.max_age_s))
+        // The Mercure hub answers with the id it resumed from (loss detection).
+        .expose_headers([HeaderName::from_static("last-event-id")]);
     if cfg.allowed_origins.iter().any(|o| o == "*") {
         return Some(layer.allow_origin(AllowOrigin::any()));
     }

@@ -147,20 +147,29 @@ pub(super) async fn publish(
     if !denied.is_empty() {
         return Err(ApiError::forbidden_channels("publish to", denied));
     }
-    if state.mercure.is_some() {
-        if let Some(ev) = items
-            .iter()
-            .flat_map(|i| &i.events)
-            .find(|e| crate::mercure::update::is_mercure_channel(&e.channel))
-        {
-            return Err(ApiError::Forbidden {
-                code: "reserved_channel",
-                message: format!(
-                    "channel {:?} holds Mercure updates: publish them at /.well-known/mercure",
-                    ev.channel
-                ),
-            });
-        }
+    // Mercure updates are the hub's (whether or not this node runs it): a native publish
+    // could claim any topic, or forge the hub's own events.
+    if let Some(ev) = items
+        .iter()
+        .flat_map(|i| &i.events)
+        .find(|e| crate::mercure::update::is_mercure_channel(&e.channel))
+    {
+        return Err(ApiError::Forbidden {
+            code: "reserved_channel",
+            message: format!(
+                "channel {:?} holds Mercure updates: publish them at /.well-known/mercure",
+                ev.channel
+            ),
+        });
+    }
+    if items
+        .iter()
+        .any(|i| i.key.as_deref().is_some_and(|k| k.starts_with("mercure:")))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            "idempotency ids beginning with `mercure:` are the Mercure hub's",
+        ));
     }
     state
         .publish_rate

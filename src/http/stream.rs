@@ -287,7 +287,7 @@ pub(super) async fn subscriptions(
     let conn = state
         .hub
         .connection(&id)
-        .filter(|c| c.user == principal.user)
+        .filter(|c| c.user == principal.user && c.mercure.is_none())
         .ok_or_else(|| ApiError::NotFound {
             code: "connection_not_found",
             message: format!("no open connection {id:?} of yours on this node"),

@@ -788,9 +788,13 @@ impl Hub {
             let mut encoded: Option<Bytes> = None;
             let mut encoded_mercure: Option<Bytes> = None;
             let queued_before = queued;
-            for subs in exact.into_iter().chain(patterns).chain(alternates) {
+            let routed = exact.into_iter().chain(patterns).map(|s| (s, false));
+            for (subs, alternate) in routed.chain(alternates.into_iter().map(|s| (s, true))) {
                 for (key, Sub { conn, since }) in subs {
-                    if event.pos <= *since
+                    // Alternate topics are Mercure's: a native stream takes an event by its
+                    // channel only (as its replay does).
+                    if (alternate && conn.mercure.is_none())
+                        || event.pos <= *since
                         || !event.targets(&conn.user)
                         || !conn.live.load(Ordering::Acquire)
                         || (dedupe && !given.insert(*key))

@@ -13,31 +13,22 @@ pub mod subscriber;
 pub mod token;
 pub mod update;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::log::{EventLog, Position};
 use config::MercureConfig;
 
-/// Publisher-chosen ids remembered per node, for resuming without a scan of the log.
-const RECENT_IDS: usize = 16_384;
-
 /// Longest a search of the log for a publisher-chosen id may take.
-const FIND_ID_DEADLINE: Duration = Duration::from_secs(3);
+const FIND_ID_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The Mercure side of a node: token verification, the active subscriptions, recent ids.
 pub struct Mercure {
     pub cfg: MercureConfig,
     pub verifier: token::Verifier,
     pub registry: Arc<registry::Registry>,
-    recent: Mutex<Recent>,
-}
-
-#[derive(Default)]
-struct Recent {
-    map: HashMap<String, Position>,
-    order: VecDeque<String>,
+    /// One search of the log for an old id at a time, node-wide.
+    searching: tokio::sync::Semaphore,
 }
 
 impl Mercure {
@@ -56,33 +47,27 @@ impl Mercure {
             cfg: cfg.clone(),
             verifier,
             registry: Arc::new(registry::Registry::default()),
-            recent: Mutex::default(),
+            searching: tokio::sync::Semaphore::new(1),
         })
     }
 
     /// Remembers where the update with a publisher-chosen `id` is.
     pub fn remember(&self, id: &str, pos: Position) {
-        let mut recent = crate::retry::lock(&self.recent);
-        if recent.map.insert(id.to_owned(), pos).is_none() {
-            recent.order.push_back(id.to_owned());
-            if recent.order.len() > RECENT_IDS {
-                if let Some(old) = recent.order.pop_front() {
-                    recent.map.remove(&old);
-                }
-            }
-        }
+        self.registry.remember(id, pos);
     }
 
     /// Where the update with id `id` is: a hub-made id says it; a publisher's is looked up
-    /// in the ids this node saw published, then searched in the log (oldest first, for at
-    /// most a few seconds). `None`: not in the log (or not found in time).
+    /// among the recent ones every node keeps (see [`registry`]), then searched in the log
+    /// (oldest first, one search at a time node-wide, for at most a second). `None`: not
+    /// found (not in the log, or not in time, or another search was running).
     pub async fn find(&self, log: &Arc<dyn EventLog>, id: &str) -> Option<Position> {
         if let Some(pos) = update::position_of_id(id) {
             return Some(pos);
         }
-        if let Some(pos) = crate::retry::lock(&self.recent).map.get(id) {
-            return Some(*pos);
+        if let Some(pos) = self.registry.recent(id) {
+            return Some(pos);
         }
+        let _searching = self.searching.try_acquire().ok()?;
         let filter = |e: &crate::log::Event| {
             update::Stored::of(e).is_some_and(|u| u.id.as_deref() == Some(id))
         };

@@ -44,6 +44,9 @@ pub struct Stored<'a> {
     pub id: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<u64>,
+    /// Written by the hub itself (subscription events); no publisher can set it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hub: bool,
     #[serde(borrow)]
     pub data: Cow<'a, str>,
 }
@@ -66,8 +69,10 @@ impl<'a> Stored<'a> {
     /// The update's id: the publisher's, or the one made from the event's position.
     pub fn id_at(&self, pos: Position) -> Cow<'_, str> {
         match &self.id {
-            Some(id) => Cow::Borrowed(id),
-            None => Cow::Owned(generated_id(pos)),
+            // Ids the publish API took cannot hold these; an event written another way (a
+            // database source) must not inject SSE fields either.
+            Some(id) if !id.contains(['\r', '\n', '\0']) => Cow::Borrowed(id),
+            _ => Cow::Owned(generated_id(pos)),
         }
     }
 }
@@ -309,6 +314,7 @@ mod tests {
             private: false,
             id: None,
             retry: Some(5000),
+            hub: false,
             data: "a\nb\r\nc\rd".into(),
         };
         let e = event("mercure:t", "book.updated", &stored, Position::seq(7));
@@ -325,6 +331,7 @@ mod tests {
             private: true,
             id: Some("urn:x".into()),
             retry: None,
+            hub: false,
             data: "".into(),
         };
         let e = event("mercure:t", DEFAULT_TYPE, &stored, Position::seq(8));
