@@ -6,8 +6,14 @@
 //! - `Exact`: byte-for-byte equality, no normalization, no resolution against any base.
 //! - `URLPattern`: a WHATWG URL Pattern (the `urlpattern` crate, the one Deno uses). Relative
 //!   patterns and relative topics are resolved against the hub's URL. The crate compiles
-//!   patterns to the `regex` crate, whose matching time is linear in the topic's length, so a
-//!   crafted pattern cannot make matching blow up (draft-dunglas-mercure-08, "URL Pattern").
+//!   patterns to the `regex` crate (through [`BoundedRegex`]), whose matching time is linear
+//!   in the topic's length, so a crafted pattern cannot make matching blow up
+//!   (draft-dunglas-mercure-08, "URL Pattern"). Compiling is bounded too: each regular
+//!   expression a pattern compiles to may take at most [`URL_PATTERN_REGEX_SIZE_LIMIT`]
+//!   bytes, so `https://e.com/([\p{L}\p{N}]{1,200})` is refused quickly ("too complex")
+//!   instead of costing a hundred milliseconds of CPU; the text itself is bounded too
+//!   (length, Unicode classes, no inline flags: see `check_url_pattern_cost`). The
+//!   specification lets an implementation limit pattern complexity; these are ours.
 //! - `Selector`: the older protocol's `topic=` selectors and `mercure` claim lists: equal to
 //!   the topic, or an RFC 6570 URI template (levels 1–4) that matches it. Templates are
 //!   compiled to a `regex` too, read leniently the way the reference Go hub does; a selector
@@ -33,14 +39,37 @@
 //! assert!(!m.matches("https://example.com/books/1/2"));
 //! ```
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
 use url::Url;
-use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions};
+use urlpattern::regexp::RegExp;
+use urlpattern::{
+    RegexSyntax, UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions,
+};
 
 /// The path of the hub; it and everything below it are reserved for the hub's own topics.
 const RESERVED_PATH: &str = "/.well-known/mercure";
+
+/// Upper bound of the compiled size (the `regex` crate's `size_limit`) of each regular
+/// expression a URL pattern compiles to. Patterns come from anonymous subscribers and from
+/// tokens, up to `max_matchers` per request, so compiling one must stay cheap: 256 KiB keeps
+/// every ordinary pattern (named groups, wildcards, `(\\d+)`, short classes) and refuses
+/// large counted repetitions of Unicode classes, whose compilation is what costs.
+pub const URL_PATTERN_REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Upper bound of a URL pattern's length in bytes, which bounds the regex parser's work.
+pub const URL_PATTERN_MAX_BYTES: usize = 1024;
+
+/// Upper bound of the Unicode class escapes (`\p`, `\P`, `\w`, `\W`) in a URL pattern:
+/// building each costs the same whatever the compiled size, so their number is bounded.
+pub const URL_PATTERN_MAX_UNICODE_CLASSES: usize = 8;
+
+/// Upper bound of the lazy DFA's cache of each URL-pattern regex: it bounds the memory one
+/// compiled pattern may take while matching (the regex falls back to slower, still linear,
+/// engines when the cache thrashes).
+const URL_PATTERN_DFA_SIZE_LIMIT: usize = 256 * 1024;
 
 /// Upper bound of the compiled size of a URI template's regex. Selectors come from anonymous
 /// subscribers (`topic=`), so compiling one must stay cheap; a template above it (thousands
@@ -109,7 +138,7 @@ enum Compiled {
     /// A URL pattern; `base` (the hub's URL, parsed once) resolves relative topics. `Arc`s
     /// because a compiled pattern is not `Clone` and matchers are cloned per subscription.
     UrlPattern {
-        pattern: Arc<UrlPattern>,
+        pattern: Arc<UrlPattern<BoundedRegex>>,
         base: Option<Arc<Url>>,
     },
     /// Equality with `text`, or the template's regex when the text is a valid template.
@@ -181,20 +210,126 @@ impl Matcher {
 }
 
 fn compile_url_pattern(text: &str, base: &str) -> Result<Compiled, MatcherError> {
+    check_url_pattern_cost(text)?;
     let base = Url::parse(base).ok();
-    let init = UrlPatternInit::parse_constructor_string::<Regex>(text, base.clone())
-        .and_then(|init| UrlPattern::parse(init, UrlPatternOptions::default()));
+    TOO_COMPLEX.with(|flag| flag.set(false));
+    let init = UrlPatternInit::parse_constructor_string::<BoundedRegex>(text, base.clone())
+        .and_then(|init| UrlPattern::<BoundedRegex>::parse(init, UrlPatternOptions::default()));
     match init {
         Ok(pattern) => Ok(Compiled::UrlPattern {
             pattern: Arc::new(pattern),
             base: base.map(Arc::new),
         }),
+        Err(urlpattern::Error::RegExp(())) if TOO_COMPLEX.with(|flag| flag.get()) => {
+            Err(MatcherError::Invalid(format!(
+                "The URL pattern {text:?} is too complex: one of its parts compiles to a \
+                 regular expression larger than {} KiB; use fewer or shorter repetitions.",
+                URL_PATTERN_REGEX_SIZE_LIMIT / 1024
+            )))
+        }
         Err(urlpattern::Error::BaseUrlRequired) => Err(MatcherError::Invalid(format!(
             "The URL pattern {text:?} is relative and the hub's URL is not a valid base URL."
         ))),
         Err(e) => Err(MatcherError::Invalid(format!(
             "The URL pattern {text:?} is not valid: {e}."
         ))),
+    }
+}
+
+/// Refuses, before any regex is built, what the regex crate's size limit does not bound:
+/// the cost of building character classes, which grows with the pattern's text. Limits
+/// (implementation-defined, as the URL Pattern specification allows): at most
+/// [`URL_PATTERN_MAX_BYTES`] bytes; at most [`URL_PATTERN_MAX_UNICODE_CLASSES`] Unicode class
+/// escapes (`\p`, `\P`, `\w`, `\W`); and no inline flags or named groups inside regexp
+/// groups (`(?` must be followed by `:`), because case-insensitive folding of large classes
+/// (`(?i)[\x{0}-\x{10FFFF}]`) takes seconds whatever the compiled size.
+fn check_url_pattern_cost(text: &str) -> Result<(), MatcherError> {
+    if text.len() > URL_PATTERN_MAX_BYTES {
+        return Err(MatcherError::Invalid(format!(
+            "The URL pattern is {} bytes long, more than the limit of {URL_PATTERN_MAX_BYTES} bytes.",
+            text.len()
+        )));
+    }
+    let bytes = text.as_bytes();
+    let mut classes = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                if matches!(bytes.get(i + 1), Some(b'p' | b'P' | b'w' | b'W')) {
+                    classes += 1;
+                }
+                i += 2;
+                continue;
+            }
+            b'(' => {
+                let after = text[i + 1..].trim_start();
+                if after.starts_with('?') && !after[1..].trim_start().starts_with(':') {
+                    return Err(MatcherError::Invalid(format!(
+                        "The URL pattern {text:?} is not valid: it uses inline flags or a named group in a regular \
+                         expression, which this hub does not support; use `(?:` groups only."
+                    )));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if classes > URL_PATTERN_MAX_UNICODE_CLASSES {
+        return Err(MatcherError::Invalid(format!(
+            "The URL pattern {text:?} is too complex: it uses {classes} Unicode classes \
+             (\\p, \\w and their negations), more than the limit of \
+             {URL_PATTERN_MAX_UNICODE_CLASSES}."
+        )));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Set by [`BoundedRegex::parse`] when a regex went over the size limits, so that
+    /// `compile_url_pattern` can tell "too complex" from a syntax error: the `urlpattern`
+    /// crate's `RegExp::parse` can only return `Err(())`.
+    static TOO_COMPLEX: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The regular expressions of URL patterns: the `regex` crate (linear-time matching) built
+/// with [`URL_PATTERN_REGEX_SIZE_LIMIT`] and a bounded lazy-DFA cache, so that compiling an
+/// oversized expression fails fast instead of costing unbounded CPU and memory.
+#[derive(Debug, Clone)]
+pub struct BoundedRegex(Regex);
+
+impl RegExp for BoundedRegex {
+    fn syntax() -> RegexSyntax {
+        RegexSyntax::Rust
+    }
+
+    fn parse(pattern: &str, flags: &str, _force_eval: bool) -> Result<Self, ()> {
+        RegexBuilder::new(pattern)
+            .case_insensitive(flags.contains('i'))
+            .size_limit(URL_PATTERN_REGEX_SIZE_LIMIT)
+            .dfa_size_limit(URL_PATTERN_DFA_SIZE_LIMIT)
+            .build()
+            .map(BoundedRegex)
+            .map_err(|e| {
+                if matches!(e, regex::Error::CompiledTooBig(_)) {
+                    TOO_COMPLEX.with(|flag| flag.set(true));
+                }
+            })
+    }
+
+    fn matches<'a>(&self, text: &'a str) -> Option<Vec<Option<&'a str>>> {
+        let captures = self.0.captures(text)?;
+        Some(
+            captures
+                .iter()
+                .skip(1)
+                .map(|c| c.map(|m| m.as_str()))
+                .collect(),
+        )
+    }
+
+    fn pattern_string(&self) -> &str {
+        self.0.as_str()
     }
 }
 
@@ -226,33 +361,150 @@ fn check_chars(text: &str, what: &str) -> Result<(), MatcherError> {
     }
 }
 
-/// Whether a publisher's `topic` addresses the hub's reserved namespace: resolved as a URI
-/// reference against `base` (the hub's URL), its path is `/.well-known/mercure` or starts
-/// with `/.well-known/mercure/`, whatever the scheme and authority.
+/// Whether a publisher's `topic` addresses the hub's reserved namespace. The rule is
+/// deliberately conservative (refusing a few odd topics is cheaper than reasoning about
+/// every reader downstream, some of which route on the topic's raw text): a topic is
+/// reserved when any of these holds.
 ///
-/// The path is also compared once percent-decoded, so `/.well-known/%6Dercure/x` or
-/// `/.well-known%2Fmercure` are reserved too (refusing a few odd topics is cheaper than
-/// reasoning about every decoder downstream). Dot segments are removed by the resolution.
-/// A topic that cannot be resolved (not a URL, and `base` not a URL either) is not reserved.
-/// Note that the empty topic, `?x` and `#x` resolve to the hub's URL itself: reserved.
+/// - Its raw text, or its percent-decoded text, starts with `/.well-known/mercure` followed
+///   by its end, `/`, `?` or `#`.
+/// - Its path, read without resolution (RFC 3986 syntax: after the scheme and authority, if
+///   any, before `?` or `#`), is `/.well-known/mercure` or starts with
+///   `/.well-known/mercure/`, raw, percent-decoded, or after dot-segment removal (in either
+///   order). So `https://other.example/.well-known/mercure/x` is reserved whatever the scheme
+///   and authority, and so is `http://[/.well-known/mercure`, whose authority is not valid.
+/// - That path, raw or in any of those readings, contains
+///   `/.well-known/mercure/subscriptions` anywhere.
+/// - Resolved as a URI reference against `base` (the hub's URL), its path is reserved in the
+///   sense above, raw or percent-decoded (so `mercure/x`, `/foo/../.well-known/mercure`, the
+///   empty topic, `?x` and `#x` are reserved: they resolve into the hub's namespace).
+/// - It is a relative reference and `base` is not a URL, or it cannot be resolved: it
+///   fails closed (reserved), since where it lands cannot be known.
+///
+/// Matching is case-sensitive (`/.well-known/Mercure` is not reserved), like the paths the
+/// hub serves.
 pub fn is_reserved_topic(topic: &str, base: &str) -> bool {
-    let resolved = match Url::parse(base) {
-        Ok(base) => base.join(topic),
-        Err(_) => Url::parse(topic),
-    };
-    let Ok(url) = resolved else {
-        return false;
-    };
-    let path = url.path();
-    if is_reserved_path(path) {
+    // 1. Raw and decoded text, as routed by code that reads the topic's prefix.
+    if has_reserved_prefix(topic)
+        || (topic.contains('%') && has_reserved_prefix(&decode_lossy(topic)))
+    {
         return true;
     }
-    path.contains('%') && is_reserved_path(&decode_lossy(path))
+    // 2 and 3. The path as written, in every reading.
+    let (has_scheme, path) = split_path(topic);
+    if path_readings(path)
+        .iter()
+        .any(|p| is_reserved_path(p) || has_subscriptions(p))
+    {
+        return true;
+    }
+    // 4 and 5. Resolution against the hub's URL; fail closed for unresolvable relative ones.
+    let resolved = match Url::parse(base) {
+        Ok(base) => base.join(topic),
+        Err(_) if has_scheme => Url::parse(topic),
+        Err(_) => return true,
+    };
+    let Ok(url) = resolved else {
+        return !has_scheme;
+    };
+    path_readings(url.path())
+        .iter()
+        .any(|p| is_reserved_path(p) || has_subscriptions(p))
+}
+
+/// Whether `text` starts with [`RESERVED_PATH`] followed by its end, `/`, `?` or `#`.
+fn has_reserved_prefix(text: &str) -> bool {
+    text.strip_prefix(RESERVED_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
 }
 
 fn is_reserved_path(path: &str) -> bool {
     path.strip_prefix(RESERVED_PATH)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether `path` contains the hub's subscription-event namespace anywhere.
+fn has_subscriptions(path: &str) -> bool {
+    path.contains("/.well-known/mercure/subscriptions")
+}
+
+/// Splits a URI reference the way RFC 3986 (appendix B) does and returns whether it has a
+/// scheme, and its path: after `scheme:` and `//authority` if present, before `?` or `#`.
+/// Backslashes count as slashes, as WHATWG URL parsers read them in special schemes.
+fn split_path(text: &str) -> (bool, &str) {
+    let scheme_end = text.find(':').filter(|&at| {
+        let scheme = &text.as_bytes()[..at];
+        scheme.first().is_some_and(u8::is_ascii_alphabetic)
+            && scheme
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    let has_scheme = scheme_end.is_some();
+    let mut rest = scheme_end.map_or(text, |at| &text[at + 1..]);
+    rest = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    let is_slash = |b: u8| b == b'/' || b == b'\\';
+    let bytes = rest.as_bytes();
+    if bytes.len() >= 2 && is_slash(bytes[0]) && is_slash(bytes[1]) {
+        let authority = &rest[2..];
+        let end = authority.find(['/', '\\']).unwrap_or(authority.len());
+        rest = &authority[end..];
+    }
+    (has_scheme, rest)
+}
+
+/// The readings of a path that are checked: as written, with backslashes as slashes,
+/// percent-decoded, and dot segments removed before or after decoding.
+fn path_readings(path: &str) -> Vec<String> {
+    let slashed = path.replace('\\', "/");
+    let mut out = vec![remove_dot_segments(&slashed)];
+    if slashed.contains('%') {
+        let decoded = decode_lossy(&slashed).replace('\\', "/");
+        out.push(remove_dot_segments(&decoded));
+        out.push(decode_lossy(&out[0]));
+        out.push(decoded);
+    }
+    out.push(slashed);
+    out
+}
+
+/// RFC 3986 section 5.2.4, on a path (dot segments are `.` and `..`, also as `%2e`, which
+/// WHATWG parsers read as dots).
+fn remove_dot_segments(path: &str) -> String {
+    let is_dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
+    let is_dot_dot = |s: &str| {
+        matches!(
+            s.to_ascii_lowercase().as_str(),
+            ".." | ".%2e" | "%2e." | "%2e%2e"
+        )
+    };
+    let absolute = path.starts_with('/');
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = path.split('/').collect();
+    let last = parts.len() - 1;
+    let mut trailing_slash = false;
+    for (i, segment) in parts.iter().enumerate() {
+        if i == 0 && absolute {
+            continue;
+        }
+        if is_dot(segment) {
+            trailing_slash = i == last;
+        } else if is_dot_dot(segment) {
+            segments.pop();
+            trailing_slash = i == last;
+        } else {
+            segments.push(segment);
+            trailing_slash = false;
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    if absolute {
+        out.push('/');
+    }
+    out.push_str(&segments.join("/"));
+    if trailing_slash && !segments.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// Percent-decodes what can be decoded, keeping malformed escapes as they are.
@@ -1015,12 +1267,186 @@ mod tests {
         ] {
             assert!(!is_reserved_topic(free, BASE), "{free:?} is not reserved");
         }
-        // Without a valid base, only absolute topics are read.
+        // Without a valid base, absolute topics are read and relative ones fail closed.
         assert!(is_reserved_topic(
             "https://e.com/.well-known/mercure",
             "not a url"
         ));
-        assert!(!is_reserved_topic("/.well-known/mercure", "not a url"));
+        assert!(!is_reserved_topic("https://e.com/books/1", "not a url"));
+        assert!(is_reserved_topic("/.well-known/mercure", "not a url"));
+    }
+
+    #[test]
+    fn reserved_namespace_dot_segments_cannot_leave_it() {
+        // Resolution turns these into `/foo`, but other code routes on the raw prefix.
+        for topic in [
+            "/.well-known/mercure/subscriptions/../../../foo",
+            "/.well-known/mercure/subscriptions/%2e%2e/%2E%2E/.%2e/foo",
+            "/.well-known/mercure/../../foo",
+            "/.well-known/mercure/./../x",
+            "/.well-known/mercure?../../x",
+            "/.well-known/mercure#/../../x",
+            "%2F.well-known%2Fmercure%2Fsubscriptions%2F..%2F..%2F..%2Ffoo",
+            "https://other.example/.well-known/mercure/subscriptions/../../../foo",
+            "https://other.example/.well-known/mercure/../x",
+            "foo://x/.well-known/mercure/subscriptions/%2e%2e/%2e%2e/%2e%2e/y",
+        ] {
+            assert!(is_reserved_topic(topic, BASE), "{topic:?} is reserved");
+        }
+    }
+
+    #[test]
+    fn reserved_namespace_other_spellings() {
+        for topic in [
+            "/.well-known/mercure#x",
+            "/a/.well-known/mercure/subscriptions",
+            "/a/.well-known/mercure/subscriptions/Exact/x",
+            "https://e.com/a/b/.well-known/mercure/subscriptions/x",
+            "https://e.com/a/.well-known/%6Dercure/subscriptions",
+            "/.well-known\\mercure\\x",
+            "https://e.com\\.well-known\\mercure",
+            // Not a valid URL (bad authority), yet its path is the hub's.
+            "http://[/.well-known/mercure",
+            "//[/.well-known/mercure/subscriptions/x",
+            "https://e.com/x/../.well-known/mercure",
+            "https://e.com/x/%2e%2e/.well-known/mercure/",
+        ] {
+            assert!(is_reserved_topic(topic, BASE), "{topic:?} is reserved");
+        }
+        for topic in [
+            "/.well-known/mercurex",
+            "/.well-known/mercure-subscriptions",
+            "https://example.com/books/1",
+            "https://example.com/books/1?x=/.well-known/mercure/subscriptions",
+        ] {
+            assert!(!is_reserved_topic(topic, BASE), "{topic:?} is not reserved");
+        }
+        // Dot segments lead out, but the raw path starts in the namespace.
+        assert!(is_reserved_topic(
+            "https://example.com/.well-known/mercure/../books/1?x",
+            BASE
+        ));
+    }
+
+    #[test]
+    fn reserved_namespace_fails_closed_without_a_base() {
+        // A hostile `Host: [` header makes the hub's URL unparsable.
+        let hostile = "http://[/.well-known/mercure";
+        assert!(Url::parse(hostile).is_err());
+        for topic in [
+            "/foo",
+            "foo",
+            "",
+            "?x",
+            "/.well-known/mercure/subscriptions/x",
+            "https://e.com/.well-known/mercure/subscriptions/x",
+            "//[/x",
+        ] {
+            assert!(is_reserved_topic(topic, hostile), "{topic:?} fails closed");
+        }
+        for topic in [
+            "https://example.com/books/1",
+            "urn:uuid:bb3de268-05b0-4c65-b44e-8f9acefc29d6",
+        ] {
+            assert!(!is_reserved_topic(topic, hostile), "{topic:?} is absolute");
+        }
+    }
+
+    #[test]
+    fn dot_segment_removal() {
+        for (input, expected) in [
+            ("/a/b/c/./../../g", "/a/g"),
+            ("mid/content=5/../6", "mid/6"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/%2E%2e/b", "/b"),
+            ("/", "/"),
+            ("", ""),
+        ] {
+            assert_eq!(remove_dot_segments(input), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn complex_url_patterns_are_refused_quickly() {
+        for text in [
+            r"https://e.com/([\p{L}\p{N}]{1,200})",
+            r"https://e.com/(\w{1,600})",
+            r"https://e.com/(\w{1,600})/:x",
+            r"https://e.com/:x([\p{L}\p{N}]{1,200})",
+        ] {
+            let err = Matcher::new(MatcherType::UrlPattern, text, BASE).expect_err(text);
+            assert!(matches!(err, MatcherError::Invalid(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains("is too complex"), "{msg}");
+            assert!(msg.ends_with('.'), "{msg}");
+        }
+        // What the compiled-size limit does not bound is refused from the text.
+        let many = format!("https://e.com/({})", r"\pL".repeat(9));
+        let long = format!("https://e.com/{}", "a".repeat(URL_PATTERN_MAX_BYTES));
+        for (text, needle) in [
+            (many.as_str(), "Unicode classes"),
+            (long.as_str(), "more than the limit of 1024 bytes"),
+            (r"https://e.com/((?i)[\x{0}-\x{10FFFF}])", "inline flags"),
+            (r"https://e.com/(a(?i)b)", "inline flags"),
+            (r"https://e.com/(a(?-i:b))", "inline flags"),
+            (r"https://e.com/(a( ? i)b)", "inline flags"),
+        ] {
+            let err = Matcher::new(MatcherType::UrlPattern, text, BASE).expect_err(text);
+            assert!(matches!(err, MatcherError::Invalid(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(needle), "{msg}");
+            assert!(msg.ends_with('.'), "{msg}");
+        }
+        // Eight pass the text check (the compiled size may still refuse them); four compile.
+        assert!(check_url_pattern_cost(&format!("https://e.com/({})", r"\pL".repeat(8))).is_ok());
+        assert!(pat(&format!("https://e.com/({})", r"\pL".repeat(4))).matches("https://e.com/abcd"));
+        // An escaped parenthesis is a literal, not a group.
+        assert!(check_url_pattern_cost(r"https://e.com/\(?x").is_ok());
+        // A syntax error is still reported as such, not as complexity.
+        let err = Matcher::new(MatcherType::UrlPattern, "https://e.com/(", BASE)
+            .expect_err("syntax")
+            .to_string();
+        assert!(err.contains("is not valid"), "{err}");
+        // And the flag does not leak into the next compilation on this thread.
+        assert!(Matcher::new(MatcherType::UrlPattern, "https://e.com/books/:id", BASE).is_ok());
+    }
+
+    #[test]
+    fn ordinary_url_patterns_stay_within_the_limit() {
+        let p = pat("https://example.com/books/:id");
+        assert!(p.matches("https://example.com/books/1"));
+        assert!(!p.matches("https://example.com/books/1/2"));
+
+        let subs = pat("/.well-known/mercure/subscriptions/*");
+        assert!(subs.matches("/.well-known/mercure/subscriptions/Exact/a"));
+        assert!(subs.matches("http://127.0.0.1:8080/.well-known/mercure/subscriptions/x/y"));
+        assert!(!subs.matches("/.well-known/mercure/x"));
+
+        let any = pat("https://example.com/*");
+        assert!(any.matches("https://example.com/a/b/c"));
+        assert!(!any.matches("https://example.org/a"));
+
+        let digits = pat(r"https://example.com/books/:id(\d+)");
+        assert!(digits.matches("https://example.com/books/123"));
+        assert!(!digits.matches("https://example.com/books/abc"));
+
+        let letters = pat(r"https://example.com/([\p{L}\p{N}]+)");
+        assert!(letters.matches("https://example.com/abc123"));
+        assert!(!letters.matches("https://example.com/abc-123"));
+
+        let short = pat(r"https://example.com/([a-z0-9]{1,8})");
+        assert!(short.matches("https://example.com/abc123"));
+        assert!(!short.matches("https://example.com/abcdefghi"));
+
+        let group = pat(r"https://example.com/((?:ab)+)");
+        assert!(group.matches("https://example.com/abab"));
+        assert!(!group.matches("https://example.com/aba"));
+
+        let words = pat(r"https://example.com/(\w+)/:rest*");
+        assert!(words.matches("https://example.com/abc/d/e"));
     }
 
     #[test]
