@@ -28,6 +28,9 @@ use crate::mercure::token::{self, Claims, Generation, Role, TokenError};
 use crate::mercure::update::{self, Stored, SUBSCRIPTIONS_TOPIC};
 use crate::mercure::Mercure;
 
+/// Most topics of one update (a canonical one and alternates, draft-07).
+const MAX_TOPICS_PER_UPDATE: usize = 16;
+
 /// A refused Mercure request: ssegate's error, with the `WWW-Authenticate` challenge when
 /// credentials are the reason.
 pub(super) struct Refusal {
@@ -694,13 +697,13 @@ pub(super) async fn publish(
             "an update has exactly one `topic` in this version of the protocol (an access token of type at+jwt)",
         ));
     }
-    if topics.len() > mercure.cfg.max_matchers {
+    // Every alternate topic is matched against every pattern subscriber's matchers when the
+    // update is dispatched: a few are what the older protocol's users need.
+    let max_topics = MAX_TOPICS_PER_UPDATE.min(mercure.cfg.max_matchers);
+    if topics.len() > max_topics {
         return Err(bad_request(
             "invalid_request",
-            format!(
-                "an update may have at most {} topics (mercure.max_matchers)",
-                mercure.cfg.max_matchers
-            ),
+            format!("an update may have at most {max_topics} topics"),
         ));
     }
     for topic in &topics {
