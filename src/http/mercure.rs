@@ -5,7 +5,6 @@
 //! Errors are ssegate's (a status, a stable `code`, a sentence) plus, for credentials, the
 //! RFC 6750 `WWW-Authenticate: Bearer` challenge the Mercure specification asks for.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use tokio::time::Instant;
 use super::{client_ip, ApiError, AppState};
 use crate::auth::AuthError;
 use crate::event::EventError;
-use crate::hub::{ConnInfo, Cursor, CursorOptions};
+use crate::hub::ConnInfo;
 use crate::log::{AppendItem, NewEvent, Position};
 use crate::mercure::matcher::{self, Matcher, MatcherError, MatcherType};
 use crate::mercure::subscriber::Subscriber;
@@ -254,6 +253,24 @@ async fn claims_of(
     })
 }
 
+/// The hub's URL and the verified token a request must present (in its header, query or
+/// cookie) for `role`.
+async fn required_claims(
+    state: &AppState,
+    mercure: &Mercure,
+    headers: &HeaderMap,
+    uri: &Uri,
+    role: Role,
+) -> Result<(String, Arc<Claims>), Refusal> {
+    let base = hub_url(state, mercure, headers, uri);
+    let query = form_pairs(uri.query().unwrap_or("").as_bytes())
+        .map_err(|e| bad_request("invalid_request", format!("the query string: {e}")))?;
+    let claims = claims_of(state, mercure, headers, &query, role, true, &base)
+        .await?
+        .ok_or(TokenError::Missing)?;
+    Ok((base, claims))
+}
+
 /// A random `urn:uuid:` (version 4).
 fn random_urn() -> String {
     use rand::Rng;
@@ -399,30 +416,13 @@ pub(super) async fn subscribe(
         }
     }
     tracing::info!(conn = %registration.conn.id, user = %user, ip = %ip, matchers = subscriber.matchers.len(), resume = ?requested, "mercure subscription opened");
-    let expires_at = claims.as_ref().and_then(|c| c.exp).map(|exp| {
-        let left_ms = exp
-            .saturating_mul(1000)
-            .saturating_sub(crate::time::now_ms());
-        Instant::now() + Duration::from_millis(left_ms)
-    });
-    let cursor = Cursor::new(
-        state.hub.clone(),
+    let mut response = super::stream::cursor_stream(
+        &state,
         registration,
-        start,
-        replay,
+        (start, replay),
         Bytes::from_static(b":\n\n"),
-        CursorOptions {
-            heartbeat: Duration::from_millis(state.cfg.stream.heartbeat_ms),
-            catchup_batch: state.cfg.stream.catchup_batch,
-            expires_at,
-            shutdown: state.shutdown.clone(),
-        },
+        claims.as_ref().and_then(|c| c.exp),
     );
-    let body = futures::stream::unfold(cursor, |mut cursor| async move {
-        let chunk = cursor.next_chunk().await?;
-        Some((Ok::<Bytes, Infallible>(chunk), cursor))
-    });
-    let mut response = super::stream::event_stream(Body::from_stream(body));
     let h = response.headers_mut();
     h.insert(
         header::CACHE_CONTROL,
@@ -641,20 +641,7 @@ pub(super) async fn publish(
     body: Body,
 ) -> Result<Response, Refusal> {
     let mercure = hub(&state)?;
-    let base = hub_url(&state, mercure, &headers, &uri);
-    let query = form_pairs(uri.query().unwrap_or("").as_bytes())
-        .map_err(|e| bad_request("invalid_request", format!("the query string: {e}")))?;
-    let claims = claims_of(
-        &state,
-        mercure,
-        &headers,
-        &query,
-        Role::Publisher,
-        true,
-        &base,
-    )
-    .await?
-    .ok_or(TokenError::Missing)?;
+    let (base, claims) = required_claims(&state, mercure, &headers, &uri, Role::Publisher).await?;
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -888,20 +875,7 @@ pub(super) async fn subscriptions(
         }
         .into());
     }
-    let base = hub_url(&state, mercure, &headers, &uri);
-    let query = form_pairs(uri.query().unwrap_or("").as_bytes())
-        .map_err(|e| bad_request("invalid_request", format!("the query string: {e}")))?;
-    let claims = claims_of(
-        &state,
-        mercure,
-        &headers,
-        &query,
-        Role::Subscriber,
-        true,
-        &base,
-    )
-    .await?
-    .ok_or(TokenError::Missing)?;
+    let (_, claims) = required_claims(&state, mercure, &headers, &uri, Role::Subscriber).await?;
     // The path in the canonical form of subscription ids: each segment decoded, then
     // encoded once, as the hub encodes them.
     let rest = uri

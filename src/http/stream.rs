@@ -119,19 +119,38 @@ pub(super) async fn stream(
         Some(pos) => (pos, true),
         None => (bounds.head, false),
     };
-    let expires_at = principal.expires_at.map(|exp| {
+    tracing::info!(conn = %conn.id, user = %principal.user, ip = %ip, channels = channels.len(), resume = ?resume.map(|p| p.to_string()), "stream opened");
+    Ok(cursor_stream(
+        &state,
+        registration,
+        (start, replay),
+        preamble.freeze(),
+        principal.expires_at,
+    ))
+}
+
+/// The event-stream response of a registered connection: its cursor from `start` (replaying
+/// the log after it when `replay`), after `preamble`, until the credentials expire
+/// (`expires_at`, Unix seconds), the client leaves or the server stops.
+pub(super) fn cursor_stream(
+    state: &AppState,
+    registration: crate::hub::Registration,
+    (start, replay): (crate::log::Position, bool),
+    preamble: Bytes,
+    expires_at: Option<u64>,
+) -> Response {
+    let expires_at = expires_at.map(|exp| {
         let left_ms = exp
             .saturating_mul(1000)
             .saturating_sub(crate::time::now_ms());
         Instant::now() + Duration::from_millis(left_ms)
     });
-    tracing::info!(conn = %conn.id, user = %principal.user, ip = %ip, channels = channels.len(), resume = ?resume.map(|p| p.to_string()), "stream opened");
     let cursor = Cursor::new(
         state.hub.clone(),
         registration,
         start,
         replay,
-        preamble.freeze(),
+        preamble,
         CursorOptions {
             heartbeat: Duration::from_millis(state.cfg.stream.heartbeat_ms),
             catchup_batch: state.cfg.stream.catchup_batch,
@@ -143,7 +162,7 @@ pub(super) async fn stream(
         let chunk = cursor.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), cursor))
     });
-    Ok(event_stream(Body::from_stream(body)))
+    event_stream(Body::from_stream(body))
 }
 
 /// A `200` event-stream response with `body`.
