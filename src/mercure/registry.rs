@@ -157,3 +157,83 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::NewEvent;
+    use crate::mercure::update::channel_for;
+    use serde_json::{json, value::RawValue};
+
+    fn event(pos: u64, topic: &str, hub: bool, id: Option<&str>, data: &Value) -> Event {
+        let stored = Stored {
+            topics: vec![topic.into()],
+            private: true,
+            id: id.map(Into::into),
+            retry: None,
+            hub,
+            data: data.to_string().into(),
+        };
+        let raw = RawValue::from_string(serde_json::to_string(&stored).unwrap()).unwrap();
+        Event {
+            pos: Position::seq(pos),
+            event: NewEvent::new(channel_for(topic), "message".into(), raw, None, 0, 1 << 20)
+                .unwrap(),
+        }
+    }
+
+    const SUB: &str = "/.well-known/mercure/subscriptions/Exact/a/urn%3Auuid%3A1";
+
+    #[test]
+    fn only_the_hubs_own_events_about_themselves_change_the_list() {
+        let r = Registry::default();
+        let doc = |id: &str, active: bool| json!({ "id": id, "active": active, "node": "n1" });
+        // Not written by the hub (a forged event on the same channel): ignored.
+        r.apply(&event(1, SUB, false, None, &doc(SUB, true)));
+        assert!(r.is_empty());
+        // Written by the hub but naming another subscription than its topic: ignored.
+        let other = "/.well-known/mercure/subscriptions/Exact/b/urn%3Auuid%3A2";
+        r.apply(&event(2, SUB, true, None, &doc(other, true)));
+        assert!(r.is_empty());
+        r.apply(&event(3, SUB, true, None, &doc(SUB, true)));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.list("/.well-known/mercure/subscriptions/Exact/a/").len(),
+            1
+        );
+        assert!(r
+            .list("/.well-known/mercure/subscriptions/Exact/b/")
+            .is_empty());
+        assert_eq!(r.of_node("n1").len(), 1);
+        assert!(r.get(SUB).is_some());
+        r.apply(&event(4, SUB, true, None, &doc(SUB, false)));
+        assert!(r.is_empty() && r.get(SUB).is_none());
+    }
+
+    #[test]
+    fn publisher_ids_are_remembered_latest_first_and_bounded() {
+        let r = Registry::default();
+        r.apply(&event(
+            5,
+            "https://example.com/a",
+            false,
+            Some("rev-1"),
+            &json!(1),
+        ));
+        assert_eq!(r.recent("rev-1"), Some(Position::seq(5)));
+        r.apply(&event(
+            9,
+            "https://example.com/b",
+            false,
+            Some("rev-1"),
+            &json!(2),
+        ));
+        assert_eq!(r.recent("rev-1"), Some(Position::seq(9)), "the latest");
+        assert_eq!(r.recent("rev-2"), None);
+        for i in 0..RECENT_IDS as u64 + 1 {
+            r.remember(&format!("x{i}"), Position::seq(100 + i));
+        }
+        assert_eq!(r.recent("rev-1"), None, "the oldest id went first");
+        assert_eq!(r.recent("x1"), Some(Position::seq(101)));
+    }
+}
