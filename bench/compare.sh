@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Speed and scale of ssegate, measured side by side with nchan (nginx module) and pushpin.
+# Speed and scale of ssegate, measured side by side with nchan (nginx module) and pushpin,
+# and ssegate's Mercure hub (target ssegate-mercure) beside its native protocol.
 #
-# Installs nginx + nchan and pushpin from Debian when they are missing, builds ssegate and
+# Installs nginx + nchan and pushpin from Debian when they are missing (only those named in
+# BENCH_TARGETS), builds ssegate and
 # ssegate-bench in release mode, then for every scenario starts each server afresh on free
 # loopback ports, runs the same load against it (connection-heavy scenarios split over
 # several generator processes, merged afterwards), stops it, and finally prints ONE table.
@@ -9,6 +11,15 @@
 #
 #   bench/compare.sh                       # the full run (several minutes)
 #   BENCH_SCALE=0.1 bench/compare.sh       # a quick run: a tenth of the sizes and durations
+#   BENCH_TARGETS="ssegate ssegate-mercure" BENCH_SCENARIOS="fanout idle" bench/compare.sh
+#                                          # native vs Mercure subscriptions (issue 15)
+#
+# Targets: ssegate (GET /v1/stream?channel=, POST /v1/publish), ssegate-mercure (the same
+# server with [mercure] enabled and jwt_secret set: GET /.well-known/mercure?match=<topic>
+# with a draft-07 token {"mercure":{"subscribe":["*"]}} per connection, POST
+# /.well-known/mercure form topic=…&type=b&data=… with {"mercure":{"publish":["*"]}}; topic N
+# = https://bench.example/<channel N>; BENCH_MERCURE_MATCHER=topic subscribes with topic=
+# instead of match=), nchan, pushpin.
 #
 # Environment (defaults in brackets; sizes are multiplied by BENCH_SCALE unless given):
 #   BENCH_SCALE [1]  BENCH_PROCS [2]  BENCH_TARGETS ["ssegate nchan pushpin"]
@@ -27,6 +38,7 @@
 #   BENCH_KEEP_TMP=1 keeps the temporary directory (server logs, configs)
 #   BENCH_SSEGATE_LOG [file] ssegate's log.kind (memory: no fsync, to see what durability costs)
 #   BENCH_SSEGATE_BIN another ssegate binary (e.g. an older build, for before/after figures)
+#   BENCH_MERCURE_MATCHER [match] how ssegate-mercure subscribers name their topic: match|topic
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -62,9 +74,16 @@ bench_raise_nofile
 MAX_CONNS=$CH_CONNS
 for n in "$IDLE_CONNS" "$STORM_CONNS"; do [ "$n" -gt "$MAX_CONNS" ] && MAX_CONNS=$n; done
 PROCS=$(procs_for "$MAX_CONNS" "$CH_PUBLISHERS" "$PROCS")
+# ssegate caps open connections at the open-file limit minus a sixteenth (18,750 of 20,000
+# here) unless limits.max_open_connections is set: leave it 256 files for everything else.
+SSEGATE_BENCH_LIMITS+=("SSEGATE_LIMITS__MAX_OPEN_CONNECTIONS=$((NOFILE - 256))")
 
-# --- what the peers need, from Debian's packages.
-bench_install_peers nchan pushpin
+# --- what the peers need, from Debian's packages (only the peers being measured).
+PEERS=()
+for t in $TARGETS; do
+  case $t in nchan | pushpin) PEERS+=("$t") ;; esac
+done
+bench_install_peers "${PEERS[@]}"
 
 bench_build_release
 
@@ -73,6 +92,11 @@ mkdir -p "$OUT/parts"
 rm -f "$OUT"/*.json "$OUT"/parts/* "$OUT"/table.md
 
 bench_cleanup_on_exit
+
+# ssegate with its Mercure hub on (the same secret signs both protocols' tokens).
+start_ssegate-mercure() {
+  start_ssegate SSEGATE_MERCURE__ENABLED=true SSEGATE_MERCURE__JWT_SECRET="$SECRET"
+}
 
 port_busy() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 
@@ -133,6 +157,9 @@ run_scenario() {
     resume)
       procs=1 total=- channels=1 extra=(--events "$RESUME_EVENTS") ;;
   esac
+  if [ "$target" = ssegate-mercure ]; then
+    extra+=(--mercure-matcher "${BENCH_MERCURE_MATCHER:-match}")
+  fi
   gen_run "$name" "$procs" "$total" "$channels" "$rate" --target "$target" --scenario "$scenario" \
     --connect-concurrency "$CC" --source-count 16 --batch "$BATCH" "${extra[@]}" || true
   stop_pid "$SERVER_PID"
@@ -140,7 +167,7 @@ run_scenario() {
 }
 
 {
-  bench_env_lines nchan pushpin
+  bench_env_lines "${PEERS[@]}"
   echo "scale: $SCALE; generator processes: $PROCS; connect concurrency: $CC per process; batch: $BATCH"
   echo "sizes: fanout $FANOUT_SUBS subscribers ${FANOUT_SECS} s, $FANOUT_PUBLISHERS publishers; channels $CH_CONNS connections / $CH_CHANNELS channels at $CH_RATE events/s for ${CH_SECS} s, $CH_PUBLISHERS publishers per process; idle $IDLE_CONNS; storm $STORM_CONNS; resume $RESUME_EVENTS events"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"

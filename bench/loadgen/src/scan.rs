@@ -270,6 +270,20 @@ data: {\"t\":42,\"s\":1}\n\n: hb\n\nevent: b\ndata: {\"t\": 7}\n\ndata: {\"tt\":
     }
 
     #[test]
+    fn scanner_reads_mercure_frames_at_every_split() {
+        // The hub's first bytes, a heartbeat, an update with and one without `event:`, and a
+        // multi-line one: `id:`/`event:`/`retry:` lines are skipped, `data:` lines scanned.
+        let input = b":\n\nid: urn:uuid:0e4e1c2a-1d35-4b5e-9a4e-2f9e2c3b4d5e\nevent: b\ndata: {\"t\":1700000000000001,\"s\":3}\n\n\
+: hb\n\nid: urn:uuid:1\ndata: {\"t\":42,\"s\":4}\n\nid: x\nretry: 100\ndata: {\"t\":7,\ndata: \"s\":5}\n\n";
+        for at in 0..=input.len() {
+            let (ts, other) = scan_split(input, at);
+            assert_eq!(ts, vec![1700000000000001, 42, 7], "split at {at}");
+            // The second line of the multi-line update has no `t`.
+            assert_eq!(other, 1, "split at {at}");
+        }
+    }
+
+    #[test]
     fn scanner_byte_by_byte() {
         let input = b"data: {\"t\":123}\ndata: {\"t\":456}\n\n";
         let mut s = SseScan::default();

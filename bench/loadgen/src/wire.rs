@@ -56,6 +56,20 @@ impl Url {
     }
 }
 
+/// Percent-encodes `s` for a query string or an `application/x-www-form-urlencoded` body:
+/// every byte but `A-Z a-z 0-9 - . _ ~` as `%XX`.
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Opens a TCP connection from `src` (port chosen by the kernel) to `dst`.
 pub async fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
@@ -295,6 +309,19 @@ enum Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_encoding_keeps_unreserved_bytes_only() {
+        assert_eq!(
+            form_encode("https://bench.example/bench-fanout-0"),
+            "https%3A%2F%2Fbench.example%2Fbench-fanout-0"
+        );
+        assert_eq!(
+            form_encode(r#"{"t":1,"s":2}"#),
+            "%7B%22t%22%3A1%2C%22s%22%3A2%7D"
+        );
+        assert_eq!(form_encode("a b&c=é~"), "a%20b%26c%3D%C3%A9~");
+    }
 
     #[test]
     fn head_parsing() {

@@ -42,9 +42,25 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Target {
+    /// ssegate's own protocol: `GET /v1/stream?channel=`, `POST /v1/publish` (JSON).
     Ssegate,
+    /// ssegate's Mercure hub: `GET /.well-known/mercure?match=<topic>` (or `topic=`, see
+    /// --mercure-matcher), `POST /.well-known/mercure` (form), draft-07 tokens.
+    SsegateMercure,
     Nchan,
     Pushpin,
+}
+
+/// The default base of the Mercure topics: topic N is `https://bench.example/<channel N>`.
+pub const MERCURE_TOPIC_BASE: &str = "https://bench.example/";
+
+/// The query parameter a Mercure subscriber names its one topic with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MercureMatcher {
+    /// `match=<topic>`: the newer protocol's exact match.
+    Match,
+    /// `topic=<topic>`: the draft-07 selector (a topic without a template is an exact match).
+    Topic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,6 +107,12 @@ pub struct RunArgs {
     /// Channel names are PREFIX-N (default bench-SCENARIO).
     #[arg(long)]
     pub channel_prefix: Option<String>,
+    /// ssegate-mercure: topic N is this IRI followed by channel N's name.
+    #[arg(long, default_value = MERCURE_TOPIC_BASE)]
+    pub mercure_topic_base: String,
+    /// ssegate-mercure: how a subscriber names its topic.
+    #[arg(long, value_enum, default_value = "match")]
+    pub mercure_matcher: MercureMatcher,
     /// Events per second this process publishes; 0 = as fast as acknowledged.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -100,13 +122,15 @@ pub struct RunArgs {
     /// Concurrent publishers (each waits for its acknowledgement).
     #[arg(long)]
     pub publishers: Option<usize>,
-    /// Events per publish request (ssegate: JSON array; pushpin: items; nchan: always 1).
+    /// Events per publish request (ssegate: JSON array; pushpin: items; nchan and
+    /// ssegate-mercure: always 1).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Resume: events the client is behind.
     #[arg(long)]
     pub events: Option<u64>,
-    /// HS256 secret of ssegate (auth.jwt_secret): a token is minted per connection.
+    /// HS256 secret of ssegate (auth.jwt_secret; ssegate-mercure: mercure.jwt_secret): a
+    /// token is minted per connection.
     #[arg(long, env = "SSEGATE_BENCH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// First source address; subscribers are spread over --source-count consecutive ones.

@@ -7,7 +7,7 @@ use anyhow::bail;
 use ssegate_loadgen::token::{Grants, Minter};
 use ssegate_loadgen::wire::Url;
 
-use crate::cli::{name, RunArgs, Scenario, Target};
+use crate::cli::{name, MercureMatcher, RunArgs, Scenario, Target};
 
 /// The scenario's sizes after defaults.
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ pub struct Plan {
     pub batch: usize,
     pub events: u64,
     pub settle: f64,
+    /// ssegate-mercure: topic N is `mercure_topic_base` + channel N.
+    pub mercure_topic_base: String,
+    pub mercure_matcher: MercureMatcher,
 }
 
 impl Plan {
@@ -65,16 +68,22 @@ impl Plan {
             } else {
                 1.0
             }),
+            mercure_topic_base: a.mercure_topic_base.clone(),
+            mercure_matcher: a.mercure_matcher,
         };
-        if plan.target == Target::Nchan {
+        // One event per request: nchan's publish, and a Mercure update (one form, one topic).
+        if matches!(plan.target, Target::Nchan | Target::SsegateMercure) {
             plan.batch = 1;
         }
         if plan.scenario == Scenario::Resume {
             plan.subscribers = 1;
             plan.channels = 1;
         }
-        if plan.target == Target::Ssegate && a.jwt_secret.is_none() {
-            bail!("--target ssegate needs --jwt-secret (or SSEGATE_BENCH_JWT_SECRET)");
+        if plan.needs_tokens() && a.jwt_secret.is_none() {
+            bail!(
+                "--target {} needs --jwt-secret (or SSEGATE_BENCH_JWT_SECRET)",
+                name(plan.target)
+            );
         }
         let last_source = u32::from(a.source_base).saturating_add(a.source_count.max(1) - 1);
         if !a.source_base.is_loopback() || !Ipv4Addr::from(last_source).is_loopback() {
@@ -117,6 +126,17 @@ impl Plan {
     pub fn channel(&self, local: u64) -> String {
         format!("{}-{}", self.prefix, self.channel_offset + local)
     }
+
+    /// The Mercure topic of a channel: the topic base followed by the channel's name.
+    pub fn topic(&self, channel: &str) -> String {
+        format!("{}{channel}", self.mercure_topic_base)
+    }
+
+    /// Whether the target wants a token on every subscription and publish (ssegate's
+    /// protocols; the peers run without authentication).
+    pub fn needs_tokens(&self) -> bool {
+        matches!(self.target, Target::Ssegate | Target::SsegateMercure)
+    }
 }
 
 fn open_files_limit() -> Option<u64> {
@@ -125,22 +145,30 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// One token per subscriber of this process, each allowed its own channel only.
+/// One token per subscriber of this process: ssegate's allowed its own channel only, a
+/// Mercure one (draft-07) `{"mercure":{"subscribe":["*"]}}` with a `sub` of its own.
 pub fn mint_tokens(secret: &str, plan: &Plan, proc_index: usize) -> anyhow::Result<Vec<String>> {
     let minter = Minter::new(secret);
     (0..plan.subscribers)
         .map(|j| {
+            let sub = format!("bench-p{proc_index}-u{j}");
+            if plan.target == Target::SsegateMercure {
+                return minter.mint_mercure(&sub, &["*"], &[], 7200);
+            }
             let grants = Grants {
                 subscribe: vec![plan.channel(j % plan.channels)],
                 ..Grants::default()
             };
-            minter.mint(&format!("bench-p{proc_index}-u{j}"), grants, 7200)
+            minter.mint(&sub, grants, 7200)
         })
         .collect()
 }
 
-/// The publishers' token: may publish to every channel.
-pub fn publisher_token(secret: &str) -> anyhow::Result<String> {
+/// The publishers' token: may publish to every channel (Mercure: `{"publish":["*"]}`).
+pub fn publisher_token(secret: &str, target: Target) -> anyhow::Result<String> {
+    if target == Target::SsegateMercure {
+        return Minter::new(secret).mint_mercure("bench-publisher", &[], &["*"], 7200);
+    }
     let grants = Grants {
         publish: vec!["*".into()],
         ..Grants::default()

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use ssegate_loadgen::now_us;
 use ssegate_loadgen::wire::{self, HttpClient, Url};
 
-use crate::cli::{RunArgs, Target};
+use crate::cli::{RunArgs, Target, MERCURE_TOPIC_BASE};
 use crate::plan::Plan;
 use crate::stats::{self, new_hist, record, Pct, Report};
 use crate::subscriber::Shared;
@@ -22,10 +22,40 @@ pub fn publish_request(
     events: &[(String, u64)],
     t: u64,
 ) -> Vec<u8> {
-    request_to(plan.target, &plan.publish_url, token, events, t)
+    match plan.target {
+        Target::SsegateMercure => {
+            let (c, s) = &events[0];
+            mercure_request(&plan.publish_url, token, &plan.topic(c), *s, t)
+        }
+        _ => request_to(plan.target, &plan.publish_url, token, events, t),
+    }
 }
 
-/// A publish request in `target`'s format to its publish endpoint at `u`.
+/// A Mercure update (`POST /.well-known/mercure`, a form): `topic`, `type=b` (the event type
+/// the other targets' events have too) and `data` = `{"t":T,"s":S}`. One update per request.
+pub fn mercure_request(u: &Url, token: Option<&str>, topic: &str, s: u64, t: u64) -> Vec<u8> {
+    let data = format!(r#"{{"t":{t},"s":{s}}}"#);
+    let body = format!(
+        "topic={}&type=b&data={}",
+        wire::form_encode(topic),
+        wire::form_encode(&data)
+    );
+    let mut r = format!(
+        "POST {}/.well-known/mercure HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        u.base,
+        u.host,
+        body.len()
+    );
+    if let Some(tok) = token {
+        r += &format!("Authorization: Bearer {tok}\r\n");
+    }
+    r += "\r\n";
+    r += &body;
+    r.into_bytes()
+}
+
+/// A publish request in `target`'s format to its publish endpoint at `u` (ssegate-mercure:
+/// the first event only, its topic under [`MERCURE_TOPIC_BASE`]).
 pub fn request_to(
     target: Target,
     u: &Url,
@@ -34,6 +64,11 @@ pub fn request_to(
     t: u64,
 ) -> Vec<u8> {
     let (path, body) = match target {
+        Target::SsegateMercure => {
+            let (c, s) = &events[0];
+            let topic = format!("{MERCURE_TOPIC_BASE}{c}");
+            return mercure_request(u, token, &topic, *s, t);
+        }
         Target::Ssegate => {
             let items: Vec<String> = events
                 .iter()
@@ -260,4 +295,71 @@ pub async fn publish(
         .iter()
         .map(|n| n.load(Relaxed))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::subscriber::sub_request;
+
+    fn plan(extra: &[&str]) -> Plan {
+        let mut argv = vec![
+            "ssegate-bench",
+            "run",
+            "--target",
+            "ssegate-mercure",
+            "--scenario",
+            "fanout",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--jwt-secret",
+            "s3cret",
+            "--batch",
+            "5",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::parse_from(argv).command {
+            Command::Run(a) => Plan::new(&a).unwrap(),
+            _ => unreachable!("a run"),
+        }
+    }
+
+    #[test]
+    fn mercure_subscription_and_update_requests() {
+        let p = plan(&[]);
+        assert_eq!(p.batch, 1, "one update per request");
+        let sub = String::from_utf8(sub_request(&p, &p.channel(0), Some("tok"), None)).unwrap();
+        assert!(sub.starts_with(
+            "GET /.well-known/mercure?match=https%3A%2F%2Fbench.example%2Fbench-fanout-0 HTTP/1.1\r\n"
+        ));
+        assert!(sub.contains("\r\nAuthorization: Bearer tok\r\n"));
+        let p = plan(&[
+            "--mercure-matcher",
+            "topic",
+            "--mercure-topic-base",
+            "urn:x:",
+        ]);
+        let sub = String::from_utf8(sub_request(&p, &p.channel(0), None, None)).unwrap();
+        assert!(sub.starts_with("GET /.well-known/mercure?topic=urn%3Ax%3Abench-fanout-0 "));
+
+        let req = publish_request(
+            &p,
+            Some("ptok"),
+            &[(p.channel(0), 7), (p.channel(0), 8)],
+            42,
+        );
+        let req = String::from_utf8(req).unwrap();
+        let (head, body) = req.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /.well-known/mercure HTTP/1.1\r\n"));
+        assert!(head.contains("\r\nContent-Type: application/x-www-form-urlencoded\r\n"));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+        assert!(head.ends_with("\r\nAuthorization: Bearer ptok"));
+        assert_eq!(
+            body,
+            "topic=urn%3Ax%3Abench-fanout-0&type=b&data=%7B%22t%22%3A42%2C%22s%22%3A7%7D"
+        );
+    }
 }

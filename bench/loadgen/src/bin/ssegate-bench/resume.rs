@@ -36,8 +36,8 @@ pub async fn run_resume(
         return Ok(report);
     }
     let secret = args.jwt_secret.as_deref();
-    let pub_token = match (secret, plan.target) {
-        (Some(s), Target::Ssegate) => Some(publisher_token(s)?),
+    let pub_token = match secret {
+        Some(s) if plan.needs_tokens() => Some(publisher_token(s, plan.target)?),
         _ => None,
     };
     let channel = plan.channel(0);
@@ -64,17 +64,26 @@ pub async fn run_resume(
             String::from_utf8_lossy(&res.body)
         );
     }
-    let body: serde_json::Value = serde_json::from_slice(&res.body).with_context(|| {
-        format!(
-            "the publish answer is not JSON: {}",
-            String::from_utf8_lossy(&res.body)
-        )
-    })?;
-    let marker = match plan.target {
-        Target::Ssegate => body["ids"][0].as_str().map(str::to_owned),
-        _ => body["last_message_id"].as_str().map(str::to_owned),
-    }
-    .with_context(|| format!("no message id in the publish answer {body}"))?;
+    let marker = if plan.target == Target::SsegateMercure {
+        // The hub answers with the update's id as plain text.
+        let id = String::from_utf8_lossy(&res.body).trim().to_owned();
+        if id.is_empty() {
+            bail!("the hub's publish answer holds no update id");
+        }
+        id
+    } else {
+        let body: serde_json::Value = serde_json::from_slice(&res.body).with_context(|| {
+            format!(
+                "the publish answer is not JSON: {}",
+                String::from_utf8_lossy(&res.body)
+            )
+        })?;
+        match plan.target {
+            Target::Ssegate => body["ids"][0].as_str().map(str::to_owned),
+            _ => body["last_message_id"].as_str().map(str::to_owned),
+        }
+        .with_context(|| format!("no message id in the publish answer {body}"))?
+    };
 
     // The backlog, published before the client comes back.
     let batch = if plan.target == Target::Ssegate {
@@ -130,8 +139,8 @@ pub async fn run_resume(
     }
 
     // The client comes back.
-    let token = match (secret, plan.target) {
-        (Some(s), Target::Ssegate) => Some(mint_tokens(s, &plan, 0)?.remove(0)),
+    let token = match secret {
+        Some(s) if plan.needs_tokens() => Some(mint_tokens(s, &plan, 0)?.remove(0)),
         _ => None,
     };
     let req = sub_request(&plan, &channel, token.as_deref(), Some(&marker));

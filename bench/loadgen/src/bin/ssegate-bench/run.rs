@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::cli::{name, RunArgs, Scenario, Target};
+use crate::cli::{name, RunArgs, Scenario};
 use crate::delivery::publish_phase;
 use crate::plan::{mint_tokens, publisher_token, source_ip, Plan};
 use crate::resume::run_resume;
@@ -46,8 +46,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     }
 
     // Everything a subscriber sends is prepared before the storm.
-    let tokens = match (&args.jwt_secret, plan.target) {
-        (Some(secret), Target::Ssegate) => Some(mint_tokens(secret, &plan, args.proc_index)?),
+    let tokens = match &args.jwt_secret {
+        Some(secret) if plan.needs_tokens() => Some(mint_tokens(secret, &plan, args.proc_index)?),
         _ => None,
     };
     let mut requests: Vec<Vec<u8>> = (0..plan.subscribers)
@@ -61,8 +61,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     for j in 0..plan.subscribers {
         subs_per_channel[(j % plan.channels) as usize] += 1;
     }
-    let pub_token = match (&args.jwt_secret, plan.target) {
-        (Some(secret), Target::Ssegate) => Some(Arc::new(publisher_token(secret)?)),
+    let pub_token = match &args.jwt_secret {
+        Some(secret) if plan.needs_tokens() => {
+            Some(Arc::new(publisher_token(secret, plan.target)?))
+        }
         _ => None,
     };
 

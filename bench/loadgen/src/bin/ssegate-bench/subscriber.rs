@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Target;
+use crate::cli::{MercureMatcher, Target};
 use crate::plan::Plan;
 use crate::stats::{new_hist, record};
 
@@ -282,6 +282,14 @@ pub fn sub_request(
     let base = &plan.url.base;
     let path = match plan.target {
         Target::Ssegate => format!("{base}/v1/stream?channel={channel}"),
+        Target::SsegateMercure => {
+            let param = match plan.mercure_matcher {
+                MercureMatcher::Match => "match",
+                MercureMatcher::Topic => "topic",
+            };
+            let topic = wire::form_encode(&plan.topic(channel));
+            format!("{base}/.well-known/mercure?{param}={topic}")
+        }
         Target::Nchan => format!("{base}/sub/{channel}"),
         Target::Pushpin => format!("{base}/stream/{channel}"),
     };

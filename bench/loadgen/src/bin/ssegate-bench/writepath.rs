@@ -88,7 +88,7 @@ struct AppendShared {
 /// Publishes batches as fast as they are acknowledged, for a time or a number of events.
 pub async fn append(a: AppendArgs) -> anyhow::Result<AppendReport> {
     let url = Url::parse(&a.url)?;
-    let token = publisher_token(&a.jwt_secret)?;
+    let token = publisher_token(&a.jwt_secret, Target::Ssegate)?;
     let batch = a.batch.max(1);
     let channels = a.channels.max(1);
     let prefix = Arc::new(a.channel_prefix.clone());
