@@ -146,9 +146,13 @@ impl fmt::Debug for Input {
 
 /// `parse` took `bytes` as a stream request `taken`: hyper must accept exactly that request.
 fn check_stream(rt: &tokio::runtime::Runtime, bytes: &[u8], taken: &Seen) -> Result<(), String> {
-    if taken.method != "GET"
-        || !(taken.target == "/v1/stream" || taken.target.starts_with("/v1/stream?"))
-    {
+    let stream_target = ["/v1/stream", "/.well-known/mercure"].iter().any(|p| {
+        taken
+            .target
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+    });
+    if taken.method != "GET" || !stream_target {
         return Err(format!(
             "parse took {taken:?} as a stream request: {}",
             show(bytes)
@@ -220,6 +224,7 @@ fn target() -> impl Strategy<Value = Vec<u8>> {
             b"/v1/stream?channel=logs:w1:f1&channel=notifications:a",
             b"/v1/stream",
             b"/v1/stream?",
+            b"/.well-known/mercure?topic=https%3A%2F%2Fexample.com%2F%7Bid%7D",
         ],
         &[
             b"http://h/v1/stream?channel=a",
@@ -234,6 +239,8 @@ fn target() -> impl Strategy<Value = Vec<u8>> {
             b"/v1/%73tream",
             b"/v1/stream%3Fchannel=a",
             b"/v1//stream",
+            b"/.well-known/mercure/subscriptions",
+            b"/.well-known/mercurex",
             b"v1/stream",
             b"",
         ],

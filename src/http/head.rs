@@ -1,5 +1,6 @@
 //! The request head parser of the accept loop ([`super::serve`]): it recognises a stream
-//! request (`GET /v1/stream…`, no body, nothing pipelined after it) in the first bytes of a
+//! request (`GET /v1/stream…` or the Mercure hub's `GET /.well-known/mercure…`, no body,
+//! nothing pipelined after it) in the first bytes of a
 //! connection, so the stream can be served without hyper. Anything else — another request,
 //! a malformed head, a body, more headers than parsed here — is [`Head::Other`] and goes to
 //! hyper with the bytes already read, so hyper's parser decides every request this one does
@@ -9,6 +10,11 @@
 
 use axum::body::Body;
 use axum::http::{Request, Version};
+
+/// The native stream's path.
+const STREAM_PATH: &str = "/v1/stream";
+/// The Mercure hub's subscription path (its subscriptions API is not a stream).
+const MERCURE_PATH: &str = "/.well-known/mercure";
 
 /// Largest request head read by the accept loop; larger heads go to hyper (which refuses
 /// them properly).
@@ -40,7 +46,10 @@ pub fn parse(buf: &[u8]) -> Head {
     let (Some("GET"), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Head::Other;
     };
-    let is_stream = path == "/v1/stream" || path.starts_with("/v1/stream?");
+    let is_stream = [STREAM_PATH, MERCURE_PATH].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+    });
     // A body or an upgrade is not a stream request; anything pipelined after the head
     // (clients do not do that with streams) is left to hyper too, and so is a repeated
     // `Content-Length` (hyper keeps one of equal ones and refuses different ones).

@@ -1,6 +1,7 @@
 //! Accepting connections. Streams are most of what this server holds, and they stay open for
 //! hours, so they get a path of their own: the request head of every new connection is read
-//! here, and a `GET /v1/stream` is answered through the same router as everything else, but
+//! here, and a `GET /v1/stream` (or a Mercure subscription, `GET /.well-known/mercure`) is
+//! answered through the same router as everything else, but
 //! its event stream is then written straight to the socket — no HTTP framework buffers kept
 //! per connection (hyper keeps a read and a write buffer of 8 KiB or more for each), which is
 //! most of the memory an idle stream would otherwise cost. Everything else (publishes, polls,
@@ -308,7 +309,7 @@ async fn first_request<I: Io>(
 }
 
 /// Reads until a complete request head is buffered. `Some(request)` for a stream request
-/// (`GET /v1/stream…` without a body), `None` for anything else (the bytes stay in `buf`).
+/// (`GET /v1/stream…` or `GET /.well-known/mercure…` without a body), `None` for anything else (the bytes stay in `buf`).
 async fn read_head<I: Io>(io: &mut I, buf: &mut BytesMut) -> io::Result<Option<Request<Body>>> {
     loop {
         match head::parse(buf) {
