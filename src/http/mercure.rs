@@ -388,15 +388,17 @@ pub(super) async fn subscribe(
     }
     if mercure.cfg.subscriptions {
         // The start is announced by a task of its own, which the end waits for: a client
-        // gone while the start is appended still gets its end announced, after it.
-        let order = Arc::new(tokio::sync::Mutex::new(()));
-        let started = order.clone().try_lock_owned().expect("a new lock is free");
+        // gone while the start is appended still gets its end announced, after it (and a
+        // start that could not be announced gets no end).
+        let order = Arc::new(tokio::sync::Mutex::new(false));
+        let mut started = order.clone().try_lock_owned().expect("a new lock is free");
         let docs = subscription_docs(&state, &subscriber, true);
         let task = {
             let state = state.clone();
             state.tasks.clone().spawn(async move {
-                let _started = started;
-                announce(&state, &docs).await
+                let result = announce(&state, &docs).await;
+                *started = result.is_ok();
+                result
             })
         };
         registration.hold(Farewell {
@@ -604,8 +606,8 @@ pub async fn end_stale_subscriptions(state: Arc<AppState>) {
 struct Farewell {
     state: Arc<AppState>,
     docs: Vec<Value>,
-    /// Held by the task announcing the start.
-    order: Arc<tokio::sync::Mutex<()>>,
+    /// Held by the task announcing the start; `true` once it was announced.
+    order: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl Drop for Farewell {
@@ -614,7 +616,10 @@ impl Drop for Farewell {
         let order = self.order.clone();
         if tokio::runtime::Handle::try_current().is_ok() {
             state.tasks.clone().spawn(async move {
-                let _after_start = order.lock().await;
+                let started = order.lock().await;
+                if !*started {
+                    return;
+                }
                 if let Err(e) = announce(&state, &docs).await {
                     tracing::warn!(error = ?e.to_string_lossy(), "mercure: the end of a subscription could not be published");
                 }
