@@ -7,7 +7,7 @@
 //!    the public ones, a subscriber whose token grants one private topic receives that one
 //!    and not another, a `*`-granted subscriber receives all; the `id:` lines are the ids the
 //!    publisher was answered, the data arrives intact, and the raw frames are Mercure's;
-//! 2. two nodes on one Redis log: an update published on A reaches a subscriber on B; B is
+//! 2. two nodes on one Redis log (and the resume also on one NATS JetStream log): an update published on A reaches a subscriber on B; B is
 //!    killed (`kill -9`) while A keeps publishing, and the subscriber resumes on A with the
 //!    `Last-Event-ID` of the last update it got: every later update once, in order (with
 //!    hub-made ids, and with publisher-chosen ids, whose position A must find in the log
@@ -374,23 +374,35 @@ async fn symfony_mercure_publisher_public_and_private_updates() {
 
 /// Node of a cluster on the Redis log `stream` at `redis_url`, serving the Mercure hub.
 fn node(redis_url: &str, stream: &str, subscriptions: bool) -> Server {
+    node_on("redis", redis_url, stream, subscriptions)
+}
+
+/// Node of a cluster on the shared log of `kind` (`redis`, `nats`) at `url`.
+fn node_on(kind: &str, url: &str, stream: &str, subscriptions: bool) -> Server {
     let mut env = mercure_env(subscriptions);
     env.extend([
-        ("LOG__KIND", "redis"),
-        ("LOG__URL", redis_url),
+        ("LOG__KIND", kind),
+        ("LOG__URL", url),
         ("LOG__STREAM", stream),
     ]);
     Server::start(&env)
 }
 
-/// Two nodes; publish on A, subscriber on B; B killed while A keeps publishing; resume on A.
-/// `id_prefix`: publisher-chosen ids (`<prefix>-<i>`), else hub-made ids.
-async fn resume_on_other_node(id_prefix: Option<&'static str>) {
-    let redis = engines::redis::start(engines::redis::Persistence::None);
-    let redis_url = engines::redis::url(&redis);
+/// Two nodes on a shared log of `kind` (`redis`, `nats`); publish on A, subscriber on B; B
+/// killed while A keeps publishing; resume on A. `id_prefix`: publisher-chosen ids
+/// (`<prefix>-<i>`), else hub-made ids.
+async fn resume_on_other_node(kind: &str, id_prefix: Option<&'static str>) {
+    let engine = match kind {
+        "nats" => engines::nats::start(),
+        _ => engines::redis::start(engines::redis::Persistence::None),
+    };
+    let url = match kind {
+        "nats" => engines::nats::url(&engine),
+        _ => engines::redis::url(&engine),
+    };
     let stream = format!("mercure-{}", id_prefix.unwrap_or("hub"));
-    let a = node(&redis_url, &stream, false);
-    let mut b = node(&redis_url, &stream, false);
+    let a = node_on(kind, &url, &stream, false);
+    let mut b = node_on(kind, &url, &stream, false);
     let sub = subscriber_token(&[FEED]);
     let publisher = publisher_token();
     let mut on_b = subscribe(&b.url, &[FEED], Some(&sub), None).await;
@@ -468,12 +480,19 @@ async fn resume_on_other_node(id_prefix: Option<&'static str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_resume_on_the_other_node_with_hub_ids() {
-    resume_on_other_node(None).await;
+    resume_on_other_node("redis", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_resume_on_the_other_node_with_publisher_ids() {
-    resume_on_other_node(Some("pub")).await;
+    resume_on_other_node("redis", Some("pub")).await;
+}
+
+/// The same on a NATS JetStream log (ids of a JetStream log are its sequence numbers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_nats_resume_on_the_other_node_with_hub_and_publisher_ids() {
+    resume_on_other_node("nats", None).await;
+    resume_on_other_node("nats", Some("pub")).await;
 }
 
 /// Percent-encodes everything but A-Z a-z 0-9 `-._~` (the hub's encoding of subscription
