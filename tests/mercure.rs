@@ -2242,7 +2242,6 @@ async fn a_subscription_closed_by_token_expiry_publishes_its_termination() {
 /// the hub's protected resource metadata"; "the hub SHOULD publish OAuth 2.0 Protected Resource
 /// Metadata" at `/.well-known/oauth-protected-resource/.well-known/mercure`.
 #[tokio::test]
-#[ignore = "not implemented: protected resource metadata (RFC 9728) and the challenge's resource_metadata (SHOULDs of draft-08 discovery)"]
 async fn challenge_points_to_protected_resource_metadata() {
     let server = hub("");
     let sse = Sse::connect(&sub_url(&server, &[("match", BOOK1)]), &[]).await;
@@ -2257,6 +2256,21 @@ async fn challenge_points_to_protected_resource_metadata() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(body["mercure_version"], 8);
+    assert_eq!(body["mercure_cookie"], true);
+    assert_eq!(body["bearer_methods_supported"], json!(["header", "query"]));
+    assert_eq!(
+        body["resource"],
+        format!("{}/.well-known/mercure", server.url),
+        "the hub's URL is its resource identifier when no audience is configured"
+    );
+    assert!(
+        challenge(&sse.headers).contains(&format!(
+            "resource_metadata=\"{}/.well-known/oauth-protected-resource/.well-known/mercure\"",
+            server.url
+        )),
+        "{}",
+        challenge(&sse.headers)
+    );
 }
 
 /// Ids up to the documented limit (256 bytes) are honoured; one byte more is a 413.

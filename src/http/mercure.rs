@@ -249,8 +249,62 @@ async fn claims_of(
             TokenError::Invalid(_) => "invalid_token",
             TokenError::Malformed(_) => "invalid_request",
         });
-        e.into()
+        let mut refusal = Refusal::from(e);
+        // Where a client learns the hub's resource identifier and how to present a token.
+        if let Some(challenge) = &mut refusal.challenge {
+            challenge.push_str(&format!(
+                ", resource_metadata=\"{}\"",
+                metadata_url(base).replace(['"', '\\'], "")
+            ));
+        }
+        refusal
     })
+}
+
+/// The hub's protected resource metadata path (RFC 9728: the well-known prefix and the hub's
+/// own path).
+const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/.well-known/mercure";
+
+/// The URL of the protected resource metadata of the hub at `base`.
+fn metadata_url(base: &str) -> String {
+    match url::Url::parse(base) {
+        Ok(u) => format!("{}{METADATA_PATH}", u.origin().ascii_serialization()),
+        Err(_) => METADATA_PATH.to_owned(),
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource/.well-known/mercure`: the hub's OAuth 2.0
+/// protected resource metadata (RFC 9728, draft-08 "Protected Resource Metadata").
+pub(super) async fn resource_metadata(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let mercure = hub(&state)?;
+    let cfg = &mercure.cfg;
+    let base = hub_url(&state, mercure, &headers, &uri);
+    let mut methods = vec!["header"];
+    if cfg.allow_query_token {
+        methods.push("query");
+    }
+    let mut doc = json!({
+        "resource": cfg.audience.clone().unwrap_or(base),
+        "bearer_methods_supported": methods,
+        "mercure_cookie": true,
+        "mercure_version": 8,
+    });
+    if let Some(issuer) = &cfg.issuer {
+        doc["authorization_servers"] = json!([issuer]);
+    }
+    if let Some(jwks) = &cfg.jwks_url {
+        doc["jwks_uri"] = json!(jwks);
+    }
+    let mut response = (StatusCode::OK, doc.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// The hub's URL and the verified token a request must present (in its header, query or

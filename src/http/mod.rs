@@ -125,6 +125,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(mercure::subscriptions),
         )
         .route(
+            "/.well-known/oauth-protected-resource/.well-known/mercure",
+            get(mercure::resource_metadata),
+        )
+        .route(
             "/.well-known/mercure/subscriptions/{*rest}",
             get(mercure::subscriptions),
         )
