@@ -85,13 +85,7 @@ mod tests {
                 60,
             )
             .unwrap();
-        let c = decode::<serde_json::Value>(
-            &t,
-            &DecodingKey::from_secret(secret.as_bytes()),
-            &Validation::new(Algorithm::HS256),
-        )
-        .unwrap()
-        .claims;
+        let c = claims(&t, secret);
         assert_eq!(c["sub"], "u1");
         assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
         assert_eq!(
@@ -100,19 +94,24 @@ mod tests {
         );
     }
 
+    /// The claims of `token`, verified with `secret`.
+    fn claims(token: &str, secret: &str) -> serde_json::Value {
+        decode::<serde_json::Value>(
+            token,
+            &DecodingKey::from_secret(secret.as_bytes()),
+            &Validation::new(Algorithm::HS256),
+        )
+        .unwrap()
+        .claims
+    }
+
     #[test]
     fn mercure_claims_are_draft_07() {
         let secret = "secret-0123456789";
         let t = Minter::new(secret)
             .mint_mercure("p", &[], &["*"], 60)
             .unwrap();
-        let c = decode::<serde_json::Value>(
-            &t,
-            &DecodingKey::from_secret(secret.as_bytes()),
-            &Validation::new(Algorithm::HS256),
-        )
-        .unwrap()
-        .claims;
+        let c = claims(&t, secret);
         assert_eq!(c["sub"], "p");
         assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
         assert_eq!(
