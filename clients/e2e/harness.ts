@@ -53,6 +53,32 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Resolves once `proc` prints `marker` on its standard output — in this run's output only
+ * (after a restart, the previous run's line is still in `output`); fails when it exits first
+ * or has not printed it within 20 s. Everything it prints is kept in `output`.
+ */
+export function started(proc: ChildProcess, output: string[], marker: string, what: string): Promise<void> {
+  const keep = (chunk: Buffer) => output.push(chunk.toString());
+  proc.stderr!.on("data", keep);
+  let stdout = "";
+  return new Promise<void>((ready, fail) => {
+    const timer = setTimeout(() => fail(new Error(`${what} did not start:\n${output.join("")}`)), 20_000);
+    proc.stdout!.on("data", (chunk: Buffer) => {
+      keep(chunk);
+      stdout += chunk.toString();
+      if (stdout.includes(marker)) {
+        clearTimeout(timer);
+        ready();
+      }
+    });
+    proc.once("exit", (code) => {
+      clearTimeout(timer);
+      fail(new Error(`${what} exited (${code}):\n${output.join("")}`));
+    });
+  });
+}
+
 export interface DemoOptions {
   /** `--tick-ms`: one step of each simulated pipeline this often (0: no workload). */
   tickMs?: number;
@@ -99,22 +125,7 @@ export class Demo {
     });
     this.proc = proc;
     this.exited = new Promise((done) => proc.once("exit", () => done()));
-    const keep = (chunk: Buffer) => this.output.push(chunk.toString());
-    proc.stderr!.on("data", keep);
-    await new Promise<void>((ready, fail) => {
-      const timer = setTimeout(() => fail(new Error(`ssegate demo did not start:\n${this.output.join("")}`)), 20_000);
-      proc.stdout!.on("data", (chunk: Buffer) => {
-        keep(chunk);
-        if (this.output.join("").includes("ssegate demo listening on")) {
-          clearTimeout(timer);
-          ready();
-        }
-      });
-      proc.once("exit", (code) => {
-        clearTimeout(timer);
-        fail(new Error(`ssegate demo exited (${code}):\n${this.output.join("")}`));
-      });
-    });
+    await started(proc, this.output, "ssegate demo listening on", "ssegate demo");
   }
 
   /** Stops the process (SIGKILL: as a crash; SIGTERM: graceful, streams get `closing`). */

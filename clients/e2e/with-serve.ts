@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll } from "vitest";
-import { binary, freePort, launchBrowser, sleep } from "./harness";
+import { binary, freePort, launchBrowser, sleep, started } from "./harness";
 
 /**
  * One `ssegate serve --config <file>` process on a free loopback port with its own data
@@ -62,25 +62,7 @@ export class Serve {
     });
     this.proc = proc;
     this.exited = new Promise((done) => proc.once("exit", () => done()));
-    const keep = (chunk: Buffer) => this.output.push(chunk.toString());
-    proc.stderr!.on("data", keep);
-    // Only this run's output tells it is ready (after a restart the first run's line is there).
-    let stdout = "";
-    await new Promise<void>((ready, fail) => {
-      const timer = setTimeout(() => fail(new Error(`ssegate serve did not start:\n${this.output.join("")}`)), 20_000);
-      proc.stdout!.on("data", (chunk: Buffer) => {
-        keep(chunk);
-        stdout += chunk.toString();
-        if (stdout.includes("ssegate listening on")) {
-          clearTimeout(timer);
-          ready();
-        }
-      });
-      proc.once("exit", (code) => {
-        clearTimeout(timer);
-        fail(new Error(`ssegate serve exited (${code}):\n${this.output.join("")}`));
-      });
-    });
+    await started(proc, this.output, "ssegate listening on", "ssegate serve");
   }
 
   /** Stops the process (SIGKILL: as a crash; SIGTERM: graceful drain). */
