@@ -43,6 +43,41 @@ pub struct Config {
     pub mercure: crate::mercure::config::MercureConfig,
     /// Watchers that turn database changes and messages into events (`[[sources]]`).
     pub sources: Vec<crate::source::SourceConfig>,
+    /// How the nodes of a Redis or NATS cluster find and steer each other (`[cluster]`).
+    pub cluster: ClusterConfig,
+    /// Who is connected to a channel (`[presence]`).
+    pub presence: PresenceConfig,
+}
+
+/// The cluster control path (Redis / NATS logs only; see docs/cluster.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Each node announces itself this often.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is gone (its presence is dropped).
+    pub node_timeout_ms: u64,
+    /// How long a cluster-wide action waits for the other nodes' answers.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1_000,
+            node_timeout_ms: 3_000,
+            request_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Presence: `GET /v1/channels/{channel}/presence` always works (it asks every node);
+/// `events` names the channels whose subscribers also get `presence.join` / `presence.leave`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Channel patterns (`chat:*`); empty: no presence events, and no cost per connection.
+    pub events: Vec<String>,
 }
 
 /// Cross-origin access for browser apps on other origins.
@@ -501,6 +536,19 @@ impl Config {
                     "cors.allowed_origins: {origin:?} is not an origin like \"https://app.example.com\" (scheme and host, no path) or \"*\""
                 )));
             }
+        }
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.request_timeout_ms == 0 {
+            return bad(
+                "cluster.heartbeat_ms and cluster.request_timeout_ms must be greater than 0",
+            );
+        }
+        if c.node_timeout_ms < 2 * c.heartbeat_ms {
+            return bad("cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms, or live nodes would be taken for gone");
+        }
+        for p in &self.presence.events {
+            crate::channel::validate_subscription(p)
+                .map_err(|e| ConfigError::Invalid(format!("presence.events: {p:?}: {e}")))?;
         }
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.len() < 16 {

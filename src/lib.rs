@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod http;

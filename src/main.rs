@@ -83,6 +83,9 @@ enum Command {
         publish: Vec<String>,
         #[arg(long)]
         admin: bool,
+        /// Channel patterns whose presence the token may read.
+        #[arg(long, num_args = 1..)]
+        presence: Vec<String>,
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
@@ -212,6 +215,7 @@ fn main() -> anyhow::Result<()> {
             subscribe,
             publish,
             admin,
+            presence,
             ttl,
             config,
             data_dir,
@@ -238,6 +242,7 @@ fn main() -> anyhow::Result<()> {
                 subscribe,
                 publish,
                 admin,
+                presence,
             };
             let token = Minter::new(&secret, &cfg.auth).mint(
                 &sub,

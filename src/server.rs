@@ -224,6 +224,7 @@ impl Gateway {
             });
         }
         tasks.spawn(crate::http::mercure::end_stale_subscriptions(state.clone()));
+        tasks.spawn(state.cluster.clone().run(state.clone(), shutdown.clone()));
         tracing::info!(%addr, log = log.kind(), "ssegate listening");
         let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
         let window = Duration::from_millis(cfg.server.drain_window_ms).min(grace / 2);
@@ -311,6 +312,27 @@ fn app_state(
 ) -> Arc<AppState> {
     let cfg = &gw.cfg;
     let limits = &cfg.limits;
+    let cluster = crate::cluster::Cluster::new(
+        node_id.clone(),
+        cfg.cluster.clone(),
+        &cfg.presence,
+        gw.hub.log().bus(),
+    );
+    gw.hub.set_tag(cluster.tag.clone());
+    if cluster.presence_events_configured() {
+        // Local subscribers hear at once; the other nodes through the bus.
+        let (hub, cluster) = (Arc::downgrade(&gw.hub), cluster.clone());
+        gw.hub.on_presence(Box::new(move |conn, channel, joined| {
+            if !cluster.has_presence_events(channel) {
+                return;
+            }
+            if let Some(hub) = hub.upgrade() {
+                let frame = crate::http::presence_frame(channel, &conn.user, joined);
+                hub.send_to_channel(channel, &frame);
+            }
+            cluster.announce_presence(channel, &conn.user, &conn.id, joined);
+        }));
+    }
     Arc::new(AppState {
         sources: gw.sources.clone(),
         auth: gw.auth.clone(),
@@ -340,6 +362,7 @@ fn app_state(
         node_id,
         mercure: gw.mercure.clone(),
         tasks,
+        cluster,
         cfg: cfg.clone(),
     })
 }

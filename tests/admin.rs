@@ -129,7 +129,7 @@ async fn kicking_a_user_closes_each_of_its_streams_and_no_other() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"closed": 2}));
+    assert_eq!(body, json!({"closed": 2, "unreachable": []}));
     a.expect_closing("kicked", T).await;
     b.expect_closing("kicked", T).await;
 
@@ -151,7 +151,7 @@ async fn kicking_a_user_closes_each_of_its_streams_and_no_other() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"closed": 0}));
+    assert_eq!(body, json!({"closed": 0, "unreachable": []}));
 }
 
 #[tokio::test]
@@ -165,10 +165,10 @@ async fn channels_lists_subscriber_counts() {
     assert_eq!(
         body,
         json!({"channels": [
-            {"channel": "a", "subscribers": 3},
-            {"channel": "b", "subscribers": 1},
-            {"channel": "c:x", "subscribers": 1},
-        ]})
+            {"channel": "a", "subscribers": 3, "events": 0},
+            {"channel": "b", "subscribers": 1, "events": 0},
+            {"channel": "c:x", "subscribers": 1, "events": 0},
+        ], "unreachable": []})
     );
 
     // A closed stream no longer counts (the server notices the kick at once).
@@ -181,11 +181,16 @@ async fn channels_lists_subscriber_counts() {
     )
     .await;
     assert_eq!(status, 200);
+    // Events are counted per channel with subscribers (the console's events/s).
+    let (status, _) = server
+        .publish(&publisher(), &json!({"channel": "a", "type": "t", "data": {}}))
+        .await;
+    assert_eq!(status, 200);
     wait_for(&server, "/v1/channels", |b| {
         *b == json!({"channels": [
-            {"channel": "a", "subscribers": 2},
-            {"channel": "b", "subscribers": 1},
-        ]})
+            {"channel": "a", "subscribers": 2, "events": 1},
+            {"channel": "b", "subscribers": 1, "events": 0},
+        ], "unreachable": []})
     })
     .await;
 }
@@ -207,7 +212,7 @@ async fn broadcast_reaches_every_open_stream_without_an_id() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"connections": 2}));
+    assert_eq!(body, json!({"connections": 2, "unreachable": []}));
     for sse in [&mut a, &mut b] {
         let e = sse.next_event(T).await;
         assert_eq!(e.event, "maintenance");

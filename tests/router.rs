@@ -117,6 +117,7 @@ fn mint(sub: &str, subscribe: &[&str], publish: &[&str], admin: bool) -> String 
         subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
         publish: publish.iter().map(|s| s.to_string()).collect(),
         admin,
+        ..Grants::default()
     };
     Minter::new(SECRET, &AuthConfig::default())
         .mint(sub, grants, 3600)

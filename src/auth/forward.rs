@@ -58,6 +58,8 @@ struct Answer {
     #[serde(default)]
     admin: bool,
     #[serde(default)]
+    presence: Vec<String>,
+    #[serde(default)]
     ttl_s: Option<u64>,
 }
 
@@ -207,6 +209,7 @@ impl Forward {
                 subscribe: answer.subscribe,
                 publish: answer.publish,
                 admin: answer.admin,
+                presence: answer.presence,
             },
             ttl,
         })

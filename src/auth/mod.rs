@@ -45,6 +45,25 @@ pub struct Grants {
     pub subscribe: Vec<String>,
     pub publish: Vec<String>,
     pub admin: bool,
+    /// Channels whose presence (`GET /v1/channels/{channel}/presence`) it may read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<String>,
+}
+
+impl Grants {
+    /// Refuses a grant that is not a valid channel pattern.
+    fn check_patterns(&self) -> Result<(), AuthError> {
+        for p in self
+            .subscribe
+            .iter()
+            .chain(&self.publish)
+            .chain(&self.presence)
+        {
+            validate_pattern(p)
+                .map_err(|e| AuthError::Invalid(format!("grant pattern {p:?}: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// How a principal was authenticated.
@@ -79,6 +98,16 @@ impl Principal {
             .subscribe
             .iter()
             .any(|p| covers(p, subscription, &self.user))
+    }
+
+    /// Whether it may read who is connected to `channel` (admins always may).
+    pub fn may_see_presence(&self, channel: &str) -> bool {
+        self.grants.admin
+            || self
+                .grants
+                .presence
+                .iter()
+                .any(|p| pattern_matches(p, channel, &self.user))
     }
 
     pub fn may_publish(&self, channel: &str) -> bool {
@@ -220,6 +249,7 @@ impl Auth {
                         subscribe: Vec::new(),
                         publish: k.publish.clone(),
                         admin: k.admin,
+                        presence: Vec::new(),
                     },
                 },
             );
@@ -332,6 +362,7 @@ impl Auth {
         };
         grants.subscribe.retain(valid);
         grants.publish.retain(valid);
+        grants.presence.retain(valid);
         Principal {
             user: session.user,
             grants,
@@ -394,10 +425,7 @@ impl Auth {
                 )
             })?,
         };
-        for p in grants.subscribe.iter().chain(&grants.publish) {
-            validate_pattern(p)
-                .map_err(|e| AuthError::Invalid(format!("grant pattern {p:?}: {e}")))?;
-        }
+        grants.check_patterns()?;
         grants
             .subscribe
             .extend(rules::expand(&self.rules.subscribe, claims));
@@ -446,10 +474,7 @@ impl Minter {
     /// A token for `sub` with `grants`, valid for `ttl_s` seconds.
     pub fn mint(&self, sub: &str, grants: Grants, ttl_s: u64) -> Result<String, AuthError> {
         validate_user(sub)?;
-        for p in grants.subscribe.iter().chain(&grants.publish) {
-            validate_pattern(p)
-                .map_err(|e| AuthError::Invalid(format!("grant pattern {p:?}: {e}")))?;
-        }
+        grants.check_patterns()?;
         let now = crate::time::now_ms() / 1000;
         let mut claims = serde_json::json!({
             "sub": sub,

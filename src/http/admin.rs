@@ -1,76 +1,129 @@
 //! The admin API (credentials with the admin grant): list connections and channels, close a
-//! user's streams, broadcast to every stream. Everything here is about this node.
+//! user's streams, broadcast to every stream, drain, start and stop sources — on every node of
+//! the cluster (see [`crate::cluster`]) — plus presence, recent incidents and the console's
+//! live stream.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderName};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
 use super::{authenticate, require_admin, ApiError, AppState};
+use crate::cluster::{Action, AskError, Gathered};
 use crate::hub::frame;
 
 async fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     require_admin(&authenticate(state, headers, None).await?)
 }
 
-/// `GET /v1/connections?user=…`
+/// The answers of a cluster-wide action, each node's value (a refusal by any node is the
+/// answer), and the nodes that did not answer.
+fn gathered(g: Gathered) -> Result<(Vec<Value>, Vec<String>), ApiError> {
+    let mut values = Vec::with_capacity(g.answers.len());
+    for (_, answer) in g.answers {
+        values.push(answer.map_err(ApiError::Remote)?);
+    }
+    Ok((values, g.unreachable))
+}
+
+/// Every node's list, one list.
+fn concat(values: Vec<Value>) -> Vec<Value> {
+    values
+        .into_iter()
+        .flat_map(|v| match v {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// The sum of `field` over every node's answer.
+fn sum(values: &[Value], field: &str) -> u64 {
+    values.iter().filter_map(|v| v[field].as_u64()).sum()
+}
+
+/// One query parameter.
+fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A channel named in a query or path: an exact, valid channel.
+fn exact_channel(channel: &str) -> Result<(), ApiError> {
+    crate::channel::validate_channel(channel).map_err(|e| ApiError::invalid_channel(channel, e))
+}
+
+/// `GET /v1/connections?user=…&channel=…`: every node's.
 pub(super) async fn connections(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers).await?;
-    let user = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "user")
-        .map(|(_, v)| v.into_owned());
-    let list: Vec<Value> = state
-        .hub
-        .connections(user.as_deref())
-        .iter()
-        .map(|c| {
-            json!({
-                "connection_id": c.id,
-                "user": c.user,
-                "channels": c.channels(),
-                "ip": c.info.ip.map(|ip| ip.to_string()),
-                "opened": crate::time::rfc3339_ms(c.info.opened_ms),
-                "session_id": c.info.session_id,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "connections": list })))
+    let user = query_param(raw.as_deref(), "user");
+    let channel = query_param(raw.as_deref(), "channel");
+    if let Some(c) = &channel {
+        exact_channel(c)?;
+    }
+    let g = state
+        .cluster
+        .gather(&*state, Action::Connections { user, channel })
+        .await;
+    let (values, unreachable) = gathered(g)?;
+    Ok(Json(
+        json!({ "connections": concat(values), "unreachable": unreachable }),
+    ))
 }
 
-/// `DELETE /v1/users/{user}/connections`: every stream of the user gets `closing`
-/// (`kicked`) and ends. (Its credentials stay valid: revoke them at their issuer.)
+/// `DELETE /v1/users/{user}/connections`: every stream of the user, on every node, gets
+/// `closing` (`kicked`) and ends. (Its credentials stay valid: revoke them at their issuer.)
 pub(super) async fn kick_user(
     State(state): State<Arc<AppState>>,
     Path(user): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers).await?;
-    let closed = state.hub.close_user(&user, "kicked");
-    tracing::info!(%user, closed, "admin closed a user's streams");
-    Ok(Json(json!({ "closed": closed })))
+    let g = state.cluster.gather(&*state, Action::Kick { user }).await;
+    let (values, unreachable) = gathered(g)?;
+    Ok(Json(
+        json!({ "closed": sum(&values, "closed"), "unreachable": unreachable }),
+    ))
 }
 
-/// `GET /v1/channels`
+/// `GET /v1/channels`: every node's, merged (subscribers added up; every node reads every
+/// event, so the event counts are the largest any node has).
 pub(super) async fn channels(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers).await?;
-    let list: Vec<Value> = state
-        .hub
-        .channels()
+    let g = state.cluster.gather(&*state, Action::Channels).await;
+    let (values, unreachable) = gathered(g)?;
+    let mut merged: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for c in concat(values) {
+        let Some(name) = c["channel"].as_str() else {
+            continue;
+        };
+        let entry = merged.entry(name.to_owned()).or_default();
+        entry.0 += c["subscribers"].as_u64().unwrap_or(0);
+        entry.1 = entry.1.max(c["events"].as_u64().unwrap_or(0));
+    }
+    let list: Vec<Value> = merged
         .into_iter()
-        .map(|(channel, subscribers)| json!({ "channel": channel, "subscribers": subscribers }))
+        .map(|(channel, (subscribers, events))| {
+            json!({ "channel": channel, "subscribers": subscribers, "events": events })
+        })
         .collect();
-    Ok(Json(json!({ "channels": list })))
+    Ok(Json(
+        json!({ "channels": list, "unreachable": unreachable }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -82,7 +135,7 @@ struct Broadcast {
     data: Option<Box<RawValue>>,
 }
 
-/// `POST /v1/broadcast` `{"type", "data"}`: an event to every open stream of this node, sent
+/// `POST /v1/broadcast` `{"type", "data"}`: an event to every open stream of every node, sent
 /// at once and not stored (no `id:`; a client that is not connected does not get it).
 pub(super) async fn broadcast(
     State(state): State<Arc<AppState>>,
@@ -119,57 +172,237 @@ pub(super) async fn broadcast(
         "time": crate::time::rfc3339_ms(crate::time::now_ms()),
         "data": data,
     });
-    let connections = state
-        .hub
-        .broadcast(frame::control_frame(&b.kind, &envelope));
-    Ok(Json(json!({ "connections": connections })))
+    let g = state
+        .cluster
+        .gather(
+            &*state,
+            Action::Broadcast {
+                kind: b.kind,
+                envelope,
+            },
+        )
+        .await;
+    let (values, unreachable) = gathered(g)?;
+    Ok(Json(json!({
+        "connections": sum(&values, "connections"),
+        "unreachable": unreachable,
+    })))
 }
 
-/// `POST /v1/sources/{name}/start` and `…/stop`.
+/// Carries out `action` on node `node` (this one when `None`): `404 node_not_found` for a
+/// node that is not (or no longer) in the cluster, `503 node_unreachable` when it does not
+/// answer in time.
+async fn on_node(
+    state: &Arc<AppState>,
+    node: Option<&str>,
+    action: Action,
+) -> Result<Value, ApiError> {
+    let node = node.unwrap_or(&state.node_id);
+    let tag = state
+        .cluster
+        .tag_of_node(node)
+        .ok_or_else(|| ApiError::NotFound {
+            code: "node_not_found",
+            message: format!("no live node {node:?} in this cluster (see GET /v1/status)"),
+        })?;
+    match state.cluster.ask(&**state, &tag, action).await {
+        Ok((_, answer)) => answer.map_err(ApiError::Remote),
+        Err(AskError::UnknownNode(_)) => Err(ApiError::NotFound {
+            code: "node_not_found",
+            message: format!("no live node {node:?} in this cluster (see GET /v1/status)"),
+        }),
+        Err(e @ AskError::NoAnswer(_)) => Err(ApiError::Unavailable {
+            code: "node_unreachable",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// `POST /v1/sources/{name}/start` and `…/stop` (`?node=`: on that node).
 pub(super) async fn source_control(
     State(state): State<Arc<AppState>>,
     Path((name, action)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers).await?;
-    let unknown = |e: crate::source::ControlError| ApiError::NotFound {
-        code: "source_not_found",
-        message: e.to_string(),
-    };
-    match action.as_str() {
-        "start" => state.sources.start(&name).map_err(unknown)?,
-        "stop" => state.sources.stop(&name).await.map_err(unknown)?,
+    let start = match action.as_str() {
+        "start" => true,
+        "stop" => false,
         _ => {
             return Err(ApiError::NotFound {
                 code: "not_found",
                 message: "use /v1/sources/{name}/start or /v1/sources/{name}/stop".into(),
             })
         }
-    }
-    tracing::info!(source = %name, %action, "admin source control");
-    let status = state
-        .sources
-        .status()
-        .into_iter()
-        .find(|s| s["name"] == name.as_str())
-        .unwrap_or(Value::Null);
-    Ok(Json(status))
+    };
+    let node = query_param(raw.as_deref(), "node");
+    on_node(&state, node.as_deref(), Action::Source { name, start })
+        .await
+        .map(Json)
 }
 
-/// `POST /v1/admin/drain`: starts the drain this node does on SIGTERM (`/readyz` not ready,
-/// streams closed over `server.drain_window_ms`, then the process exits).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Drain {
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /v1/admin/drain` (`{}`: this node; `{"node": id}`: that one; `{"all": true}`: every
+/// node): starts the drain a node does on SIGTERM (`/readyz` not ready, streams closed over
+/// `server.drain_window_ms`, then the process exits).
 pub(super) async fn drain(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     admin(&state, &headers).await?;
-    tracing::info!("admin requested a drain");
-    state.drain_request.cancel();
+    let body = super::edge::read_body(&state, body, 4096).await?;
+    let which: Drain = if body.iter().all(u8::is_ascii_whitespace) {
+        Drain::default()
+    } else {
+        super::json_object(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the body must be {{}}, {{\"node\": \"…\"}} or {{\"all\": true}}: {e}"),
+            )
+        })?
+    };
+    let (nodes, unreachable) = if which.all {
+        let (values, unreachable) = gathered(state.cluster.gather(&*state, Action::Drain).await)?;
+        (
+            values.iter().map(|v| v["node"].clone()).collect(),
+            unreachable,
+        )
+    } else {
+        let v = on_node(&state, which.node.as_deref(), Action::Drain).await?;
+        (vec![v["node"].clone()], Vec::new())
+    };
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(json!({
             "draining": true,
-            "window_ms": state.cfg.server.drain_window_ms.min(state.cfg.server.shutdown_grace_ms / 2),
+            "window_ms": state.drain_window_ms(),
+            "nodes": nodes,
+            "unreachable": unreachable,
         })),
     ))
 }
+
+/// `GET /v1/channels/{channel}/presence`: who is connected to the channel, on every node —
+/// for admins and for principals whose `presence` grant covers it.
+pub(super) async fn presence(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = authenticate(&state, &headers, None).await?;
+    exact_channel(&channel)?;
+    if !principal.may_see_presence(&channel) {
+        return Err(ApiError::Forbidden {
+            code: "presence_forbidden",
+            message: format!(
+                "your credentials do not allow you to see who is connected to {channel}"
+            ),
+        });
+    }
+    let g = state
+        .cluster
+        .gather(
+            &*state,
+            Action::Presence {
+                channel: channel.clone(),
+            },
+        )
+        .await;
+    let (values, unreachable) = gathered(g)?;
+    let clients = concat(values);
+    let mut users: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &clients {
+        if let Some(u) = c["user"].as_str() {
+            *users.entry(u).or_default() += 1;
+        }
+    }
+    let users: Vec<Value> = users
+        .into_iter()
+        .map(|(user, connections)| json!({ "user": user, "connections": connections }))
+        .collect();
+    let mut answer = json!({
+        "channel": channel,
+        "users": users,
+        "connections": clients.len(),
+        "unreachable": unreachable,
+    });
+    if principal.grants.admin {
+        answer["clients"] = json!(clients);
+    }
+    Ok(Json(answer))
+}
+
+/// `GET /v1/admin/incidents`: the recent refusals of every node, newest first.
+pub(super) async fn incidents(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state, &headers).await?;
+    let (values, unreachable) = gathered(state.cluster.gather(&*state, Action::Incidents).await)?;
+    let mut list = concat(values);
+    // RFC 3339 times of one format sort as text.
+    list.sort_by(|a, b| b["time"].as_str().cmp(&a["time"].as_str()));
+    list.truncate(crate::cluster::incidents::KEEP);
+    Ok(Json(
+        json!({ "incidents": list, "unreachable": unreachable }),
+    ))
+}
+
+/// `GET /v1/admin/stream`: the console's live feed — `status` (as `GET /v1/status`) every
+/// second and `incident` as this node records one, until the server stops.
+pub(super) async fn stream(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = query_param(raw.as_deref(), "access_token");
+    require_admin(&authenticate(&state, &headers, token.as_deref()).await?)?;
+    let incidents = state.cluster.incidents.subscribe();
+    let mut ticks = tokio::time::interval(ADMIN_STREAM_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let frames = futures::stream::unfold(
+        (state, ticks, incidents),
+        |(state, mut ticks, mut incidents)| async move {
+            let frame = loop {
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return None,
+                    _ = ticks.tick() => match super::ops::status_of(&state).await {
+                        Ok(status) => break frame::control_frame("status", &status),
+                        Err(e) => break frame::control_frame("status_error", &e.refusal()),
+                    },
+                    i = incidents.recv() => match i {
+                        Ok(incident) => break frame::control_frame("incident", &incident),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                }
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(frame),
+                (state, ticks, incidents),
+            ))
+        },
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response())
+}
+
+/// How often the admin stream sends `status`.
+const ADMIN_STREAM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -51,7 +51,13 @@ pub enum ApiError {
     Unavailable { code: &'static str, message: String },
     /// 507: the disk under the log is full; nothing was appended.
     LogFull(String),
+    /// Another node's refusal of an action it was asked to carry out, as it gave it.
+    Remote(crate::cluster::Refusal),
 }
+
+/// The `code` of an error response, for the middleware that records incidents.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -70,8 +76,23 @@ impl ApiError {
         ApiError::ForbiddenChannels { action, channels }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    /// The refusal as another node hands it back (see [`crate::cluster`]).
+    pub fn refusal(&self) -> crate::cluster::Refusal {
+        let (status, code, message) = self.parts();
+        crate::cluster::Refusal {
+            status: status.as_u16(),
+            code: code.to_owned(),
+            message,
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &str, String) {
         match self {
+            ApiError::Remote(r) => (
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                &r.code,
+                r.message.clone(),
+            ),
             ApiError::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, code, message.clone())
             }
@@ -158,7 +179,9 @@ impl IntoResponse for ApiError {
         if let ApiError::ForbiddenChannels { channels, .. } = &self {
             body["error"]["channels"] = json!(channels);
         }
+        let code = ErrorCode(code.to_owned());
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(code);
 
         let retry_after = match &self {
             ApiError::TooMany { retry_after_s, .. } => Some(*retry_after_s),

@@ -14,11 +14,14 @@
 //! internals never reach the client.
 
 mod admin;
+mod console;
+mod control;
 mod dapr;
 mod edge;
 mod error;
 pub mod head;
 pub mod mercure;
+pub mod openapi;
 mod ops;
 mod poll;
 pub mod publish;
@@ -38,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 
+pub use control::presence_frame;
 pub use error::ApiError;
 
 use crate::auth::forward::ForwardCreds;
@@ -76,6 +80,8 @@ pub struct AppState {
     pub mercure: Option<Arc<crate::mercure::Mercure>>,
     /// Background work the server waits for (within its grace period) when it stops.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The cluster control path: the other nodes, cluster-wide actions, presence, incidents.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl AppState {
@@ -112,10 +118,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dapr/subscribe", get(dapr::subscribe))
         .route("/dapr/events/{name}", post(dapr::deliver))
         .route("/v1/admin/drain", post(admin::drain))
+        .route("/v1/admin/incidents", get(admin::incidents))
+        .route("/v1/admin/stream", get(admin::stream))
+        .route("/v1/channels/{channel}/presence", get(admin::presence))
         .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/admin", get(console::page))
+        .route("/admin/", get(console::page))
+        .route("/admin/{file}", get(console::asset))
         .route(
             "/.well-known/mercure",
             get(mercure::subscribe).post(mercure::publish),
@@ -192,6 +205,12 @@ async fn request_id_and_checks(
     let id = value.to_str().expect("checked or generated ASCII");
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    // What an incident names, should the answer be one (see [`crate::cluster::incidents`]).
+    let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| client_ip(&state, c.0, req.headers()));
     let run = async {
         match edge::check(&state, &req) {
             Ok(()) => next.run(req).await,
@@ -204,6 +223,14 @@ async fn request_id_and_checks(
     } else {
         run.instrument(span).await
     };
+    if let Some(kind) = crate::cluster::incidents::kind_of(response.status().as_u16()) {
+        if let Some(error::ErrorCode(code)) = response.extensions().get::<error::ErrorCode>() {
+            state
+                .cluster
+                .incidents
+                .record(kind, code, peer.map(|ip| ip.to_string()), &path);
+        }
+    }
     response.headers_mut().insert(X_REQUEST_ID, value);
     response
 }

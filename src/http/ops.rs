@@ -18,43 +18,41 @@ pub(super) async fn healthz() -> Json<serde_json::Value> {
 pub(super) async fn readyz(
     State(state): State<Arc<AppState>>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    if state.shutdown.is_cancelled() || state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        return (
+    let (status, body) = readiness(&state).await;
+    (status, Json(body))
+}
+
+/// `/readyz`'s answer: 503 while shutting down or draining, while the log cannot be read or
+/// appended to, or while forward-auth is down; 200 `degraded` with damaged records.
+pub(super) async fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
+    let not_ready = |reason: String| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": "shutting down" })),
-        );
+            json!({ "status": "not_ready", "reason": reason }),
+        )
+    };
+    if state.shutdown.is_cancelled() || state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return not_ready("shutting down".into());
     }
     if let Err(e) = state.hub.log().bounds().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": e.to_string() })),
-        );
+        return not_ready(e.to_string());
     }
     let log = state.hub.log().health();
     if let Some(reason) = log.cannot_append {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": reason })),
-        );
+        return not_ready(reason);
     }
     if state.auth.forward().is_some_and(|f| !f.up()) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "not_ready",
-                "reason": "the forward-auth service cannot be reached",
-            })),
-        );
+        return not_ready("the forward-auth service cannot be reached".into());
     }
     if let Some(reason) = log.damaged {
         // Still serving: one damaged old record must not take the node (perhaps the only
         // one) out of its load balancer; the metric and the log line alert.
         return (
             StatusCode::OK,
-            Json(json!({ "status": "degraded", "reason": reason })),
+            json!({ "status": "degraded", "reason": reason }),
         );
     }
-    (StatusCode::OK, Json(json!({ "status": "ready" })))
+    (StatusCode::OK, json!({ "status": "ready" }))
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -73,6 +71,12 @@ pub(super) async fn status(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&authenticate(&state, &headers, None).await?)?;
+    status_of(&state).await.map(Json)
+}
+
+/// `GET /v1/status`'s answer (also the admin stream's `status` event).
+pub(super) async fn status_of(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    use crate::cluster::Node;
     let log = state.hub.log();
     let bounds = log.bounds().await.map_err(ApiError::from)?;
     let hub: serde_json::Map<String, serde_json::Value> = state
@@ -82,7 +86,8 @@ pub(super) async fn status(
         .into_iter()
         .map(|(name, _, value)| (name.to_owned(), value.into()))
         .collect();
-    Ok(Json(json!({
+    let nodes = state.cluster.nodes(state.summary().await);
+    Ok(json!({
         "node_id": state.node_id,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),
@@ -103,7 +108,13 @@ pub(super) async fn status(
             "active_subscriptions": m.cfg.subscriptions.then(|| m.registry.len()),
             "subscriptions_caught_up": m.cfg.subscriptions.then(|| m.registry.caught_up()),
         })),
-    })))
+        "cluster": {
+            "bus": state.cluster.bus_kind(),
+            "heartbeat_ms": state.cluster.cfg.heartbeat_ms,
+            "node_timeout_ms": state.cluster.cfg.node_timeout_ms,
+        },
+        "nodes": nodes,
+    }))
 }
 
 pub(super) async fn not_found() -> ApiError {

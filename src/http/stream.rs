@@ -21,9 +21,7 @@ use super::{
 };
 use crate::auth::{AuthError, Via};
 use crate::channel::validate_subscription;
-use crate::hub::{
-    frame, ChannelChange, Conn, ConnInfo, Control, Cursor, CursorOptions, UpdateError,
-};
+use crate::hub::{frame, Conn, ConnInfo, Control, Cursor, CursorOptions};
 use crate::retry::sleep_or_cancel;
 
 /// Largest body of a subscription change (100 channels of 256 bytes each way fit).
@@ -302,15 +300,11 @@ pub(super) async fn subscriptions(
             format!("the body must be {{\"add\": [...], \"remove\": [...]}}: {e}"),
         )
     })?;
-    // Another user's connection is reported as missing: connection ids are not for probing.
-    let conn = state
-        .hub
-        .connection(&id)
-        .filter(|c| c.user == principal.user && c.mercure.is_none())
-        .ok_or_else(|| ApiError::NotFound {
-            code: "connection_not_found",
-            message: format!("no open connection {id:?} of yours on this node"),
-        })?;
+    let not_found = || ApiError::NotFound {
+        code: "connection_not_found",
+        message: format!("no open connection {id:?} of yours"),
+    };
+    let tag = crate::cluster::tag_of_connection(&id).ok_or_else(not_found)?;
     let add = check_channels(&state, &principal, &change.add)?;
     for c in &change.remove {
         validate_subscription(c).map_err(|e| ApiError::invalid_channel(c, e))?;
@@ -319,21 +313,20 @@ pub(super) async fn subscriptions(
         Some(id) if !id.is_empty() => parse_event_id(id)?,
         _ => state.hub.log().bounds().await.map_err(ApiError::from)?.head,
     };
-    let channels = state
-        .hub
-        .update(
-            &conn,
-            &ChannelChange {
-                add: &add,
-                remove: &change.remove,
-                since,
-            },
-            state.cfg.limits.max_channels_per_connection,
-        )
-        .map_err(|e| match e {
-            UpdateError::TooManyChannels(_) => {
-                ApiError::bad_request("too_many_channels", e.to_string())
-            }
-        })?;
-    Ok(Json(json!({ "channels": channels })))
+    // Carried out by the node holding the stream, whichever node this is.
+    let action = crate::cluster::Action::Subscriptions {
+        connection: id.clone(),
+        user: principal.user.clone(),
+        add,
+        remove: change.remove,
+        since: since.to_string(),
+    };
+    match state.cluster.ask(&*state, tag, action).await {
+        Ok((_, answer)) => answer.map(Json).map_err(ApiError::Remote),
+        Err(crate::cluster::AskError::UnknownNode(_)) => Err(not_found()),
+        Err(e @ crate::cluster::AskError::NoAnswer(_)) => Err(ApiError::Unavailable {
+            code: "node_unreachable",
+            message: format!("{e}; the stream may be gone with it: reconnect"),
+        }),
+    }
 }

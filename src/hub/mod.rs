@@ -405,7 +405,17 @@ pub struct Hub {
     pub stats: Stats,
     /// Log read failures of connections (catch-up, history): logged once per minute.
     read_errors: crate::throttle::Throttle,
+    /// This node's tag (see [`crate::cluster`]), the start of every connection id it gives out.
+    tag: std::sync::OnceLock<String>,
+    /// Told when a connection joins or leaves a channel (set only when presence events are
+    /// configured: otherwise nothing is spent per connection).
+    presence: std::sync::OnceLock<PresenceHook>,
+    /// Events dispatched per channel (or pattern) that has subscribers here, since start.
+    channel_events: Mutex<HashMap<Arc<str>, u64>>,
 }
+
+/// See [`Hub::on_presence`]: (connection, channel, joined).
+pub type PresenceHook = Box<dyn Fn(&Conn, &str, bool) + Send + Sync>;
 
 /// A change of a live connection's channels (see [`Hub::update`]).
 pub struct ChannelChange<'a> {
@@ -444,7 +454,85 @@ impl Hub {
             queue_frames,
             stats: Stats::default(),
             read_errors: crate::throttle::Throttle::new(Duration::from_secs(60)),
+            tag: std::sync::OnceLock::new(),
+            presence: std::sync::OnceLock::new(),
+            channel_events: Mutex::default(),
         })
+    }
+
+    /// Sets this node's tag (once, before the first connection).
+    pub fn set_tag(&self, tag: String) {
+        let _ = self.tag.set(tag);
+    }
+
+    /// Calls `hook` whenever a connection (not a Mercure one) joins a channel (opens with
+    /// it, adds it) or leaves it (removes it, ends), outside the hub's locks. Set once.
+    pub fn on_presence(&self, hook: PresenceHook) {
+        let _ = self.presence.set(hook);
+    }
+
+    fn presence_changed<'a>(
+        &self,
+        conn: &Conn,
+        channels: impl IntoIterator<Item = &'a str>,
+        joined: bool,
+    ) {
+        if let Some(hook) = self.presence.get() {
+            if conn.mercure.is_none() {
+                for channel in channels {
+                    if !is_pattern(channel) {
+                        hook(conn, channel, joined);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `frame` for every (native) connection subscribed to exactly `channel`.
+    pub fn send_to_channel(&self, channel: &str, frame: &Bytes) {
+        let index = self.index.read().expect("index lock");
+        if let Some(subs) = index.exact.get(channel) {
+            for Sub { conn, .. } in subs.values() {
+                if conn.mercure.is_none() {
+                    conn.push_control(Control::Send(frame.clone()));
+                }
+            }
+        }
+    }
+
+    /// (user, connection id) of every native connection subscribed to exactly `channel`.
+    pub fn subscribers_of(&self, channel: &str) -> Vec<(String, String)> {
+        let index = self.index.read().expect("index lock");
+        let mut out: Vec<(String, String)> = index
+            .exact
+            .get(channel)
+            .into_iter()
+            .flat_map(|subs| subs.values())
+            .filter(|s| s.conn.mercure.is_none())
+            .map(|s| (s.conn.user.clone(), s.conn.id.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// (channel, connection id, user) for every native subscription to a channel `keep`s.
+    pub fn members(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, String, String)> {
+        let index = self.index.read().expect("index lock");
+        index
+            .exact
+            .iter()
+            .filter(|(c, _)| keep(c))
+            .flat_map(|(c, subs)| {
+                subs.values()
+                    .filter(|s| s.conn.mercure.is_none())
+                    .map(|s| (c.to_string(), s.conn.id.clone(), s.conn.user.clone()))
+            })
+            .collect()
+    }
+
+    /// How far the dispatcher has dispatched.
+    pub fn dispatched(&self) -> Position {
+        *lock(&self.dispatched)
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -462,14 +550,24 @@ impl Hub {
     }
 
     /// Every channel and pattern subscribed to on this node, with its number of
-    /// subscribers, sorted by name.
-    pub fn channels(&self) -> Vec<(String, usize)> {
+    /// subscribers and the events dispatched for it since start (counted while it has
+    /// subscribers here), sorted by name.
+    pub fn channels(&self) -> Vec<(String, usize, u64)> {
         let index = self.index.read().expect("index lock");
-        let mut out: Vec<(String, usize)> = index
+        let mut counted = lock(&self.channel_events);
+        // Forget the counts of channels nobody here subscribes to any more.
+        counted.retain(|c, _| index.exact.contains_key(c) || index.patterns.contains_key(c));
+        let mut out: Vec<(String, usize, u64)> = index
             .exact
             .iter()
             .chain(&index.patterns)
-            .map(|(c, subs)| (c.to_string(), subs.len()))
+            .map(|(c, subs)| {
+                (
+                    c.to_string(),
+                    subs.len(),
+                    counted.get(c).copied().unwrap_or(0),
+                )
+            })
             .collect();
         out.sort();
         out
@@ -550,7 +648,8 @@ impl Hub {
     ) -> Registration {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let id = format!(
-            "c_{:016x}{:08x}",
+            "c_{}{:016x}{:08x}",
+            self.tag.get().map_or("00000000", String::as_str),
             rand::thread_rng().gen::<u64>(),
             key as u32
         );
@@ -593,6 +692,7 @@ impl Hub {
         self.stats
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        self.presence_changed(&conn, set.keys().map(|c| &**c), true);
         Registration {
             hub: self.clone(),
             conn,
@@ -646,7 +746,7 @@ impl Hub {
         // The dispatcher holds the index read lock for a whole batch and records its progress
         // inside it, so this is exactly where live delivery of the new channels begins.
         let dispatched = *lock(&self.dispatched);
-        for channel in removed {
+        for channel in &removed {
             channels.remove(channel.as_str());
             index.remove(channel, conn.key);
         }
@@ -665,7 +765,12 @@ impl Hub {
         }
         conn.has_patterns
             .store(channels.keys().any(|c| is_pattern(c)), Ordering::Relaxed);
-        Ok(channels.keys().map(|c| c.to_string()).collect())
+        let now: Vec<String> = channels.keys().map(|c| c.to_string()).collect();
+        drop(index);
+        drop(channels);
+        self.presence_changed(conn, removed.iter().map(|c| c.as_str()), false);
+        self.presence_changed(conn, added.iter().map(|c| c.as_str()), true);
+        Ok(now)
     }
 
     fn unregister(&self, conn: &Conn) {
@@ -691,11 +796,14 @@ impl Hub {
                 sessions.remove(&key);
             }
         }
-        let channels = lock(&conn.channels);
-        let mut index = self.index.write().expect("index lock");
-        for channel in channels.keys() {
-            index.remove(channel, conn.key);
+        let channels = lock(&conn.channels).clone();
+        {
+            let mut index = self.index.write().expect("index lock");
+            for channel in channels.keys() {
+                index.remove(channel, conn.key);
+            }
         }
+        self.presence_changed(conn, channels.keys().map(|c| &**c), false);
     }
 
     /// Tails the log from its head and dispatches every event until `shutdown`.
@@ -755,14 +863,22 @@ impl Hub {
         let mut queued = 0u64;
         // Connections already given the current event (only needed when patterns matched).
         let mut given: HashSet<u64> = HashSet::new();
+        // Events per subscribed channel or pattern in this batch.
+        let mut counts: HashMap<&Arc<str>, u64> = HashMap::new();
         for event in events {
             let channel = event.event.channel.as_str();
-            let exact = index.exact.get(channel);
+            let exact = index.exact.get_key_value(channel).map(|(c, subs)| {
+                *counts.entry(c).or_default() += 1;
+                subs
+            });
             let mut patterns = index
                 .patterns
                 .iter()
                 .filter(|(p, _)| pattern_matches(p, channel, ""))
-                .map(|(_, subs)| subs)
+                .map(|(p, subs)| {
+                    *counts.entry(p).or_default() += 1;
+                    subs
+                })
                 .peekable();
             // A Mercure update is also routed by its alternate topics (the older protocol
             // lets an update have several).
@@ -841,6 +957,17 @@ impl Hub {
             }
         }
         *lock(&self.dispatched) = next;
+        if !counts.is_empty() {
+            let mut counted = lock(&self.channel_events);
+            for (c, n) in counts {
+                match counted.get_mut(c) {
+                    Some(total) => *total += n,
+                    None => {
+                        counted.insert(c.clone(), n);
+                    }
+                }
+            }
+        }
         drop(index);
         self.stats
             .events_dispatched

@@ -240,6 +240,11 @@ pub trait EventLog: Send + Sync + 'static {
     fn health(&self) -> LogHealth {
         LogHealth::default()
     }
+
+    /// The engine's pub/sub for the cluster control path (shared engines only).
+    fn bus(&self) -> Option<Arc<dyn crate::cluster::Bus>> {
+        None
+    }
 }
 
 /// The state of a log beyond whether it answers.

@@ -1050,6 +1050,12 @@ impl EventLog for NatsLog {
         "nats"
     }
 
+    fn bus(&self) -> Option<Arc<dyn crate::cluster::Bus>> {
+        Some(Arc::new(NatsBus {
+            shared: self.shared.clone(),
+        }))
+    }
+
     async fn append(
         &self,
         items: Vec<AppendItem>,
@@ -1184,6 +1190,75 @@ impl EventLog for NatsLog {
     async fn enforce_retention(&self, _now_ms: u64) -> Result<(), LogError> {
         // The server applies max_msgs on every store and max_age on its own timer.
         Ok(())
+    }
+}
+
+/// The cluster control bus on NATS core subjects: topic `t` is the subject
+/// `{stream}.ctl.t`. The client reconnects and resubscribes by itself.
+struct NatsBus {
+    shared: Arc<Shared>,
+}
+
+impl NatsBus {
+    fn subject(&self, topic: &str) -> String {
+        format!("{}.ctl.{topic}", self.shared.name)
+    }
+}
+
+#[async_trait]
+impl crate::cluster::Bus for NatsBus {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<(), String> {
+        self.shared
+            .client
+            .publish(self.subject(topic), payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn listen(
+        &self,
+        topics: Vec<String>,
+        tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+        stop: CancellationToken,
+    ) {
+        use futures::StreamExt;
+        let mut failures = 0u32;
+        loop {
+            let mut subscribers = Vec::new();
+            for t in &topics {
+                match self.shared.client.subscribe(self.subject(t)).await {
+                    Ok(s) => subscribers.push(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "nats cluster bus cannot subscribe");
+                        break;
+                    }
+                }
+            }
+            if subscribers.len() == topics.len() {
+                failures = 0;
+                let mut messages = futures::stream::select_all(subscribers);
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    let Some(message) = message else { break };
+                    if tx.send(message.payload).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            failures = failures.saturating_add(1);
+            if crate::retry::sleep_or_cancel(crate::retry::backoff_with_jitter(failures), &stop)
+                .await
+            {
+                return;
+            }
+        }
     }
 }
 

@@ -729,6 +729,12 @@ impl EventLog for RedisLog {
         "redis"
     }
 
+    fn bus(&self) -> Option<Arc<dyn crate::cluster::Bus>> {
+        Some(Arc::new(RedisBus {
+            shared: self.shared.clone(),
+        }))
+    }
+
     async fn append(&self, items: Vec<AppendItem>, now_ms: u64) -> Result<Vec<Appended>, LogError> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -923,6 +929,95 @@ async fn follow(
             // Entries arrived: a short pause lets a burst of appends be learnt in one step.
             Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             Err(e) => return e,
+        }
+    }
+}
+
+/// The cluster control bus on Redis pub/sub: topic `t` is the channel `{stream}:ctl:t`. It
+/// publishes over the command connection and listens on a connection of its own.
+struct RedisBus {
+    shared: Arc<Shared>,
+}
+
+impl RedisBus {
+    fn channel(&self, topic: &str) -> String {
+        format!("{}:ctl:{topic}", self.shared.stream)
+    }
+}
+
+#[async_trait]
+impl crate::cluster::Bus for RedisBus {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<(), String> {
+        let shared = &self.shared;
+        let (generation, mut conn) = shared
+            .conn
+            .get(&shared.health)
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("PUBLISH")
+            .arg(self.channel(topic))
+            .arg(payload.as_ref())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| {
+                if connection_lost(&e) {
+                    shared.conn.broken(generation);
+                }
+                e.to_string()
+            })
+    }
+
+    async fn listen(
+        &self,
+        topics: Vec<String>,
+        tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+        stop: CancellationToken,
+    ) {
+        use futures::StreamExt;
+        let channels: Vec<String> = topics.iter().map(|t| self.channel(t)).collect();
+        let mut failures = 0u32;
+        loop {
+            let subscribe = async {
+                let mut pubsub = self.shared.client.get_async_pubsub().await?;
+                for c in &channels {
+                    pubsub.subscribe(c).await?;
+                }
+                Ok::<_, RedisError>(pubsub)
+            };
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), subscribe) => r,
+            };
+            match attempt {
+                Ok(Ok(pubsub)) => {
+                    if failures > 0 {
+                        tracing::info!("redis cluster bus: listening again");
+                    }
+                    failures = 0;
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        let message = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            m = messages.next() => m,
+                        };
+                        let Some(message) = message else { break };
+                        let payload = bytes::Bytes::copy_from_slice(message.get_payload_bytes());
+                        if tx.send(payload).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster bus cannot subscribe"),
+                Err(_) => tracing::debug!("redis cluster bus: connecting timed out"),
+            }
+            failures = failures.saturating_add(1);
+            if sleep_or_cancel(backoff_with_jitter(failures), &stop).await {
+                return;
+            }
         }
     }
 }

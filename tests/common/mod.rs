@@ -257,8 +257,21 @@ pub fn token_with(
         subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
         publish: publish.iter().map(|s| s.to_string()).collect(),
         admin,
+        presence: Vec::new(),
     };
     auth.mint(sub, grants, ttl_s).unwrap()
+}
+
+/// A token that may also read the presence of channels matching `presence`.
+pub fn token_with_presence(sub: &str, subscribe: &[&str], presence: &[&str]) -> String {
+    let grants = Grants {
+        subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        presence: presence.iter().map(|s| s.to_string()).collect(),
+        ..Grants::default()
+    };
+    Minter::new(SECRET, &AuthConfig::default())
+        .mint(sub, grants, 3600)
+        .unwrap()
 }
 
 pub fn publisher() -> String {
