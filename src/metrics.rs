@@ -39,6 +39,52 @@ pub struct Metrics {
     pub connections_refused: Family<Labels, Counter>,
     /// Connections or requests cut by a deadline, by deadline (`head`, `body`, `idle`).
     pub timeouts: Family<Labels, Counter>,
+    /// The cluster control path's (see [`crate::cluster`]).
+    pub cluster: ClusterMetrics,
+}
+
+/// The cluster control path's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    /// Live nodes this node knows, itself included.
+    pub nodes: Gauge,
+    /// Control messages sent and received.
+    pub messages_sent: Counter,
+    pub messages_received: Counter,
+    /// Control messages dropped unsent (the bus too slow or down).
+    pub messages_dropped: Counter,
+    /// Nodes that did not answer a request in time (one per node and request).
+    pub unanswered: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cluster_nodes",
+            "Live nodes of the cluster this node knows (itself included; 1 on single-node logs)",
+            self.nodes.clone(),
+        );
+        registry.register(
+            "cluster_messages_sent",
+            "Cluster control messages published by this node",
+            self.messages_sent.clone(),
+        );
+        registry.register(
+            "cluster_messages_received",
+            "Cluster control messages received from other nodes",
+            self.messages_received.clone(),
+        );
+        registry.register(
+            "cluster_messages_dropped",
+            "Cluster control messages dropped unsent (the engine too slow or unreachable)",
+            self.messages_dropped.clone(),
+        );
+        registry.register(
+            "cluster_requests_unanswered",
+            "Cluster-wide requests a live node did not answer in time (one per node)",
+            self.unanswered.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -99,7 +145,11 @@ impl Default for Metrics {
             "Connections or requests cut by a deadline, by deadline (head, body, idle)",
             timeouts.clone(),
         );
+        let cluster = ClusterMetrics::default();
+        cluster.nodes.set(1);
+        cluster.register(&mut registry);
         Self {
+            cluster,
             open_connections,
             connections_refused,
             timeouts,

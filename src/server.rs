@@ -317,6 +317,7 @@ fn app_state(
         cfg.cluster.clone(),
         &cfg.presence,
         gw.hub.log().bus(),
+        gw.metrics.cluster.clone(),
     );
     gw.hub.set_tag(cluster.tag.clone());
     if cluster.presence_events_configured() {

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::pattern_matches;
 use crate::config::{ClusterConfig, PresenceConfig};
+use crate::metrics::ClusterMetrics;
 use crate::retry::lock;
 pub use incidents::Incidents;
 
@@ -213,6 +214,7 @@ pub struct Cluster {
     pub incidents: Incidents,
     /// Messages the outbox had to drop (full), for the log line.
     dropped: AtomicU64,
+    metrics: ClusterMetrics,
 }
 
 #[derive(Default)]
@@ -230,6 +232,7 @@ impl Cluster {
         cfg: ClusterConfig,
         presence: &PresenceConfig,
         bus: Option<Arc<dyn Bus>>,
+        metrics: ClusterMetrics,
     ) -> Arc<Self> {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         Arc::new(Self {
@@ -248,6 +251,7 @@ impl Cluster {
             rates: Mutex::default(),
             behind_since: Mutex::default(),
             dropped: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -345,6 +349,7 @@ impl Cluster {
         };
         let bytes = Bytes::from(serde_json::to_vec(&envelope).expect("messages serialize"));
         if self.outbox.try_send((topic, bytes)).is_err() {
+            self.metrics.messages_dropped.inc();
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -396,6 +401,7 @@ impl Cluster {
         }
         let mut unreachable: Vec<String> = waiting.into_iter().collect();
         unreachable.sort();
+        self.metrics.unanswered.inc_by(unreachable.len() as u64);
         Gathered {
             answers,
             unreachable,
@@ -425,7 +431,10 @@ impl Cluster {
         lock(&self.pending).remove(&id);
         match answer {
             Ok(Some(answer)) => Ok(answer),
-            _ => Err(AskError::NoAnswer(node)),
+            _ => {
+                self.metrics.unanswered.inc();
+                Err(AskError::NoAnswer(node))
+            }
         }
     }
 
@@ -479,6 +488,7 @@ impl Cluster {
             tracing::warn!(node = %id, "cluster: node not heard from; taken as gone");
             self.forget_members(node, &id);
         }
+        self.metrics.nodes.set(1 + self.live_peers().len() as i64);
     }
 
     /// Says `presence.leave` for every member of node `id` (gone) and forgets them.
@@ -511,7 +521,7 @@ impl Cluster {
             tokio::spawn(async move { bus.listen(topics, tx, stop).await });
         }
         if let Some(mut outbox) = lock(&self.outbox_rx).take() {
-            let (bus, stop) = (bus.clone(), stop.clone());
+            let (bus, stop, this) = (bus.clone(), stop.clone(), self.clone());
             tokio::spawn(async move {
                 loop {
                     let next = tokio::select! {
@@ -519,9 +529,15 @@ impl Cluster {
                         m = outbox.recv() => m,
                     };
                     let Some((topic, payload)) = next else { return };
-                    if let Err(e) = bus.publish(&topic, payload).await {
-                        tracing::debug!(error = %e, "cluster: publish failed");
-                    }
+                    match bus.publish(&topic, payload).await {
+                        Ok(()) => {
+                            this.metrics.messages_sent.inc();
+                        }
+                        Err(e) => {
+                            this.metrics.messages_dropped.inc();
+                            tracing::debug!(error = %e, "cluster: publish failed");
+                        }
+                    };
                 }
             });
         }
@@ -563,6 +579,7 @@ impl Cluster {
         if envelope.node == self.node_id {
             return;
         }
+        self.metrics.messages_received.inc();
         let from = envelope.node;
         match envelope.msg {
             Msg::Heartbeat { summary } => {
