@@ -175,14 +175,17 @@ impl Cluster {
             .join("\n")
     }
 
-    /// Waits until every live node's `/v1/status` lists exactly `want` (node ids).
+    /// Waits until every live node's `/v1/status` lists exactly `want` (node ids), all ready.
     async fn converge(&self, live: &[usize], want: &[&str]) {
         for &i in live {
             let node = &self.nodes[i];
             let deadline = Instant::now() + CONVERGE;
             loop {
                 let status = status(node).await;
-                if node_ids(&status) == want {
+                let ready = status["nodes"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().all(|n| n["ready"] == true));
+                if node_ids(&status) == want && ready {
                     break;
                 }
                 assert!(
@@ -660,7 +663,8 @@ async fn redis_subscription_changes_through_nginx_land_on_the_right_stream() {
         return;
     };
     const STREAMS: usize = 6;
-    const ROUNDS: usize = 120; // 2 requests each: 240 subscription changes
+    // An add each round, and a remove from the second round of each stream on: 234 changes.
+    const ROUNDS: usize = 120;
     let token = user("sc", &["sc:*"], None);
     let homes: Vec<String> = (0..STREAMS).map(|s| format!("sc:home{s}")).collect();
     let mut clients = Vec::new();
@@ -853,8 +857,8 @@ async fn redis_broadcast_and_kick_through_nginx_reach_every_node() {
         println!("victim stream {i} ({}) closed: kicked", v_held[&c.id]);
     }
     // The others stay open and served, on every node.
+    let id = publish(&nginx.url, "kb:b", 0).await;
     for (i, c) in others.iter_mut().enumerate() {
-        let id = publish(&nginx.url, "kb:b", i).await;
         assert_eq!(
             next_delivered(&mut c.sse, "bystander").await.id,
             id,
