@@ -136,7 +136,7 @@ describe("admin console (ssegate serve, two nodes on Redis)", () => {
     await until(() => byTestId("error").textContent(), (t) => !!t?.includes("admin_required"), "the admin_required sentence");
     expect(await byTestId("sign-in-form").isVisible()).toBe(true);
 
-    await byTestId("token").fill(admin);
+    await page.getByLabel("Admin token").fill(admin);
     await byTestId("sign-in").click();
     await byTestId("nodes-panel").waitFor();
     expect(await page.evaluate(() => sessionStorage.getItem("ssegate.console.token"))).toBe(admin);
@@ -162,7 +162,7 @@ describe("admin console (ssegate serve, two nodes on Redis)", () => {
     // Publish from the form (to node A); u1's stream on node B receives it.
     await byTestId("pub-channel").fill("e2e:room1");
     await byTestId("pub-type").fill("console.test");
-    await byTestId("pub-data").fill('{"hello": "<b>world</b>", "n": 1}');
+    await page.getByLabel("Data (JSON)").fill('{"hello": "<b>world</b>", "n": 1}');
     await byTestId("pub-send").click();
     await until(() => byTestId("publish-result").getAttribute("data-id"), (id) => !!id, "the publish's id");
     const id = (await byTestId("publish-result").getAttribute("data-id"))!;
@@ -297,6 +297,28 @@ describe("admin console (ssegate serve, two nodes on Redis)", () => {
     u1.close();
     expect(errors).toEqual([]);
     expect(consoleErrors).toEqual([]);
+    await context.close();
+  });
+
+  it("signs in by the auth cookie, with no form and no token kept", async () => {
+    const { cluster, browser } = ctx;
+    const a = cluster.node("node-a");
+    const admin = hs256({ sub: "ops", exp: exp(), ssegate: { subscribe: [], publish: [], admin: true } }, SECRET);
+    const context = await browser.newContext();
+    const errors = pageErrors(context);
+    await context.addCookies([
+      { name: "ssegate_token", value: admin, domain: "127.0.0.1", path: "/", httpOnly: true, sameSite: "Strict" },
+    ]);
+    const page = await context.newPage();
+    await page.goto(`${a.url}/admin/`);
+    await page.getByTestId("nodes-panel").waitFor();
+    expect(await page.getByTestId("whoami").textContent()).toBe("signed in by cookie");
+    expect(await page.getByTestId("sign-out").isVisible()).toBe(false);
+    expect(await page.getByTestId("sign-in-form").isVisible()).toBe(false);
+    await until(() => page.getAttribute('[data-testid="live"]', "data-state"), (s) => s === "live", "the admin stream by cookie");
+    await page.locator('[data-testid="nodes-table"] tr[data-node="node-a"]').waitFor();
+    expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+    expect(errors).toEqual([]);
     await context.close();
   });
 });
