@@ -240,6 +240,15 @@ describe("admin console (ssegate serve, two nodes on Redis)", () => {
     await pingsB.getByTestId("source-start").click();
     await until(() => pingsB.getAttribute("data-state"), (s) => s === "running", "node B's source running again");
     await until(stateOnB, (s) => s === "running", "node B itself says running");
+    // Started for real: once both nodes listen again, a Redis message becomes an event of
+    // node B's source (its count in the console).
+    await until(
+      () => cluster.redis.command("PUBSUB", "NUMSUB", "e2e-pings"),
+      (r) => Array.isArray(r) && r[1] === 2,
+      "both nodes subscribed to e2e-pings",
+    );
+    expect(await cluster.redis.command("PUBLISH", "e2e-pings", JSON.stringify({ n: 1 }))).toBe(2);
+    await until(() => pingsB.locator('td[data-field="events"]').textContent(), (t) => t === "1", "node B's source event");
 
     // A refused request on node A is an incident, live.
     const refused = await fetch(`${a.url}/v1/stream?channel=e2e:room1`, { headers: { Authorization: "Bearer not-a-token" } });

@@ -3,6 +3,7 @@
 // Redis log (same stream), each on its own free port with its own data directory.
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Browser } from "playwright-core";
@@ -23,6 +24,44 @@ async function stopProcess(proc: ChildProcess | null, exited: Promise<void>): Pr
   const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
   await exited;
   clearTimeout(timer);
+}
+
+export type Resp = string | number | null | Error | Resp[];
+
+/** The RESP2 value at `at` in `buf` and where it ends, or null while incomplete. */
+function parseResp(buf: string, at: number): [Resp, number] | null {
+  const eol = buf.indexOf("\r\n", at);
+  if (eol < 0) return null;
+  const line = buf.slice(at + 1, eol);
+  const next = eol + 2;
+  switch (buf[at]) {
+    case "+":
+      return [line, next];
+    case "-":
+      return [new Error(line), next];
+    case ":":
+      return [Number(line), next];
+    case "$": {
+      const len = Number(line);
+      if (len < 0) return [null, next];
+      if (buf.length < next + len + 2) return null;
+      return [buf.slice(next, next + len), next + len + 2];
+    }
+    case "*": {
+      const n = Number(line);
+      const items: Resp[] = [];
+      let pos = next;
+      for (let i = 0; i < n; i++) {
+        const item = parseResp(buf, pos);
+        if (!item) return null;
+        items.push(item[0]);
+        pos = item[1];
+      }
+      return [n < 0 ? null : items, pos];
+    }
+    default:
+      return [new Error(`not RESP: ${buf.slice(at, at + 40)}`), buf.length];
+  }
 }
 
 /** One `redis-server` on loopback, a free port, nothing saved. */
@@ -49,6 +88,25 @@ export class Redis {
     const redis = new Redis(port, proc, exited);
     await started(proc, redis.output, "Ready to accept connections", "redis-server");
     return redis;
+  }
+
+  /** One command over a fresh connection; resolves with the parsed reply (RESP2). */
+  command(...args: string[]): Promise<Resp> {
+    const req = `*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join("")}`;
+    return new Promise((resolveReply, reject) => {
+      const sock = connect(this.port, "127.0.0.1", () => sock.write(req));
+      let got = "";
+      sock.on("data", (d) => {
+        got += d.toString("latin1");
+        const parsed = parseResp(got, 0);
+        if (parsed) {
+          sock.end();
+          if (parsed[0] instanceof Error) reject(parsed[0]);
+          else resolveReply(parsed[0]);
+        }
+      });
+      sock.on("error", reject);
+    });
   }
 
   stop(): Promise<void> {

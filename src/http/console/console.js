@@ -253,6 +253,8 @@
     }
     clearError();
     signedIn(status);
+    // The form is gone: keep the keyboard on the page (the panels' links).
+    if (fromForm) $("nav").querySelector("a").focus();
   }
 
   function forgetToken() {
@@ -504,7 +506,9 @@
     }
   }
 
-  const SOURCE_FIELDS = ["name", "node", "type", "state", "last_change", "events", "restarts", "error", "actions"];
+  const SOURCE_FIELDS = [
+    "name", "node", "type", "state", "last_change", "checkpoint", "events", "skipped", "restarts", "error", "actions",
+  ];
 
   function sourcesOf(status, nodes) {
     const list = [];
@@ -531,7 +535,8 @@
         const tr = rowWith(SOURCE_FIELDS, { dataset: { source: String(s.name), node: s.node } });
         const th = el("th", { scope: "row", dataset: { field: "name" } });
         cell(tr, "name").replaceWith(th);
-        for (const f of ["events", "restarts"]) cell(tr, f).className = "num";
+        for (const f of ["events", "skipped", "restarts"]) cell(tr, f).className = "num";
+        cell(tr, "checkpoint").className = "mono";
         cell(tr, "error").className = "wrap";
         cell(tr, "state").dataset.testid = "source-state";
         for (const action of ["start", "stop"]) {
@@ -565,7 +570,9 @@
     // `last_change_ms`: when the source last appended (ms since the epoch; 0: never).
     const changed = num(s.last_change_ms);
     setText(cell(tr, "last_change"), changed ? fmtTime(new Date(changed).toISOString()) : "never");
+    setText(cell(tr, "checkpoint"), str(s.checkpoint));
     setText(cell(tr, "events"), fmtCount(s.events));
+    setText(cell(tr, "skipped"), fmtCount(s.skipped));
     setText(cell(tr, "restarts"), fmtCount(s.restarts));
     setText(cell(tr, "error"), s.last_error ? String(s.last_error) : "");
     tr.querySelector('[data-testid="source-start"]').disabled = !(state === "stopped" || state === "failed");
