@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
 import { artifacts, pageErrors, sleep, until } from "./harness";
-import { hs256 } from "./with-serve";
+import { hs256, withServe } from "./with-serve";
 import { withCluster, type ClusterNode } from "./with-cluster";
 
 const SECRET = randomBytes(32).toString("hex");
@@ -327,6 +327,34 @@ describe("admin console (ssegate serve, two nodes on Redis)", () => {
     await until(() => page.getAttribute('[data-testid="live"]', "data-state"), (s) => s === "live", "the admin stream by cookie");
     await page.locator('[data-testid="nodes-table"] tr[data-node="node-a"]').waitFor();
     expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+    expect(errors).toEqual([]);
+    await context.close();
+  });
+});
+
+describe("admin console (ssegate serve, one node on the file log)", () => {
+  const ctx = withServe(["[auth]", `jwt_secret = "${SECRET}"`].join("\n"));
+
+  it("shows the node alone, live, with no cluster bus", async () => {
+    const { serve, browser } = ctx;
+    const admin = hs256({ sub: "ops", exp: exp(), ssegate: { subscribe: [], publish: [], admin: true } }, SECRET);
+    const context = await browser.newContext();
+    const errors = pageErrors(context);
+    const page = await context.newPage();
+    await page.goto(`${serve.url}/admin`);
+    await page.getByLabel("Admin token").fill(admin);
+    await page.getByTestId("sign-in").click();
+    await until(() => page.getAttribute('[data-testid="live"]', "data-state"), (s) => s === "live", "the admin stream");
+    const rows = page.locator('[data-testid="nodes-table"] tbody tr[data-node]');
+    await rows.first().waitFor();
+    expect(await rows.count()).toBe(1);
+    expect(await rows.first().locator("th").textContent()).toContain("(this node)");
+    expect(await page.getByTestId("cluster-note").textContent()).toContain("no cluster bus");
+    expect(await page.locator('[data-testid="sources-table"] tbody').textContent()).toBe("no sources configured");
+    // Asking for a file that is not there: the API's JSON 404, not a page.
+    const missing = await fetch(`${serve.url}/admin/secrets.js`);
+    expect(missing.status).toBe(404);
+    expect(((await missing.json()) as { error: { code: string } }).error.code).toBe("not_found");
     expect(errors).toEqual([]);
     await context.close();
   });
