@@ -403,6 +403,9 @@ fn every_json_example_of_api_md_matches_the_document() {
     }
 }
 
+/// A request expected to be refused: method, path, the documented path, token, body, status.
+type Refusal<'a> = (Method, String, &'a str, Option<&'a str>, Option<Value>, u16);
+
 /// A request; returns status and JSON body (`Null` when not JSON).
 async fn send(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
     let headers: Vec<(&str, String)> = token.map(bearer).into_iter().collect();
@@ -496,7 +499,7 @@ async fn the_servers_answers_match_the_schemas() {
     assert_eq!(s, 200, "{b}");
 
     // Refusals.
-    let refusals: Vec<(Method, String, &str, Option<&str>, Option<Value>, u16)> = vec![
+    let refusals: Vec<Refusal> = vec![
         (
             Method::GET,
             "/v1/status".into(),
@@ -670,6 +673,71 @@ async fn the_servers_answers_match_the_schemas() {
     .await;
     check_answer(&doc, "post", "/v1/admin/drain", s, &b);
     assert_eq!(s, 202, "{b}");
+}
+
+/// The events of the streams (`x-sse-events` of the document): presence events and the admin
+/// stream's status and incidents.
+#[tokio::test]
+async fn stream_events_match_the_schemas() {
+    let doc = document();
+    let server = Server::start_with_config("[presence]\nevents = [\"room:*\"]\n", &[]);
+    let wait = Duration::from_secs(10);
+    let sse_schema = |path: &str, event: &str| {
+        doc["paths"][path]["get"]["responses"]["200"]["x-sse-events"][event].clone()
+    };
+    let matches = |path: &str, e: &Ev| {
+        let schema = sse_schema(path, &e.event);
+        assert!(
+            schema.is_object(),
+            "{path}: event {} is not described",
+            e.event
+        );
+        let data: Value = serde_json::from_str(&e.data).expect("JSON data");
+        assert_valid(
+            &doc,
+            &schema,
+            &data,
+            &format!("event {} of {path}", e.event),
+        );
+    };
+
+    let user = token("u1", &["room:*"], &[]);
+    let (mut first, _) = Sse::open(&server.stream_url(&["room:1"]), &[bearer(&user)]).await;
+    let (_second, _) = Sse::open(&server.stream_url(&["room:1"]), &[bearer(&user)]).await;
+    let join = loop {
+        let e = first.next_event(wait).await;
+        if e.event == "presence.join" {
+            break e;
+        }
+    };
+    matches("/v1/stream", &join);
+    assert_eq!(
+        serde_json::from_str::<Value>(&join.data).unwrap()["channel"],
+        "room:1"
+    );
+
+    let admin = format!("{}/v1/admin/stream", server.url);
+    let mut stream = Sse::connect(&admin, &[bearer(&admin_token())]).await;
+    assert_eq!(stream.status, 200, "{}", stream.error);
+    let status = stream.next_event(wait).await;
+    assert_eq!(status.event, "status");
+    matches("/v1/admin/stream", &status);
+    // A refused token is an incident.
+    let (s, _, _) = get(&format!("{}/v1/status", server.url), &[bearer("a.b.c")]).await;
+    assert_eq!(s, 401);
+    let incident = loop {
+        let e = stream.next_event(wait).await;
+        matches("/v1/admin/stream", &e);
+        if e.event == "incident" {
+            break e;
+        }
+    };
+    let incident: Value = serde_json::from_str(&incident.data).unwrap();
+    assert_eq!(incident["code"], "invalid_token", "{incident}");
+    // The admin stream refuses others, with a documented error.
+    let (s, _, body) = get(&admin, &[bearer(&user)]).await;
+    check_answer(&doc, "get", "/v1/admin/stream", s, &body);
+    assert_eq!(s, 403);
 }
 
 /// The TypeScript client's types are generated from clients/js/test/openapi.json

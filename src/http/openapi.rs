@@ -356,6 +356,11 @@ fn status_schemas() -> Value {
             "ip": nullable_string(),
             "path": string(),
         })),
+        "StatusError": with_doc(obj(json!({
+            "status": { "type": "integer", "minimum": 400, "maximum": 599 },
+            "code": string(),
+            "message": string(),
+        })), "In the admin stream, instead of `status` when the status could not be read (the log unavailable): the HTTP status `GET /v1/status` would answer, its code and message."),
         "IncidentList": cluster_wide("incidents", with_doc(json!({ "type": "array", "items": r("Incident"), "maxItems": 200 }), "Newest first.")),
     })
 }
@@ -911,7 +916,7 @@ fn paths() -> Value {
         .params(vec![p("access_token")])
         .sse(
             "`event: status` every second (the JSON of `GET /v1/status`), `event: incident` for each incident this node records, heartbeats `: ping`.",
-            json!({ "status": r("Status"), "incident": r("Incident") }),
+            json!({ "status": r("Status"), "status_error": r("StatusError"), "incident": r("Incident") }),
         )
         .build();
     let status = Op::new("admin", "status", "This node and the cluster", Auth::Admin)

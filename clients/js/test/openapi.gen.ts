@@ -748,6 +748,12 @@ export interface components {
             ip: string | null;
             path: string;
         };
+        /** @description In the admin stream, instead of `status` when the status could not be read (the log unavailable): the HTTP status `GET /v1/status` would answer, its code and message. */
+        StatusError: {
+            status: number;
+            code: string;
+            message: string;
+        };
         IncidentList: {
             /** @description Newest first. */
             incidents: components["schemas"]["Incident"][];
