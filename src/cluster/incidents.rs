@@ -18,9 +18,12 @@ pub struct Incidents {
     feed: broadcast::Sender<Value>,
 }
 
-/// What kind of refusal an HTTP status is, if it is one the console shows.
-pub fn kind_of(status: u16) -> Option<&'static str> {
+/// What kind of refusal an answer is, if it is one the console shows: credentials refused
+/// (401, 403 — not a request that sent none, as the console's own first look does) or a limit
+/// hit (413, 429).
+pub fn kind_of(status: u16, code: &str) -> Option<&'static str> {
     match status {
+        401 if code == "missing_credentials" => None,
         401 | 403 => Some("auth"),
         413 | 429 => Some("limit"),
         _ => None,
@@ -81,8 +84,9 @@ mod tests {
         assert_eq!(recent.len(), KEEP);
         assert_eq!(recent[0]["code"], format!("c{}", KEEP + 4));
         assert_eq!(recent[0]["node"], "n1");
-        assert_eq!(kind_of(401), Some("auth"));
-        assert_eq!(kind_of(429), Some("limit"));
-        assert_eq!(kind_of(404), None);
+        assert_eq!(kind_of(401, "invalid_token"), Some("auth"));
+        assert_eq!(kind_of(401, "missing_credentials"), None);
+        assert_eq!(kind_of(429, "rate_limited"), Some("limit"));
+        assert_eq!(kind_of(404, "not_found"), None);
     }
 }

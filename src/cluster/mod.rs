@@ -488,6 +488,10 @@ impl Cluster {
             tracing::warn!(node = %id, "cluster: node not heard from; taken as gone");
             self.forget_members(node, &id);
         }
+        self.count_nodes();
+    }
+
+    fn count_nodes(&self) {
         self.metrics.nodes.set(1 + self.live_peers().len() as i64);
     }
 
@@ -595,6 +599,7 @@ impl Cluster {
                     .is_none();
                 if new {
                     tracing::info!(node = %from, "cluster: node joined");
+                    self.count_nodes();
                     if self.presence_events_configured() {
                         self.fetch_members(node.clone(), from, envelope.tag);
                     }
@@ -632,6 +637,7 @@ impl Cluster {
             Msg::Bye => {
                 tracing::info!(node = %from, "cluster: node left");
                 lock(&self.peers).remove(&from);
+                self.count_nodes();
                 self.forget_members(&**node, &from);
             }
         }

@@ -14,6 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
+use super::control::MAX_LISTED;
 use super::{authenticate, require_admin, ApiError, AppState};
 use crate::cluster::{Action, AskError, Gathered};
 use crate::hub::frame;
@@ -41,6 +42,20 @@ fn concat(values: Vec<Value>) -> Vec<Value> {
             _ => Vec::new(),
         })
         .collect()
+}
+
+/// Every node's list, one list, each node's cut to [`MAX_LISTED`]; and whether one was cut.
+fn capped(lists: impl IntoIterator<Item = Value>) -> (Vec<Value>, bool) {
+    let mut truncated = false;
+    let mut all = Vec::new();
+    for list in lists {
+        if let Value::Array(mut items) = list {
+            truncated |= items.len() > MAX_LISTED;
+            items.truncate(MAX_LISTED);
+            all.extend(items);
+        }
+    }
+    (all, truncated)
 }
 
 /// The sum of `field` over every node's answer.
@@ -77,9 +92,12 @@ pub(super) async fn connections(
         .gather(&*state, Action::Connections { user, channel })
         .await;
     let (values, unreachable) = gathered(g)?;
-    Ok(Json(
-        json!({ "connections": concat(values), "unreachable": unreachable }),
-    ))
+    let (list, truncated) = capped(values);
+    Ok(Json(json!({
+        "connections": list,
+        "truncated": truncated,
+        "unreachable": unreachable,
+    })))
 }
 
 /// `DELETE /v1/users/{user}/connections`: every stream of the user, on every node, gets
@@ -318,14 +336,14 @@ pub(super) async fn presence(
             },
         )
         .await;
-    let (values, unreachable) = gathered(g)?;
-    let clients = concat(values);
-    let mut users: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in &clients {
-        if let Some(u) = c["user"].as_str() {
-            *users.entry(u).or_default() += 1;
+    let (mut values, unreachable) = gathered(g)?;
+    let mut users: BTreeMap<String, u64> = BTreeMap::new();
+    for v in &values {
+        for (user, n) in v["users"].as_object().into_iter().flatten() {
+            *users.entry(user.clone()).or_default() += n.as_u64().unwrap_or(0);
         }
     }
+    let (clients, truncated) = capped(values.iter_mut().map(|v| v["clients"].take()));
     let users: Vec<Value> = users
         .into_iter()
         .map(|(user, connections)| json!({ "user": user, "connections": connections }))
@@ -333,11 +351,12 @@ pub(super) async fn presence(
     let mut answer = json!({
         "channel": channel,
         "users": users,
-        "connections": clients.len(),
+        "connections": sum(&values, "connections"),
         "unreachable": unreachable,
     });
     if principal.grants.admin {
         answer["clients"] = json!(clients);
+        answer["truncated"] = json!(truncated);
     }
     Ok(Json(answer))
 }

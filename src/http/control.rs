@@ -55,6 +55,10 @@ impl Node for AppState {
     }
 }
 
+/// Most connections one node lists in an answer (answers cross the engine's pub/sub, and NATS
+/// refuses messages over 1 MB by default); it sends one more to say there were more.
+pub(super) const MAX_LISTED: usize = 1_000;
+
 fn round(per_s: f64) -> f64 {
     (per_s * 10.0).round() / 10.0
 }
@@ -105,6 +109,7 @@ impl AppState {
                             c.channels().iter().any(|s| subscription_matches(s, ch))
                         })
                     })
+                    .take(MAX_LISTED + 1)
                     .map(|c| connection_json(node, c))
                     .collect();
                 json!(list)
@@ -190,13 +195,17 @@ impl AppState {
                 json!({ "channels": channels })
             }
             Action::Presence { channel } => {
-                let list: Vec<Value> = self
-                    .hub
-                    .subscribers_of(&channel)
-                    .into_iter()
+                let subscribers = self.hub.subscribers_of(&channel);
+                let mut users: std::collections::BTreeMap<&str, u64> = Default::default();
+                for (user, _) in &subscribers {
+                    *users.entry(user).or_default() += 1;
+                }
+                let clients: Vec<Value> = subscribers
+                    .iter()
+                    .take(MAX_LISTED + 1)
                     .map(|(user, id)| json!({ "user": user, "connection_id": id, "node": node }))
                     .collect();
-                json!(list)
+                json!({ "users": users, "connections": subscribers.len(), "clients": clients })
             }
             Action::PresenceMembers => {
                 let list: Vec<Value> = self

@@ -223,8 +223,8 @@ async fn request_id_and_checks(
     } else {
         run.instrument(span).await
     };
-    if let Some(kind) = crate::cluster::incidents::kind_of(response.status().as_u16()) {
-        if let Some(error::ErrorCode(code)) = response.extensions().get::<error::ErrorCode>() {
+    if let Some(error::ErrorCode(code)) = response.extensions().get::<error::ErrorCode>() {
+        if let Some(kind) = crate::cluster::incidents::kind_of(response.status().as_u16(), code) {
             state
                 .cluster
                 .incidents

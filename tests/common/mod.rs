@@ -97,6 +97,11 @@ impl Server {
         assert!(status.success());
     }
 
+    /// The exit status, once the process has exited by itself.
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
