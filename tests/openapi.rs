@@ -316,6 +316,11 @@ async fn every_route_is_described_and_nothing_else() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let metadata = "/.well-known/oauth-protected-resource/.well-known/mercure";
+    let (s, _, body) = get(&format!("{}{metadata}", server.url), &[]).await;
+    assert_eq!(s, 200, "{body}");
+    check_answer(&doc, "get", metadata, s, &body);
 }
 
 /// The JSON examples of docs/api.md: each `json` block follows a marker

@@ -100,6 +100,12 @@ fn closed(mut o: Value) -> Value {
     o
 }
 
+/// An object that may have other properties than those it lists.
+fn open(mut o: Value) -> Value {
+    o["additionalProperties"] = json!(true);
+    o
+}
+
 fn with_doc(mut schema: Value, description: &str) -> Value {
     schema["description"] = json!(description);
     schema
@@ -398,13 +404,20 @@ fn other_schemas() -> Value {
             "status": one_of_strings(&["SUCCESS", "RETRY", "DROP"]),
             "message": string(),
         }), &["message"]),
-        "CloudEvent": with_doc(obj_opt(json!({
-            "specversion": string(),
-            "id": string(),
-            "source": string(),
-            "type": string(),
-            "data": any(),
-        }), &["data"]), "A CloudEvent 1.0 in structured JSON."),
+        "CloudEvent": with_doc(
+            open(obj_opt(
+                json!({
+                    "specversion": string(),
+                    "id": string(),
+                    "source": string(),
+                    "type": string(),
+                    "datacontenttype": string(),
+                    "data": any(),
+                }),
+                &["datacontenttype", "data"],
+            )),
+            "A CloudEvent 1.0 in structured JSON; extension attributes (the sidecar's `topic`, `pubsubname`, `traceparent`, …) are allowed.",
+        ),
         "MercureUpdate": obj_opt(json!({
             "topic": { "oneOf": [string(), strings()], "description": "Repeatable (alternate topics, draft-07)." },
             "data": string(),

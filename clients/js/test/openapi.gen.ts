@@ -793,13 +793,16 @@ export interface components {
             status: "SUCCESS" | "RETRY" | "DROP";
             message?: string;
         };
-        /** @description A CloudEvent 1.0 in structured JSON. */
+        /** @description A CloudEvent 1.0 in structured JSON; extension attributes (the sidecar's `topic`, `pubsubname`, `traceparent`, …) are allowed. */
         CloudEvent: {
             specversion: string;
             id: string;
             source: string;
             type: string;
+            datacontenttype?: string;
             data?: unknown;
+        } & {
+            [key: string]: unknown;
         };
         MercureUpdate: {
             /** @description Repeatable (alternate topics, draft-07). */
