@@ -183,7 +183,10 @@ async fn channels_lists_subscriber_counts() {
     assert_eq!(status, 200);
     // Events are counted per channel with subscribers (the console's events/s).
     let (status, _) = server
-        .publish(&publisher(), &json!({"channel": "a", "type": "t", "data": {}}))
+        .publish(
+            &publisher(),
+            &json!({"channel": "a", "type": "t", "data": {}}),
+        )
         .await;
     assert_eq!(status, 200);
     wait_for(&server, "/v1/channels", |b| {

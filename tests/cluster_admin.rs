@@ -171,9 +171,11 @@ async fn bad_admin_requests_are_refused_and_change_nothing() {
     .await;
     assert_error(s, &b, 404, "connection_not_found");
     // Nothing changed: still one connection, still ready.
-    let list = until(&format!("{}/v1/connections", server.url), "one connection", |b| {
-        b["connections"].as_array().is_some_and(|l| l.len() == 1)
-    })
+    let list = until(
+        &format!("{}/v1/connections", server.url),
+        "one connection",
+        |b| b["connections"].as_array().is_some_and(|l| l.len() == 1),
+    )
     .await;
     assert_eq!(list["connections"][0]["channels"], json!(["chat:1"]));
     let (s, _, _) = get(&format!("{}/readyz", server.url), &[]).await;
@@ -258,19 +260,17 @@ async fn sources_incidents_and_drain_reach_another_node() {
     .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["node"], "node-b");
-    until(&format!("{}/v1/status", b.url), "B's source runs again", |s| {
-        source_state(s) == "running"
-    })
+    until(
+        &format!("{}/v1/status", b.url),
+        "B's source runs again",
+        |s| source_state(s) == "running",
+    )
     .await;
 
     // An incident on B is in A's list.
     let (s, _, _) = get(&format!("{}/v1/status", b.url), &[bearer("nope")]).await;
     assert_eq!(s, 401);
-    let (_, _, incidents) = get(
-        &format!("{}/v1/admin/incidents", a.url),
-        &[bearer(&admin)],
-    )
-    .await;
+    let (_, _, incidents) = get(&format!("{}/v1/admin/incidents", a.url), &[bearer(&admin)]).await;
     assert_eq!(incidents["incidents"][0]["node"], "node-b", "{incidents}");
 
     // A stream on B, then B drained through A: its stream is sent away, B exits, A forgets
