@@ -5,6 +5,7 @@
 //! current.
 
 mod common;
+mod engines;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -408,8 +409,8 @@ fn every_json_example_of_api_md_matches_the_document() {
     }
 }
 
-/// A request expected to be refused: method, path, the documented path, token, body, status.
-type Refusal<'a> = (Method, String, &'a str, Option<&'a str>, Option<Value>, u16);
+/// A request and the status expected: method, path, the documented path, token, body, status.
+type Case<'a> = (Method, String, &'a str, Option<&'a str>, Option<Value>, u16);
 
 /// A request; returns status and JSON body (`Null` when not JSON).
 async fn send(method: Method, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
@@ -504,7 +505,7 @@ async fn the_servers_answers_match_the_schemas() {
     assert_eq!(s, 200, "{b}");
 
     // Refusals.
-    let refusals: Vec<Refusal> = vec![
+    let refusals: Vec<Case> = vec![
         (
             Method::GET,
             "/v1/status".into(),
@@ -743,6 +744,134 @@ async fn stream_events_match_the_schemas() {
     let (s, _, body) = get(&admin, &[bearer(&user)]).await;
     check_answer(&doc, "get", "/v1/admin/stream", s, &body);
     assert_eq!(s, 403);
+}
+
+/// Two nodes on one Redis log: the cluster-wide answers (status with both nodes' summaries,
+/// connections, channels, presence, subscription changes through the other node, drains and
+/// source control naming a node) match the schemas.
+#[tokio::test]
+async fn cluster_answers_match_the_schemas() {
+    let doc = document();
+    let redis = engines::redis::start(engines::redis::Persistence::None);
+    let config = |id: &str| {
+        format!(
+            "[server]\nnode_id = \"{id}\"\n[log]\nkind = \"redis\"\nurl = \"{}\"\nstream = \"oa\"\n\
+             [cluster]\nheartbeat_ms = 200\nnode_timeout_ms = 1000\n[presence]\nevents = [\"chat:*\"]\n",
+            engines::redis::url(&redis)
+        )
+    };
+    let a = Server::start_with_config(&config("node-a"), &[]);
+    let b = Server::start_with_config(&config("node-b"), &[]);
+    let admin = admin_token();
+    let admin_ = Some(admin.as_str());
+    let user = token("u1", &["chat:*"], &[]);
+
+    // node-a hears of node-b (heartbeats), bounded.
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        let (s, b) = send(Method::GET, &format!("{}/v1/status", a.url), admin_, None).await;
+        assert_eq!(s, 200, "{b}");
+        status = b;
+        if status["nodes"].as_array().is_some_and(|n| n.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    check_answer(&doc, "get", "/v1/status", 200, &status);
+
+    let (_sse, connected) = Sse::open(&b.stream_url(&["chat:1"]), &[bearer(&user)]).await;
+    let conn = connected["connection_id"].as_str().unwrap().to_owned();
+    let subs = format!("/v1/connections/{conn}/subscriptions");
+    let cases: Vec<Case> = vec![
+        (
+            Method::GET,
+            "/v1/connections".into(),
+            "/v1/connections",
+            admin_,
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/channels".into(),
+            "/v1/channels",
+            admin_,
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/channels/chat%3A1/presence".into(),
+            "/v1/channels/{channel}/presence",
+            admin_,
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/admin/incidents".into(),
+            "/v1/admin/incidents",
+            admin_,
+            None,
+            200,
+        ),
+        (
+            Method::POST,
+            subs,
+            "/v1/connections/{id}/subscriptions",
+            Some(&user),
+            Some(json!({"add": ["chat:2"]})),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/broadcast".into(),
+            "/v1/broadcast",
+            admin_,
+            Some(json!({"type": "note"})),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/sources/nope/start?node=node-b".into(),
+            "/v1/sources/{name}/{action}",
+            admin_,
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/sources/nope/start?node=node-z".into(),
+            "/v1/sources/{name}/{action}",
+            admin_,
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/admin/drain".into(),
+            "/v1/admin/drain",
+            admin_,
+            Some(json!({"node": "node-b"})),
+            202,
+        ),
+    ];
+    for (method, path, template, token, body, want) in cases {
+        let m = method.as_str().to_lowercase();
+        let (s, answer) = send(method, &format!("{}{path}", a.url), token, body).await;
+        assert_eq!(s, want, "{m} {path}: {answer}");
+        check_answer(&doc, &m, template, s, &answer);
+        match template {
+            "/v1/connections" => assert_eq!(answer["connections"][0]["node"], "node-b", "{answer}"),
+            "/v1/admin/drain" => assert_eq!(answer["nodes"], json!(["node-b"]), "{answer}"),
+            _ => {}
+        }
+    }
 }
 
 /// The TypeScript client's types are generated from clients/js/test/openapi.json
