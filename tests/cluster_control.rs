@@ -22,6 +22,9 @@
 //!    not hold the stream, a cluster-wide kick.
 //! 5. A single node on the file log: connections, kick and presence work as before, with
 //!    `unreachable: []` and one node in `nodes`.
+//! 6. A node that stops answering (SIGSTOP) while still believed alive is named in
+//!    `unreachable`; a subscription change for its stream is `503 node_unreachable`; once it
+//!    runs again (SIGCONT) answers are whole again.
 //!
 //! Without `/usr/sbin/nginx` the nginx tests print `skipped: …` and pass, unless
 //! `SSEGATE_TEST_REQUIRE_NGINX=1` (as tests/nginx.rs). Waiting for the cluster to converge
@@ -101,7 +104,8 @@ enum Bus {
 
 /// A node's config file: on the shared log, with the test's cluster timings and presence
 /// events on `chat:*`.
-fn node_config(node_id: &str, log: &str) -> String {
+fn node_config(node_id: &str, log: &str, timeouts: (u64, u64)) -> String {
+    let (node_timeout_ms, request_timeout_ms) = timeouts;
     format!(
         "[server]
 node_id = \"{node_id}\"
@@ -111,8 +115,8 @@ node_id = \"{node_id}\"
 
 [cluster]
 heartbeat_ms = 200
-node_timeout_ms = 1000
-request_timeout_ms = 2000
+node_timeout_ms = {node_timeout_ms}
+request_timeout_ms = {request_timeout_ms}
 
 [presence]
 events = [\"chat:*\"]
@@ -145,7 +149,13 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `node_timeout_ms` 1000, `request_timeout_ms` 2000.
     fn start(bus: Bus, n: usize) -> Cluster {
+        Cluster::start_with(bus, n, (1000, 2000))
+    }
+
+    /// With these (`node_timeout_ms`, `request_timeout_ms`).
+    fn start_with(bus: Bus, n: usize, timeouts: (u64, u64)) -> Cluster {
         let engine = match bus {
             Bus::Redis => engines::redis::start(engines::redis::Persistence::None),
             Bus::Nats => engines::nats::start(),
@@ -156,7 +166,7 @@ impl Cluster {
             .collect();
         let nodes = ids
             .iter()
-            .map(|id| Server::start_with_config(&node_config(id, &log), &[]))
+            .map(|id| Server::start_with_config(&node_config(id, &log, timeouts), &[]))
             .collect();
         Cluster {
             nodes,
@@ -1304,4 +1314,91 @@ events = [\"chat:*\"]
         assert!(Instant::now() < deadline, "s1 still present: {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A frozen node: believed alive (node_timeout_ms 5000), not answering (request_timeout_ms
+// 500).
+
+fn signal(node: &Server, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &node.pid().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {}", node.pid());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_frozen_node_is_named_unreachable() {
+    let cluster = Cluster::start_with(Bus::Redis, 3, (5000, 500));
+    cluster
+        .converge(&[0, 1, 2], &["node-a", "node-b", "node-c"])
+        .await;
+    let a = cluster.nodes[0].url.as_str();
+    let fz = user("fz", &["fz:*"], None);
+    let mut streams = Vec::new();
+    for node in &cluster.nodes {
+        streams.push(open(&node.url, &fz, &["fz:home"]).await);
+    }
+    let victim = user("fk", &["fz:*"], None);
+    let mut kicked = vec![
+        open(a, &victim, &["fz:home"]).await,
+        open(&cluster.nodes[1].url, &victim, &["fz:home"]).await,
+    ];
+
+    // Freeze node C (SIGSTOP; the Server's drop still kills it).
+    signal(&cluster.nodes[2], "-STOP");
+    let (code, _, body) = get(&format!("{a}/v1/connections?user=fz"), &[bearer(&admin())]).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["unreachable"], json!(["node-c"]), "{body}");
+    let mut on: Vec<&str> = body["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_str().unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["node-a", "node-b"], "{body}");
+    // A change for C's stream: 503 node_unreachable (not 404: C is believed alive).
+    let (code, body) = change(a, &fz, &streams[2].id, json!({"add": ["fz:late"]})).await;
+    assert_error(code, &body, 503, "node_unreachable");
+    // A kick of a user with no stream on C: done on A and B, C named unreachable.
+    let (code, _, body) = call(
+        Method::DELETE,
+        &format!("{a}/v1/users/fk/connections"),
+        &[bearer(&admin())],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["closed"], 2, "{body}");
+    assert_eq!(body["unreachable"], json!(["node-c"]), "{body}");
+    for c in &mut kicked {
+        c.sse.expect_closing("kicked", T).await;
+    }
+    // Node C runs again: nobody unreachable, its stream listed and served.
+    signal(&cluster.nodes[2], "-CONT");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (code, _, body) =
+            get(&format!("{a}/v1/connections?user=fz"), &[bearer(&admin())]).await;
+        assert_eq!(code, 200, "{body}");
+        if body["unreachable"] == json!([]) {
+            assert_eq!(body["connections"].as_array().unwrap().len(), 3, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "C stays unreachable: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (The refused change may have been carried out late by C: its outcome was unknown.)
+    let c = &mut streams[2];
+    let (code, body) = change(a, &fz, &c.id, json!({"add": ["fz:after"]})).await;
+    assert_eq!(code, 200, "{body}");
+    expect_control(&mut c.sse, "subscribed", T, "after SIGCONT", |d| {
+        d["channels"] == json!(["fz:after"])
+    })
+    .await;
+    let id = publish(a, "fz:after", 0).await;
+    assert_eq!(next_delivered(&mut c.sse, "after SIGCONT").await.id, id);
 }
