@@ -330,11 +330,12 @@ fn status_schemas() -> Value {
                     })),
                 ],
             },
-            "cluster": obj(json!({
+            "cluster": obj_opt(json!({
                 "bus": { "enum": ["redis", "nats", null] },
+                "listening": with_doc(boolean(), "Whether this node hears the bus (its own heartbeats come back within `node_timeout_ms`); always true on the single-node logs."),
                 "heartbeat_ms": count(),
                 "node_timeout_ms": count(),
-            })),
+            }), &["listening"]),
             "nodes": with_doc(array_of(r("NodeSummary")), "Every node, sorted by node_id, this one included."),
         }), &[]),
         "NodeSummary": obj(json!({
@@ -928,7 +929,7 @@ fn paths() -> Value {
     let admin_stream = Op::new("admin", "adminStream", "Status and incidents as they happen", Auth::AdminStream)
         .params(vec![p("access_token")])
         .sse(
-            "`event: status` every second (the JSON of `GET /v1/status`), `event: incident` for each incident this node records, heartbeats `: ping`.",
+            "`event: status` every second (the JSON of `GET /v1/status`; `status_error` when it cannot be read), `event: incident` for each incident this node records.",
             json!({ "status": r("Status"), "status_error": r("StatusError"), "incident": r("Incident") }),
         )
         .build();

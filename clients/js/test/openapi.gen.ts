@@ -710,6 +710,8 @@ export interface components {
             cluster: {
                 /** @enum {unknown} */
                 bus: "redis" | "nats" | null;
+                /** @description Whether this node hears the bus (its own heartbeats come back within `node_timeout_ms`); always true on the single-node logs. */
+                listening?: boolean;
                 heartbeat_ms: number;
                 node_timeout_ms: number;
             };
@@ -1740,7 +1742,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description `event: status` every second (the JSON of `GET /v1/status`), `event: incident` for each incident this node records, heartbeats `: ping`. */
+            /** @description `event: status` every second (the JSON of `GET /v1/status`; `status_error` when it cannot be read), `event: incident` for each incident this node records. */
             200: {
                 headers: {
                     [name: string]: unknown;
