@@ -48,6 +48,8 @@ pub struct Metrics {
 pub struct ClusterMetrics {
     /// Live nodes this node knows, itself included.
     pub nodes: Gauge,
+    /// 1 while this node hears the bus (its own heartbeats come back).
+    pub listening: Gauge,
     /// Control messages sent and received.
     pub messages_sent: Counter,
     pub messages_received: Counter,
@@ -63,6 +65,11 @@ impl ClusterMetrics {
             "cluster_nodes",
             "Live nodes of the cluster this node knows (itself included; 1 on single-node logs)",
             self.nodes.clone(),
+        );
+        registry.register(
+            "cluster_listening",
+            "1 while this node hears the cluster bus (its own heartbeats come back; always 1 on single-node logs)",
+            self.listening.clone(),
         );
         registry.register(
             "cluster_messages_sent",
@@ -147,6 +154,7 @@ impl Default for Metrics {
         );
         let cluster = ClusterMetrics::default();
         cluster.nodes.set(1);
+        cluster.listening.set(1);
         cluster.register(&mut registry);
         Self {
             cluster,

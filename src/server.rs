@@ -328,8 +328,7 @@ fn app_state(
                 return;
             }
             if let Some(hub) = hub.upgrade() {
-                let frame = crate::http::presence_frame(channel, &conn.user, joined);
-                hub.send_to_channel(channel, &frame);
+                hub.send_presence(channel, &conn.user, joined);
             }
             cluster.announce_presence(channel, &conn.user, &conn.id, joined);
         }));

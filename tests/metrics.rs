@@ -156,7 +156,7 @@ async fn every_metric_moves_by_the_expected_amount() {
         .unwrap();
     assert_eq!(
         res.json::<serde_json::Value>().await.unwrap(),
-        json!({"closed": 2})
+        json!({"closed": 2, "unreachable": []})
     );
     a.expect_closing("kicked", T).await;
     slow.expect_closing("kicked", T).await;

@@ -11,6 +11,8 @@ use crate::retry::lock;
 
 /// Incidents kept per node.
 pub const KEEP: usize = 200;
+/// Longest path kept in an incident, bytes.
+const MAX_PATH: usize = 256;
 
 pub struct Incidents {
     node: String,
@@ -41,6 +43,12 @@ impl Incidents {
 
     /// Records one refusal.
     pub fn record(&self, kind: &str, code: &str, ip: Option<String>, path: &str) {
+        // The path is the client's: at most MAX_PATH bytes of it are kept.
+        let mut end = path.len().min(MAX_PATH);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        let path = &path[..end];
         let incident = json!({
             "time": crate::time::rfc3339_ms(crate::time::now_ms()),
             "node": self.node,

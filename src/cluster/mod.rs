@@ -134,6 +134,9 @@ pub trait Node: Send + Sync + 'static {
 struct Envelope {
     node: String,
     tag: String,
+    /// Random per process: a node restarted with the same id is a new process whose
+    /// predecessor's presence members are gone.
+    boot: u64,
     #[serde(flatten)]
     msg: Msg,
 }
@@ -146,6 +149,9 @@ enum Msg {
     },
     Request {
         id: u64,
+        /// Wall-clock ms after which the asker no longer waits: a request delivered late (the
+        /// engine buffered it through an outage) is not carried out.
+        expires_ms: u64,
         action: Action,
     },
     Reply {
@@ -158,15 +164,23 @@ enum Msg {
         conn: String,
         join: bool,
     },
+    /// A node started: the others send their heartbeat at once.
+    Hello,
     Bye,
 }
 
 /// Another node, as last heard.
 struct Peer {
     tag: String,
+    boot: u64,
     summary: Value,
     seen: Instant,
 }
+
+/// Clocks of the nodes may differ this much before a request is taken as expired.
+const CLOCK_LEEWAY_MS: u64 = 2_000;
+/// Largest answer sent over the bus (NATS refuses messages over 1 MB by default).
+const MAX_ANSWER_BYTES: usize = 900 * 1024;
 
 /// A presence member of another node: (channel, connection id) → user.
 type Members = HashMap<(String, String), String>;
@@ -197,11 +211,15 @@ pub struct Cluster {
     pub tag: String,
     pub cfg: ClusterConfig,
     bus: Option<Arc<dyn Bus>>,
+    boot: u64,
+    started: Instant,
+    /// When this node last heard its own heartbeat back: its listener works.
+    echo: Mutex<Instant>,
     peers: Mutex<HashMap<String, Peer>>,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<(String, Answer)>>>,
     next_id: AtomicU64,
-    outbox: mpsc::Sender<(String, Bytes)>,
-    outbox_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    outbox: mpsc::Sender<Outgoing>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// `presence.events`: channel patterns with presence events.
     presence_patterns: Vec<String>,
     /// Other nodes' members of presence-event channels, by node id.
@@ -216,6 +234,9 @@ pub struct Cluster {
     dropped: AtomicU64,
     metrics: ClusterMetrics,
 }
+
+/// A message waiting to be published: (topic, payload, when it was queued).
+type Outgoing = (String, Bytes, Instant);
 
 #[derive(Default)]
 struct Rates {
@@ -241,6 +262,9 @@ impl Cluster {
             node_id,
             cfg,
             bus,
+            boot: rand::random(),
+            started: Instant::now(),
+            echo: Mutex::new(Instant::now()),
             peers: Mutex::default(),
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -293,11 +317,11 @@ impl Cluster {
     pub fn nodes(&self, mut own: Value) -> Vec<Value> {
         own["self"] = json!(true);
         own["last_seen_ms"] = json!(0);
-        let timeout = Duration::from_millis(self.cfg.node_timeout_ms);
         let mut nodes: Vec<Value> = lock(&self.peers)
             .values()
-            .filter(|p| p.seen.elapsed() < timeout)
+            .filter(|p| self.alive(p))
             .map(|p| {
+                // Heartbeats whose summary is not an object are dropped on arrival.
                 let mut s = p.summary.clone();
                 s["self"] = json!(false);
                 s["last_seen_ms"] = json!(p.seen.elapsed().as_millis() as u64);
@@ -309,12 +333,28 @@ impl Cluster {
         nodes
     }
 
+    fn alive(&self, peer: &Peer) -> bool {
+        peer.seen.elapsed() < Duration::from_millis(self.cfg.node_timeout_ms)
+    }
+
+    /// Whether this node started too recently to have heard every other node.
+    fn young(&self) -> bool {
+        self.bus.is_some()
+            && self.started.elapsed() < Duration::from_millis(self.cfg.node_timeout_ms)
+    }
+
+    /// Whether this node hears the bus (its own heartbeats come back); always on single-node
+    /// logs.
+    pub fn listening(&self) -> bool {
+        self.bus.is_none()
+            || lock(&self.echo).elapsed() < Duration::from_millis(self.cfg.node_timeout_ms)
+    }
+
     /// The live other nodes: id → tag.
     fn live_peers(&self) -> HashMap<String, String> {
-        let timeout = Duration::from_millis(self.cfg.node_timeout_ms);
         lock(&self.peers)
             .iter()
-            .filter(|(_, p)| p.seen.elapsed() < timeout)
+            .filter(|(_, p)| self.alive(p))
             .map(|(id, p)| (id.clone(), p.tag.clone()))
             .collect()
     }
@@ -342,13 +382,11 @@ impl Cluster {
         if self.bus.is_none() {
             return;
         }
-        let envelope = Envelope {
-            node: self.node_id.clone(),
-            tag: self.tag.clone(),
-            msg,
-        };
-        let bytes = Bytes::from(serde_json::to_vec(&envelope).expect("messages serialize"));
-        if self.outbox.try_send((topic, bytes)).is_err() {
+        if self
+            .outbox
+            .try_send((topic, self.encode(msg), Instant::now()))
+            .is_err()
+        {
             self.metrics.messages_dropped.inc();
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -360,44 +398,63 @@ impl Cluster {
         }
     }
 
-    fn pending(&self) -> (u64, mpsc::UnboundedReceiver<(String, Answer)>) {
+    fn encode(&self, msg: Msg) -> Bytes {
+        let envelope = Envelope {
+            node: self.node_id.clone(),
+            tag: self.tag.clone(),
+            boot: self.boot,
+            msg,
+        };
+        Bytes::from(serde_json::to_vec(&envelope).expect("messages serialize"))
+    }
+
+    /// Sends `action` to `topic` as a request whose answers arrive on the returned receiver
+    /// until the guard is dropped (however the asker stops waiting).
+    fn request(&self, topic: String, action: Action) -> Pending<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.pending).insert(id, tx);
-        (id, rx)
+        let expires_ms = crate::time::now_ms() + self.cfg.request_timeout_ms;
+        self.send(
+            topic,
+            Msg::Request {
+                id,
+                expires_ms,
+                action,
+            },
+        );
+        Pending {
+            cluster: self,
+            id,
+            rx,
+        }
     }
 
     /// Carries out `action` on every node: this one (`local`) and every live other; waits up to
     /// `cluster.request_timeout_ms` for the others.
+    ///
+    /// A node that started less than `node_timeout_ms` ago may not have heard of every other
+    /// node yet: it waits the whole timeout and takes every answer that comes.
     pub async fn gather(&self, local: &dyn Node, action: Action) -> Gathered {
         let mut waiting: HashSet<String> = self.live_peers().into_keys().collect();
-        let asked = if waiting.is_empty() {
-            None
-        } else {
-            let (id, rx) = self.pending();
-            self.send(
-                "all".into(),
-                Msg::Request {
-                    id,
-                    action: action.clone(),
-                },
-            );
-            Some((id, rx))
-        };
+        let young = self.young();
+        let asked =
+            (young || !waiting.is_empty()).then(|| self.request("all".into(), action.clone()));
         let mut answers = vec![(self.node_id.clone(), local.execute(action).await)];
-        if let Some((id, mut rx)) = asked {
+        if let Some(mut pending) = asked {
             let deadline =
                 tokio::time::Instant::now() + Duration::from_millis(self.cfg.request_timeout_ms);
-            while !waiting.is_empty() {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
+            while young || !waiting.is_empty() {
+                match tokio::time::timeout_at(deadline, pending.rx.recv()).await {
                     Ok(Some((node, answer))) => {
                         waiting.remove(&node);
-                        answers.push((node, answer));
+                        if !answers.iter().any(|(n, _)| *n == node) {
+                            answers.push((node, answer));
+                        }
                     }
                     _ => break,
                 }
             }
-            lock(&self.pending).remove(&id);
         }
         let mut unreachable: Vec<String> = waiting.into_iter().collect();
         unreachable.sort();
@@ -418,17 +475,18 @@ impl Cluster {
         if tag == self.tag {
             return Ok((self.node_id.clone(), local.execute(action).await));
         }
-        let node = self
-            .node_with_tag(tag)
-            .ok_or_else(|| AskError::UnknownNode(tag.to_owned()))?;
-        let (id, mut rx) = self.pending();
-        self.send(format!("node.{tag}"), Msg::Request { id, action });
+        // A young node may not have heard of it yet: it asks anyway.
+        let node = match self.node_with_tag(tag) {
+            Some(node) => node,
+            None if self.young() => format!("with tag {tag}"),
+            None => return Err(AskError::UnknownNode(tag.to_owned())),
+        };
+        let mut pending = self.request(format!("node.{tag}"), action);
         let answer = tokio::time::timeout(
             Duration::from_millis(self.cfg.request_timeout_ms),
-            rx.recv(),
+            pending.rx.recv(),
         )
         .await;
-        lock(&self.pending).remove(&id);
         match answer {
             Ok(Some(answer)) => Ok(answer),
             _ => {
@@ -488,6 +546,19 @@ impl Cluster {
             tracing::warn!(node = %id, "cluster: node not heard from; taken as gone");
             self.forget_members(node, &id);
         }
+        // Members recorded for a node that is no longer known (a late message).
+        let known: HashSet<String> = lock(&self.peers).keys().cloned().collect();
+        let strays: Vec<String> = lock(&self.members)
+            .keys()
+            .filter(|id| !known.contains(*id))
+            .cloned()
+            .collect();
+        for id in strays {
+            self.forget_members(node, &id);
+        }
+        if self.bus.is_some() {
+            self.metrics.listening.set(i64::from(self.listening()));
+        }
         self.count_nodes();
     }
 
@@ -507,8 +578,9 @@ impl Cluster {
     /// presence. Without a bus it only measures this node's rates.
     pub async fn run(self: Arc<Self>, node: Arc<dyn Node>, shutdown: CancellationToken) {
         let every = Duration::from_millis(self.cfg.heartbeat_ms);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let Some(bus) = self.bus.clone() else {
-            let mut ticks = tokio::time::interval(every);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -519,41 +591,32 @@ impl Cluster {
         let stop = CancellationToken::new();
         let _stop_guard = stop.clone().drop_guard();
         let (tx, mut inbox) = mpsc::channel::<Bytes>(4_096);
-        {
-            let (bus, stop) = (bus.clone(), stop.clone());
-            let topics = vec!["all".to_owned(), format!("node.{}", self.tag)];
+        let topics = vec!["all".to_owned(), format!("node.{}", self.tag)];
+        let listen = |stop: CancellationToken| {
+            let (bus, topics, tx) = (bus.clone(), topics.clone(), tx.clone());
             tokio::spawn(async move { bus.listen(topics, tx, stop).await });
+        };
+        let mut listener = stop.child_token();
+        listen(listener.clone());
+        if let Some(outbox) = lock(&self.outbox_rx).take() {
+            tokio::spawn(self.clone().publish_all(bus.clone(), outbox, stop.clone()));
         }
-        if let Some(mut outbox) = lock(&self.outbox_rx).take() {
-            let (bus, stop, this) = (bus.clone(), stop.clone(), self.clone());
-            tokio::spawn(async move {
-                loop {
-                    let next = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        m = outbox.recv() => m,
-                    };
-                    let Some((topic, payload)) = next else { return };
-                    match bus.publish(&topic, payload).await {
-                        Ok(()) => {
-                            this.metrics.messages_sent.inc();
-                        }
-                        Err(e) => {
-                            this.metrics.messages_dropped.inc();
-                            tracing::debug!(error = %e, "cluster: publish failed");
-                        }
-                    };
-                }
-            });
-        }
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.send("all".into(), Msg::Hello);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {
                     self.tick(&*node);
-                    let summary = node.summary().await;
-                    self.send("all".into(), Msg::Heartbeat { summary });
+                    self.heartbeat(&node);
+                    if !self.listening() {
+                        // Its own heartbeats do not come back: the subscription is dead (a
+                        // half-open connection) — subscribe again.
+                        tracing::warn!("cluster: this node does not hear the bus; subscribing again");
+                        listener.cancel();
+                        listener = stop.child_token();
+                        listen(listener.clone());
+                        *lock(&self.echo) = Instant::now();
+                    }
                 }
                 m = inbox.recv() => {
                     let Some(bytes) = m else { break };
@@ -563,13 +626,53 @@ impl Cluster {
         }
         // A clean stop: the others forget this node at once. Sent directly (the outbox task
         // stops with this function).
-        let bye = Envelope {
-            node: self.node_id.clone(),
-            tag: self.tag.clone(),
-            msg: Msg::Bye,
-        };
-        let bytes = Bytes::from(serde_json::to_vec(&bye).expect("messages serialize"));
-        let _ = tokio::time::timeout(Duration::from_secs(1), bus.publish("all", bytes)).await;
+        let bye = self.encode(Msg::Bye);
+        let _ = tokio::time::timeout(Duration::from_secs(1), bus.publish("all", bye)).await;
+    }
+
+    /// Publishes what [`Cluster::send`] queued, in order; what waited longer than a request
+    /// may (the engine was away) is dropped, not sent late.
+    async fn publish_all(
+        self: Arc<Self>,
+        bus: Arc<dyn Bus>,
+        mut outbox: mpsc::Receiver<Outgoing>,
+        stop: CancellationToken,
+    ) {
+        let stale = Duration::from_millis(self.cfg.request_timeout_ms);
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = outbox.recv() => m,
+            };
+            let Some((topic, payload, queued)) = next else {
+                return;
+            };
+            if queued.elapsed() > stale {
+                self.metrics.messages_dropped.inc();
+                continue;
+            }
+            match bus.publish(&topic, payload).await {
+                Ok(()) => {
+                    self.metrics.messages_sent.inc();
+                }
+                Err(e) => {
+                    self.metrics.messages_dropped.inc();
+                    tracing::debug!(error = %e, "cluster: publish failed");
+                }
+            }
+        }
+    }
+
+    /// Sends this node's heartbeat, its summary made in a task of its own so that a slow log
+    /// never holds up the messages of the others.
+    fn heartbeat(self: &Arc<Self>, node: &Arc<dyn Node>) {
+        let (this, node) = (self.clone(), node.clone());
+        let wait = Duration::from_millis(self.cfg.heartbeat_ms);
+        tokio::spawn(async move {
+            if let Ok(summary) = tokio::time::timeout(wait, node.summary()).await {
+                this.send("all".into(), Msg::Heartbeat { summary });
+            }
+        });
     }
 
     fn receive(self: &Arc<Self>, node: &Arc<dyn Node>, bytes: &[u8]) {
@@ -581,34 +684,68 @@ impl Cluster {
             }
         };
         if envelope.node == self.node_id {
+            if envelope.boot == self.boot {
+                *lock(&self.echo) = Instant::now();
+            } else if matches!(envelope.msg, Msg::Heartbeat { .. }) {
+                tracing::warn!(node = %self.node_id,
+                    "cluster: another process uses this node's server.node_id; give each node its own");
+            }
             return;
         }
         self.metrics.messages_received.inc();
-        let from = envelope.node;
+        let (from, tag, boot) = (envelope.node, envelope.tag, envelope.boot);
         match envelope.msg {
-            Msg::Heartbeat { summary } => {
-                let new = lock(&self.peers)
-                    .insert(
-                        from.clone(),
-                        Peer {
-                            tag: envelope.tag.clone(),
-                            summary,
-                            seen: Instant::now(),
-                        },
-                    )
-                    .is_none();
-                if new {
-                    tracing::info!(node = %from, "cluster: node joined");
-                    self.count_nodes();
-                    if self.presence_events_configured() {
-                        self.fetch_members(node.clone(), from, envelope.tag);
+            Msg::Heartbeat { mut summary } => {
+                let Some(fields) = summary.as_object_mut() else {
+                    return;
+                };
+                fields.insert("node_id".into(), json!(from));
+                let previous = lock(&self.peers).insert(
+                    from.clone(),
+                    Peer {
+                        tag: tag.clone(),
+                        boot,
+                        summary,
+                        seen: Instant::now(),
+                    },
+                );
+                match previous {
+                    None => tracing::info!(node = %from, "cluster: node joined"),
+                    Some(p) if p.boot != boot => {
+                        // Restarted with the same id: its predecessor's members are gone.
+                        tracing::info!(node = %from, "cluster: node restarted");
+                        self.forget_members(&**node, &from);
                     }
+                    Some(_) => return,
+                }
+                self.count_nodes();
+                if self.presence_events_configured() {
+                    self.fetch_members(node.clone(), from, tag, boot);
                 }
             }
-            Msg::Request { id, action } => {
-                let (this, node, tag) = (self.clone(), node.clone(), envelope.tag);
+            Msg::Hello => self.heartbeat(node),
+            Msg::Request {
+                id,
+                expires_ms,
+                action,
+            } => {
+                if crate::time::now_ms() > expires_ms + CLOCK_LEEWAY_MS {
+                    tracing::debug!(node = %from, "cluster: expired request ignored");
+                    return;
+                }
+                let (this, node) = (self.clone(), node.clone());
                 tokio::spawn(async move {
-                    let answer = node.execute(action).await;
+                    let mut answer = node.execute(action).await;
+                    if serde_json::to_vec(&answer).map_or(0, |b| b.len()) > MAX_ANSWER_BYTES {
+                        answer = Err(Refusal {
+                            status: 502,
+                            code: "answer_too_large".into(),
+                            message: format!(
+                                "node {}'s answer is too large to send; ask for less (filters)",
+                                this.node_id
+                            ),
+                        });
+                    }
                     this.send(format!("node.{tag}"), Msg::Reply { id, answer });
                 });
             }
@@ -623,7 +760,10 @@ impl Cluster {
                 conn,
                 join,
             } => {
-                {
+                // Recorded only for nodes known (and of this boot): a late message of a node
+                // that is gone would stay for ever.
+                let known = lock(&self.peers).get(&from).is_some_and(|p| p.boot == boot);
+                if known {
                     let mut members = lock(&self.members);
                     let of_node = members.entry(from).or_default();
                     if join {
@@ -643,14 +783,20 @@ impl Cluster {
         }
     }
 
-    /// Learns the presence members a node already had when this one first heard of it.
-    fn fetch_members(self: &Arc<Self>, node: Arc<dyn Node>, id: String, tag: String) {
+    /// Learns the presence members a node (process `boot`) already had when this one first
+    /// heard of it.
+    fn fetch_members(self: &Arc<Self>, node: Arc<dyn Node>, id: String, tag: String, boot: u64) {
         let this = self.clone();
         tokio::spawn(async move {
             let Ok((_, Ok(list))) = this.ask(&*node, &tag, Action::PresenceMembers).await else {
                 return;
             };
             let Some(list) = list.as_array() else { return };
+            // Under the peers lock: the node may have gone (or restarted) meanwhile.
+            let peers = lock(&this.peers);
+            if peers.get(&id).is_none_or(|p| p.boot != boot) {
+                return;
+            }
             let mut members = lock(&this.members);
             let of_node = members.entry(id).or_default();
             for m in list {
@@ -663,6 +809,19 @@ impl Cluster {
                 }
             }
         });
+    }
+}
+
+/// A request's answers, until dropped (then its entry goes).
+struct Pending<'a> {
+    cluster: &'a Cluster,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<(String, Answer)>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        lock(&self.cluster.pending).remove(&self.id);
     }
 }
 
@@ -687,19 +846,22 @@ mod tests {
         let e = Envelope {
             node: "a".into(),
             tag: tag_of("a"),
+            boot: 1,
             msg: Msg::Request {
                 id: 7,
+                expires_ms: 0,
                 action: Action::Kick { user: "u1".into() },
             },
         };
         let text = serde_json::to_string(&e).unwrap();
         let back: Envelope = serde_json::from_str(&text).unwrap();
         assert!(
-            matches!(back.msg, Msg::Request { id: 7, action: Action::Kick { ref user } } if user == "u1")
+            matches!(back.msg, Msg::Request { id: 7, action: Action::Kick { ref user }, .. } if user == "u1")
         );
         let reply = Envelope {
             node: "b".into(),
             tag: tag_of("b"),
+            boot: 2,
             msg: Msg::Reply {
                 id: 7,
                 answer: Err(Refusal {

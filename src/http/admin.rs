@@ -170,8 +170,7 @@ pub(super) async fn broadcast(
             format!("the body must be {{\"type\": \"…\", \"data\": …}}: {e}"),
         )
     })?;
-    crate::event::check_type(&b.kind)
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    super::control::check_broadcast_type(&b.kind)?;
     if body.len() > state.cfg.limits.max_event_bytes {
         return Err(ApiError::TooLarge {
             code: "event_too_large",
@@ -216,19 +215,23 @@ async fn on_node(
     action: Action,
 ) -> Result<Value, ApiError> {
     let node = node.unwrap_or(&state.node_id);
-    let tag = state
-        .cluster
-        .tag_of_node(node)
-        .ok_or_else(|| ApiError::NotFound {
-            code: "node_not_found",
-            message: format!("no live node {node:?} in this cluster (see GET /v1/status)"),
-        })?;
-    match state.cluster.ask(&**state, &tag, action).await {
+    let not_found = || ApiError::NotFound {
+        code: "node_not_found",
+        message: format!("no live node {node:?} in this cluster (see GET /v1/status)"),
+    };
+    let tag = state.cluster.tag_of_node(node).ok_or_else(not_found)?;
+    asked(state.cluster.ask(&**state, &tag, action).await, not_found)
+}
+
+/// The answer of an action asked of one node: its value, its refusal, `unknown` when no such
+/// node is alive, `503 node_unreachable` when it did not answer in time.
+pub(super) fn asked(
+    result: Result<(String, crate::cluster::Answer), AskError>,
+    unknown: impl FnOnce() -> ApiError,
+) -> Result<Value, ApiError> {
+    match result {
         Ok((_, answer)) => answer.map_err(ApiError::Remote),
-        Err(AskError::UnknownNode(_)) => Err(ApiError::NotFound {
-            code: "node_not_found",
-            message: format!("no live node {node:?} in this cluster (see GET /v1/status)"),
-        }),
+        Err(AskError::UnknownNode(_)) => Err(unknown()),
         Err(e @ AskError::NoAnswer(_)) => Err(ApiError::Unavailable {
             code: "node_unreachable",
             message: e.to_string(),
@@ -289,21 +292,20 @@ pub(super) async fn drain(
             )
         })?
     };
-    let (nodes, unreachable) = if which.all {
-        let (values, unreachable) = gathered(state.cluster.gather(&*state, Action::Drain).await)?;
-        (
-            values.iter().map(|v| v["node"].clone()).collect(),
-            unreachable,
-        )
+    let (values, unreachable) = if which.all {
+        gathered(state.cluster.gather(&*state, Action::Drain).await)?
     } else {
         let v = on_node(&state, which.node.as_deref(), Action::Drain).await?;
-        (vec![v["node"].clone()], Vec::new())
+        (vec![v], Vec::new())
     };
+    let nodes: Vec<Value> = values.iter().map(|v| v["node"].clone()).collect();
+    // The longest window of the drained nodes.
+    let window_ms = values.iter().filter_map(|v| v["window_ms"].as_u64()).max();
     Ok((
         axum::http::StatusCode::ACCEPTED,
         Json(json!({
             "draining": true,
-            "window_ms": state.drain_window_ms(),
+            "window_ms": window_ms,
             "nodes": nodes,
             "unreachable": unreachable,
         })),
@@ -337,6 +339,8 @@ pub(super) async fn presence(
         )
         .await;
     let (mut values, unreachable) = gathered(g)?;
+    // Answers of other nodes: objects are expected, anything else counts as empty.
+    values.retain(Value::is_object);
     let mut users: BTreeMap<String, u64> = BTreeMap::new();
     for v in &values {
         for (user, n) in v["users"].as_object().into_iter().flatten() {
@@ -385,16 +389,26 @@ pub(super) async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let token = query_param(raw.as_deref(), "access_token");
-    require_admin(&authenticate(&state, &headers, token.as_deref()).await?)?;
+    let principal = authenticate(&state, &headers, token.as_deref()).await?;
+    require_admin(&principal)?;
+    // The stream ends when the credentials do (the console signs in again).
+    let ends = principal.expires_at.map(|exp| {
+        let left = (exp * 1000).saturating_sub(crate::time::now_ms());
+        tokio::time::Instant::now() + std::time::Duration::from_millis(left)
+    });
     let incidents = state.cluster.incidents.subscribe();
     let mut ticks = tokio::time::interval(ADMIN_STREAM_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let frames = futures::stream::unfold(
         (state, ticks, incidents),
-        |(state, mut ticks, mut incidents)| async move {
+        move |(state, mut ticks, mut incidents)| async move {
             let frame = loop {
                 tokio::select! {
                     _ = state.shutdown.cancelled() => return None,
+                    _ = async { match ends {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    } } => return None,
                     _ = ticks.tick() => match super::ops::status_of(&state).await {
                         Ok(status) => break frame::control_frame("status", &status),
                         Err(e) => break frame::control_frame("status_error", &e.refusal()),

@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
@@ -50,8 +49,7 @@ impl Node for AppState {
     }
 
     fn presence_event(&self, channel: &str, user: &str, join: bool) {
-        self.hub
-            .send_to_channel(channel, &presence_frame(channel, user, join));
+        self.hub.send_presence(channel, user, join);
     }
 }
 
@@ -63,23 +61,17 @@ fn round(per_s: f64) -> f64 {
     (per_s * 10.0).round() / 10.0
 }
 
-/// `presence.join` / `presence.leave` of `user` on `channel`: an envelope like an event's,
-/// without `id` (not in the log).
-pub fn presence_frame(channel: &str, user: &str, join: bool) -> Bytes {
-    let kind = if join {
-        "presence.join"
-    } else {
-        "presence.leave"
-    };
-    frame::control_frame(
-        kind,
-        &json!({
-            "channel": channel,
-            "type": kind,
-            "time": crate::time::rfc3339_ms(crate::time::now_ms()),
-            "data": { "user": user },
-        }),
-    )
+/// A connection id no node holds (for this user).
+pub(super) fn connection_not_found(id: &str) -> ApiError {
+    ApiError::NotFound {
+        code: "connection_not_found",
+        message: format!("no open connection {id:?} of yours"),
+    }
+}
+
+/// A broadcast's `type` must be one a stream may carry.
+pub(super) fn check_broadcast_type(kind: &str) -> Result<(), ApiError> {
+    crate::event::check_type(kind).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))
 }
 
 /// A connection as the admin API lists it.
@@ -131,6 +123,8 @@ impl AppState {
                 json!({ "closed": closed })
             }
             Action::Broadcast { kind, envelope } => {
+                // Checked again here: the asker is another process.
+                check_broadcast_type(&kind)?;
                 let connections = self.hub.broadcast(frame::control_frame(&kind, &envelope));
                 json!({ "connections": connections })
             }
@@ -166,15 +160,18 @@ impl AppState {
                 remove,
                 since,
             } => {
+                // Checked again here (the grants were checked by the node that took the
+                // request; see docs/cluster.md on who may publish on the control path).
+                for c in add.iter().chain(&remove) {
+                    crate::channel::validate_subscription(c)
+                        .map_err(|e| ApiError::invalid_channel(c, e))?;
+                }
                 // Another user's connection is reported as missing: ids are not for probing.
                 let conn = self
                     .hub
                     .connection(&connection)
                     .filter(|c| c.user == user && c.mercure.is_none())
-                    .ok_or_else(|| ApiError::NotFound {
-                        code: "connection_not_found",
-                        message: format!("no open connection {connection:?} of yours"),
-                    })?;
+                    .ok_or_else(|| connection_not_found(&connection))?;
                 let since = super::parse_event_id(&since)?;
                 let channels = self
                     .hub
@@ -191,6 +188,7 @@ impl AppState {
                         UpdateError::TooManyChannels(_) => {
                             ApiError::bad_request("too_many_channels", e.to_string())
                         }
+                        UpdateError::Closed => connection_not_found(&connection),
                     })?;
                 json!({ "channels": channels })
             }

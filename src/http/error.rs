@@ -89,7 +89,11 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &str, String) {
         match self {
             ApiError::Remote(r) => (
-                StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                // Only an error status: anything else from another node is a bad answer.
+                StatusCode::from_u16(r.status)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY),
                 &r.code,
                 r.message.clone(),
             ),

@@ -41,7 +41,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 
-pub use control::presence_frame;
 pub use error::ApiError;
 
 use crate::auth::forward::ForwardCreds;

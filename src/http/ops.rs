@@ -110,6 +110,7 @@ pub(super) async fn status_of(state: &AppState) -> Result<serde_json::Value, Api
         })),
         "cluster": {
             "bus": state.cluster.bus_kind(),
+            "listening": state.cluster.listening(),
             "heartbeat_ms": state.cluster.cfg.heartbeat_ms,
             "node_timeout_ms": state.cluster.cfg.node_timeout_ms,
         },

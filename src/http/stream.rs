@@ -300,10 +300,7 @@ pub(super) async fn subscriptions(
             format!("the body must be {{\"add\": [...], \"remove\": [...]}}: {e}"),
         )
     })?;
-    let not_found = || ApiError::NotFound {
-        code: "connection_not_found",
-        message: format!("no open connection {id:?} of yours"),
-    };
+    let not_found = || super::control::connection_not_found(&id);
     let tag = crate::cluster::tag_of_connection(&id).ok_or_else(not_found)?;
     let add = check_channels(&state, &principal, &change.add)?;
     for c in &change.remove {
@@ -321,12 +318,5 @@ pub(super) async fn subscriptions(
         remove: change.remove,
         since: since.to_string(),
     };
-    match state.cluster.ask(&*state, tag, action).await {
-        Ok((_, answer)) => answer.map(Json).map_err(ApiError::Remote),
-        Err(crate::cluster::AskError::UnknownNode(_)) => Err(not_found()),
-        Err(e @ crate::cluster::AskError::NoAnswer(_)) => Err(ApiError::Unavailable {
-            code: "node_unreachable",
-            message: format!("{e}; the stream may be gone with it: reconnect"),
-        }),
-    }
+    super::admin::asked(state.cluster.ask(&*state, tag, action).await, not_found).map(Json)
 }

@@ -195,6 +195,9 @@ pub struct Conn {
     /// connection (`ZERO` for the channels it opened with; the log head at the moment of the
     /// change for a channel added later, so nothing published before the change arrives).
     channels: Mutex<Subscriptions>,
+    /// Set (under `channels`) when it is unregistered: a subscription change arriving after
+    /// that must not put it back into the index.
+    closed: AtomicBool,
     /// Whether the dispatcher may queue frames for it; dropped when the queue overflows,
     /// raised again by the cursor once it has caught up from the log.
     live: AtomicBool,
@@ -440,6 +443,9 @@ impl std::fmt::Debug for Hub {
 pub enum UpdateError {
     #[error("a connection may subscribe to at most {0} channels")]
     TooManyChannels(usize),
+    /// The stream ended before the change.
+    #[error("the stream has ended")]
+    Closed,
 }
 
 impl Hub {
@@ -500,6 +506,28 @@ impl Hub {
         }
     }
 
+    /// Tells this node's subscribers of `channel` that `user` joined (`join`) or left it:
+    /// `presence.join` / `presence.leave`, an envelope like an event's without `id` (not in
+    /// the log). Each costs one frame per subscriber: presence events are for rooms, not for
+    /// channels with thousands of subscribers.
+    pub fn send_presence(&self, channel: &str, user: &str, join: bool) {
+        let kind = if join {
+            "presence.join"
+        } else {
+            "presence.leave"
+        };
+        let frame = frame::control_frame(
+            kind,
+            &serde_json::json!({
+                "channel": channel,
+                "type": kind,
+                "time": crate::time::rfc3339_ms(crate::time::now_ms()),
+                "data": { "user": user },
+            }),
+        );
+        self.send_to_channel(channel, &frame);
+    }
+
     /// (user, connection id) of every native connection subscribed to exactly `channel`.
     pub fn subscribers_of(&self, channel: &str) -> Vec<(String, String)> {
         let index = self.index.read().expect("index lock");
@@ -530,6 +558,19 @@ impl Hub {
             .collect()
     }
 
+    /// Forgets the event counts of those of `channels` nobody here subscribes to any more.
+    fn forget_counts<'a>(&self, index: &Index, channels: impl IntoIterator<Item = &'a str>) {
+        let mut counted = lock(&self.channel_events);
+        if counted.is_empty() {
+            return;
+        }
+        for c in channels {
+            if !index.exact.contains_key(c) && !index.patterns.contains_key(c) {
+                counted.remove(c);
+            }
+        }
+    }
+
     /// How far the dispatcher has dispatched.
     pub fn dispatched(&self) -> Position {
         *lock(&self.dispatched)
@@ -554,9 +595,7 @@ impl Hub {
     /// subscribers here), sorted by name.
     pub fn channels(&self) -> Vec<(String, usize, u64)> {
         let index = self.index.read().expect("index lock");
-        let mut counted = lock(&self.channel_events);
-        // Forget the counts of channels nobody here subscribes to any more.
-        counted.retain(|c, _| index.exact.contains_key(c) || index.patterns.contains_key(c));
+        let counted = lock(&self.channel_events);
         let mut out: Vec<(String, usize, u64)> = index
             .exact
             .iter()
@@ -663,6 +702,7 @@ impl Hub {
             user,
             has_patterns: AtomicBool::new(set.keys().any(|c| is_pattern(c))),
             close_reason: Mutex::new(None),
+            closed: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             info,
             channels: Mutex::new(set.clone()),
@@ -717,6 +757,9 @@ impl Hub {
         max_channels: usize,
     ) -> Result<Vec<String>, UpdateError> {
         let mut channels = lock(&conn.channels);
+        if conn.closed.load(Ordering::Acquire) {
+            return Err(UpdateError::Closed);
+        }
         let added: Vec<&String> = change
             .add
             .iter()
@@ -750,6 +793,7 @@ impl Hub {
             channels.remove(channel.as_str());
             index.remove(channel, conn.key);
         }
+        self.forget_counts(&index, removed.iter().map(|c| c.as_str()));
         for channel in &added {
             let channel: Arc<str> = Arc::from(channel.as_str());
             if change.since < dispatched {
@@ -796,12 +840,17 @@ impl Hub {
                 sessions.remove(&key);
             }
         }
-        let channels = lock(&conn.channels).clone();
+        let channels = {
+            let channels = lock(&conn.channels);
+            conn.closed.store(true, Ordering::Release);
+            channels.clone()
+        };
         {
             let mut index = self.index.write().expect("index lock");
             for channel in channels.keys() {
                 index.remove(channel, conn.key);
             }
+            self.forget_counts(&index, channels.keys().map(|c| &**c));
         }
         self.presence_changed(conn, channels.keys().map(|c| &**c), false);
     }
