@@ -34,18 +34,16 @@ mod common;
 mod engines;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::nginx::{Nginx, NGINX};
 use common::*;
 use engines::Engine;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-const NGINX: &str = "/usr/sbin/nginx";
-const SITE: &str = include_str!("../deploy/nginx/ssegate.conf");
 /// Longest wait for one event or answer.
 const T: Duration = Duration::from_secs(20);
 /// Longest wait for the cluster to notice something (a heartbeat, a dead node): generous,
@@ -408,219 +406,18 @@ async fn expect_presence(sse: &mut Sse, kind: &str, channel: &str, user: &str, w
     assert!(data["time"].is_string(), "{what}: {data}");
 }
 
-/// Whether something accepts TCP connections on `addr` (`127.0.0.1:PORT`).
-fn listening(addr: &str) -> bool {
-    TcpStream::connect(addr).is_ok()
-}
-
-// ---------------------------------------------------------------------------------------
-// nginx with three upstreams (adapted from tests/nginx.rs: same main config, the shipped
-// site file with only the upstream servers, the listen address and the access log path
-// changed; checked with `nginx -t`).
-
-struct Nginx {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    /// `None` (after printing `skipped: …`) when nginx is not installed and not required.
-    fn start(upstreams: &[&str]) -> Option<Nginx> {
-        if !Path::new(NGINX).exists() {
-            let msg = format!(
-                "skipped: {NGINX} is missing (apt-get install -y -q --no-install-recommends nginx)"
-            );
-            if std::env::var("SSEGATE_TEST_REQUIRE_NGINX").as_deref() == Ok("1") {
-                panic!("{msg}, and SSEGATE_TEST_REQUIRE_NGINX=1");
-            }
-            eprintln!("{msg}");
-            println!("{msg}");
-            return None;
-        }
-        let upstreams: Vec<&str> = upstreams
-            .iter()
-            .map(|u| u.strip_prefix("http://").expect("http://host:port"))
-            .collect();
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            match Nginx::try_start(&upstreams) {
-                Ok(nginx) => return Some(nginx),
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("nginx did not start: {last_error}");
-    }
-
-    fn try_start(upstreams: &[&str]) -> Result<Nginx, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path();
-        // nginx's worker runs as `nobody` when the tests run as root.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut site = SITE.to_owned();
-        let servers: Vec<String> = upstreams.iter().map(|u| format!("server {u};")).collect();
-        replace_directive(&mut site, "server 127.0.0.1:8080;", &servers.join("\n    "));
-        replace_directive(
-            &mut site,
-            "listen 80;",
-            &format!("listen 127.0.0.1:{port};"),
-        );
-        replace_directive(
-            &mut site,
-            "access_log /var/log/nginx/ssegate.access.log ssegate;",
-            &format!(
-                "access_log {} ssegate;",
-                p.join("ssegate.access.log").display()
-            ),
-        );
-        for stickiness in ["ip_hash", "hash ", "sticky", "least_conn"] {
-            assert!(
-                !site.lines().any(|l| l.trim_start().starts_with(stickiness)),
-                "the upstream is plain round-robin: no `{stickiness}`"
-            );
-        }
-        std::fs::write(p.join("ssegate.conf"), &site).unwrap();
-        std::fs::write(p.join("nginx.conf"), main_config(p)).unwrap();
-        let conf = p.join("nginx.conf");
-        let args = |extra: &[&str]| -> Vec<String> {
-            let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-            v.extend([
-                "-p".into(),
-                format!("{}/", p.display()),
-                "-c".into(),
-                conf.display().to_string(),
-                "-e".into(),
-                p.join("error.log").display().to_string(),
-            ]);
-            v
-        };
-        let check = Command::new(NGINX)
-            .args(args(&["-t"]))
-            .output()
-            .expect("run nginx -t");
-        assert!(
-            check.status.success(),
-            "nginx -t refused the configuration:\n{}\n--- site ---\n{site}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let child = Command::new(NGINX)
-            .args(args(&[]))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                return Err(format!("nginx exited ({status}):\n{}", nginx.error_log()));
-            }
-            if listening(&format!("127.0.0.1:{port}")) {
-                return Ok(nginx);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("nginx does not listen on {port}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ssegate.access.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers (a SIGKILLed master would leave them behind).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn replace_directive(text: &mut String, from: &str, to: &str) {
-    let mut found = 0;
-    let lines: Vec<String> = text
-        .lines()
-        .map(|line| {
-            if line.trim() == from {
-                found += 1;
-                line.replace(from, to)
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect();
-    assert_eq!(
-        found, 1,
-        "deploy/nginx/ssegate.conf should have `{from}` exactly once"
-    );
-    *text = lines.join("\n") + "\n";
-}
-
-fn main_config(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    default_type application/octet-stream;
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body_temp;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
-    include {d}/ssegate.conf;
-}}
-"
-    )
-}
-
 /// Three Redis nodes behind nginx; `None` when nginx is missing (skipped).
 async fn three_behind_nginx() -> Option<(Cluster, Nginx)> {
     if !Path::new(NGINX).exists() {
         // Let Nginx::start print the message (or fail when nginx is required).
-        Nginx::start(&[]);
+        Nginx::start(&[], &[]);
         return None;
     }
     let cluster = Cluster::start(Bus::Redis, 3);
     let all: Vec<&str> = cluster.ids.iter().map(String::as_str).collect();
     cluster.converge(&[0, 1, 2], &all).await;
     let urls: Vec<&str> = cluster.nodes.iter().map(|n| n.url.as_str()).collect();
-    let nginx = Nginx::start(&urls)?;
+    let nginx = Nginx::start(&urls, &[])?;
     Some((cluster, nginx))
 }
 

@@ -21,17 +21,14 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use common::nginx::Nginx;
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-const NGINX: &str = "/usr/sbin/nginx";
-const SITE: &str = include_str!("../deploy/nginx/ssegate.conf");
 const DASHBOARD: &str = include_str!("../deploy/grafana/ssegate-dashboard.json");
 const ALERTS: &str = include_str!("../deploy/prometheus/ssegate-alerts.yml");
 const T: Duration = Duration::from_secs(20);
@@ -40,243 +37,31 @@ const T: Duration = Duration::from_secs(20);
 /// engineer adding them). Printed, never silently accepted; empty when all exist.
 const PENDING_METRICS: &[&str] = &[];
 
-/// A running nginx in front of one ssegate. Stopped (SIGTERM, then SIGKILL) when dropped.
-struct Nginx {
-    child: Child,
-    /// `http://127.0.0.1:PORT`
-    url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    /// Starts nginx in front of `upstream` (`http://127.0.0.1:PORT`), with the stream
-    /// location's `proxy_read_timeout` replaced when `read_timeout` is given. `None` (after
-    /// printing `skipped: …`) when nginx is not installed.
-    fn start(upstream: &str, read_timeout: Option<&str>) -> Option<Nginx> {
-        if !Path::new(NGINX).exists() {
-            let msg = format!(
-                "skipped: {NGINX} is missing (apt-get install -y -q --no-install-recommends nginx)"
-            );
-            if std::env::var("SSEGATE_TEST_REQUIRE_NGINX").as_deref() == Ok("1") {
-                panic!("{msg}, and SSEGATE_TEST_REQUIRE_NGINX=1");
-            }
-            eprintln!("{msg}");
-            println!("{msg}");
-            return None;
-        }
-        let upstream = upstream
-            .strip_prefix("http://")
-            .expect("upstream is http://host:port");
-        // A port picked here may be taken by someone else before nginx binds it: try again.
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            match Nginx::try_start(upstream, read_timeout) {
-                Ok(nginx) => return Some(nginx),
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("nginx did not start: {last_error}");
-    }
-
-    fn try_start(upstream: &str, read_timeout: Option<&str>) -> Result<Nginx, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path();
-        // nginx's worker runs as `nobody` when the tests run as root: it must reach the
-        // temp directories (request bodies of large publishes are written there).
-        set_mode(p, 0o755);
-        let port = free_port();
-        let site = site_config(upstream, port, read_timeout, p);
-        std::fs::write(p.join("ssegate.conf"), &site).unwrap();
-        std::fs::write(p.join("nginx.conf"), main_config(p)).unwrap();
-
-        let conf = p.join("nginx.conf");
-        let args = |extra: &[&str]| -> Vec<String> {
-            let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-            v.extend([
-                "-p".into(),
-                format!("{}/", p.display()),
-                "-c".into(),
-                conf.display().to_string(),
-                "-e".into(),
-                p.join("error.log").display().to_string(),
-            ]);
-            v
-        };
-        let check = Command::new(NGINX)
-            .args(args(&["-t"]))
-            .output()
-            .expect("run nginx -t");
-        let said = String::from_utf8_lossy(&check.stderr).into_owned();
-        assert!(
-            check.status.success(),
-            "nginx -t refused the configuration:\n{said}\n--- site ---\n{site}"
-        );
-        let child = Command::new(NGINX)
-            .args(args(&[]))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                return Err(format!("nginx exited ({status}):\n{}", nginx.error_log()));
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(nginx);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "nginx does not listen on {port}:\n{}",
-                    nginx.error_log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-
-    fn stream_url(&self, channels: &[&str]) -> String {
-        let q: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
-        format!("{}/v1/stream?{}", self.url, q.join("&"))
-    }
-
-    /// `POST /v1/publish` through nginx (the site's `location /`).
-    async fn publish(&self, token: &str, body: &Value) -> (u16, Value) {
-        let (status, _, body) = call(
-            Method::POST,
-            &format!("{}/v1/publish", self.url),
-            &[bearer(token)],
-            Some(body),
-        )
-        .await;
-        (status, body)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers (a SIGKILLed master would leave them behind).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The shipped site file with the test's upstream, listen address, access log and (when
-/// given) stream read timeout. Each replaced directive must occur exactly once outside
-/// comments: if the shipped file changes shape, this fails instead of testing something else.
-fn site_config(upstream: &str, port: u16, read_timeout: Option<&str>, dir: &Path) -> String {
-    let mut site = SITE.to_owned();
-    replace_directive(
-        &mut site,
-        "server 127.0.0.1:8080;",
-        &format!("server {upstream};"),
-    );
-    replace_directive(
-        &mut site,
-        "listen 80;",
-        &format!("listen 127.0.0.1:{port};"),
-    );
-    replace_directive(
-        &mut site,
-        "access_log /var/log/nginx/ssegate.access.log ssegate;",
-        &format!(
-            "access_log {} ssegate;",
-            dir.join("ssegate.access.log").display()
-        ),
-    );
-    if let Some(timeout) = read_timeout {
-        replace_directive(
-            &mut site,
-            "proxy_read_timeout 1h;",
-            &format!("proxy_read_timeout {timeout};"),
-        );
-    }
-    site
-}
-
-fn replace_directive(text: &mut String, from: &str, to: &str) {
-    let mut found = 0;
-    let lines: Vec<String> = text
-        .lines()
-        .map(|line| {
-            if line.trim() == from {
-                found += 1;
-                line.replace(from, to)
-            } else {
-                line.to_owned()
-            }
-        })
+/// nginx (the shipped site) in front of `upstream`, with the stream location's
+/// `proxy_read_timeout` (shipped: 1h) replaced when `read_timeout` is given.
+fn nginx_for(upstream: &str, read_timeout: Option<&str>) -> Option<Nginx> {
+    let replace: Vec<(&str, String)> = read_timeout
+        .map(|t| ("proxy_read_timeout 1h;", format!("proxy_read_timeout {t};")))
+        .into_iter()
         .collect();
-    assert_eq!(
-        found, 1,
-        "deploy/nginx/ssegate.conf should have `{from}` exactly once"
-    );
-    *text = lines.join("\n") + "\n";
+    Nginx::start(&[upstream], &replace)
 }
 
-/// A minimal main configuration, everything inside the temp prefix. Like Debian's
-/// nginx.conf it has `gzip on`; it also lists event streams in `gzip_types` (a plausible
-/// global setting), which the site's stream location must override.
-fn main_config(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body_temp;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
-    gzip on;
-    gzip_min_length 1;
-    gzip_types text/event-stream application/json;
-    include {d}/ssegate.conf;
-}}
-"
+fn stream_url(nginx: &Nginx, channels: &[&str]) -> String {
+    let q: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
+    format!("{}/v1/stream?{}", nginx.url, q.join("&"))
+}
+
+/// `POST /v1/publish` through nginx (the site's `location /`).
+async fn publish_via(nginx: &Nginx, token: &str, body: &Value) -> (u16, Value) {
+    let (status, _, body) = call(
+        Method::POST,
+        &format!("{}/v1/publish", nginx.url),
+        &[bearer(token)],
+        Some(body),
     )
+    .await;
+    (status, body)
 }
 
 fn millis(d: Duration) -> f64 {
@@ -300,7 +85,7 @@ async fn events_pass_through_nginx_unbuffered() {
     const EVENTS: usize = 20;
     const LIMIT: Duration = Duration::from_millis(50);
     let server = Server::start(&[]);
-    let Some(nginx) = Nginx::start(&server.url, None) else {
+    let Some(nginx) = nginx_for(&server.url, None) else {
         return;
     };
     let sub = token("u1", &["nb:*"], &[]);
@@ -308,7 +93,7 @@ async fn events_pass_through_nginx_unbuffered() {
     // `Accept-Encoding: gzip` with `gzip on` globally: the stream must still come through
     // uncompressed (the client here does not decompress: a gzipped stream would not parse).
     let (mut via_nginx, connected) = Sse::open(
-        &nginx.stream_url(&["nb:1"]),
+        &stream_url(&nginx, &["nb:1"]),
         &[bearer(&sub), ("accept-encoding", "gzip".into())],
     )
     .await;
@@ -379,11 +164,11 @@ async fn events_pass_through_nginx_unbuffered() {
 #[tokio::test]
 async fn heartbeats_keep_an_idle_stream_open_past_the_read_timeout() {
     let server = Server::start(&[("STREAM__HEARTBEAT_MS", "500")]);
-    let Some(nginx) = Nginx::start(&server.url, Some("2s")) else {
+    let Some(nginx) = nginx_for(&server.url, Some("2s")) else {
         return;
     };
     let sub = token("u1", &["hb:*"], &[]);
-    let (mut sse, _) = Sse::open(&nginx.stream_url(&["hb:1"]), &[bearer(&sub)]).await;
+    let (mut sse, _) = Sse::open(&stream_url(&nginx, &["hb:1"]), &[bearer(&sub)]).await;
     let idle = Instant::now();
     // Heartbeats are comments: no event, no end of stream for 5 s.
     sse.expect_silence(Duration::from_secs(5)).await;
@@ -414,11 +199,11 @@ async fn heartbeats_keep_an_idle_stream_open_past_the_read_timeout() {
 #[tokio::test]
 async fn without_faster_heartbeats_nginx_ends_the_idle_stream() {
     let server = Server::start(&[]);
-    let Some(nginx) = Nginx::start(&server.url, Some("2s")) else {
+    let Some(nginx) = nginx_for(&server.url, Some("2s")) else {
         return;
     };
     let sub = token("u1", &["hb:*"], &[]);
-    let (mut sse, _) = Sse::open(&nginx.stream_url(&["hb:1"]), &[bearer(&sub)]).await;
+    let (mut sse, _) = Sse::open(&stream_url(&nginx, &["hb:1"]), &[bearer(&sub)]).await;
     let idle = Instant::now();
     match sse.next_or_end(Duration::from_secs(8)).await {
         Next::End | Next::Broken(_) => {}
@@ -442,18 +227,18 @@ async fn without_faster_heartbeats_nginx_ends_the_idle_stream() {
 #[tokio::test]
 async fn last_event_id_passes_through_nginx() {
     let server = Server::start(&[]);
-    let Some(nginx) = Nginx::start(&server.url, None) else {
+    let Some(nginx) = nginx_for(&server.url, None) else {
         return;
     };
     let sub = token("u1", &["le:*"], &[]);
     let publisher = publisher();
-    let url = nginx.stream_url(&["le:1"]);
+    let url = stream_url(&nginx, &["le:1"]);
     let publish = |i: usize| json!({"channel": "le:1", "type": "t", "data": {"i": i}});
 
     let (mut sse, _) = Sse::open(&url, &[bearer(&sub)]).await;
     let mut seen = Vec::new();
     for i in 0..3 {
-        let (status, body) = nginx.publish(&publisher, &publish(i)).await;
+        let (status, body) = publish_via(&nginx, &publisher, &publish(i)).await;
         assert_eq!(status, 200, "{body}");
         seen.extend(published_ids(&body));
     }
@@ -462,7 +247,7 @@ async fn last_event_id_passes_through_nginx() {
 
     let mut missed = Vec::new();
     for i in 3..8 {
-        let (status, body) = nginx.publish(&publisher, &publish(i)).await;
+        let (status, body) = publish_via(&nginx, &publisher, &publish(i)).await;
         assert_eq!(status, 200, "{body}");
         missed.extend(published_ids(&body));
     }
@@ -474,7 +259,7 @@ async fn last_event_id_passes_through_nginx() {
     }
     // Nothing more (no duplicate), then live delivery on the resumed stream.
     sse.expect_quiet(Duration::from_millis(300)).await;
-    let (status, body) = nginx.publish(&publisher, &publish(8)).await;
+    let (status, body) = publish_via(&nginx, &publisher, &publish(8)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(ids(&sse.take(1, T).await), published_ids(&body));
     sse.expect_quiet(Duration::from_millis(300)).await;
@@ -486,7 +271,7 @@ async fn last_event_id_passes_through_nginx() {
 #[tokio::test]
 async fn the_client_address_comes_through_x_forwarded_for() {
     let server = Server::start(&[("SERVER__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]);
-    let Some(nginx) = Nginx::start(&server.url, None) else {
+    let Some(nginx) = nginx_for(&server.url, None) else {
         return;
     };
     let sub = token("u1", &["xff:*"], &[]);
@@ -495,7 +280,7 @@ async fn the_client_address_comes_through_x_forwarded_for() {
         .build()
         .unwrap();
     let stream = client
-        .get(nginx.stream_url(&["xff:1"]))
+        .get(stream_url(&nginx, &["xff:1"]))
         .bearer_auth(&sub)
         .header("x-forwarded-for", "203.0.113.9")
         .send()
@@ -520,7 +305,7 @@ async fn the_client_address_comes_through_x_forwarded_for() {
 #[tokio::test]
 async fn large_publishes_pass_and_metrics_stay_private() {
     let server = Server::start(&[]);
-    let Some(nginx) = Nginx::start(&server.url, None) else {
+    let Some(nginx) = nginx_for(&server.url, None) else {
         return;
     };
     let line = "x".repeat(50_000);
@@ -529,7 +314,7 @@ async fn large_publishes_pass_and_metrics_stay_private() {
         .collect();
     let body = Value::Array(batch);
     assert!(serde_json::to_vec(&body).unwrap().len() > 1024 * 1024);
-    let (status, answer) = nginx.publish(&publisher(), &body).await;
+    let (status, answer) = publish_via(&nginx, &publisher(), &body).await;
     assert_eq!(status, 200, "{answer}\n{}", nginx.error_log());
     assert_eq!(published_ids(&answer).len(), 40);
 
@@ -549,12 +334,12 @@ async fn large_publishes_pass_and_metrics_stay_private() {
 #[tokio::test]
 async fn request_ids_correlate_nginx_and_ssegate_logs() {
     let server = Server::start(&[]);
-    let Some(nginx) = Nginx::start(&server.url, None) else {
+    let Some(nginx) = nginx_for(&server.url, None) else {
         return;
     };
     let sub = token("u1", &["rid:*"], &[]);
     let (sse, _) = Sse::open(
-        &nginx.stream_url(&["rid:1"]),
+        &stream_url(&nginx, &["rid:1"]),
         &[
             bearer(&sub),
             ("x-request-id", "chosen-by-the-client".into()),
@@ -572,10 +357,9 @@ async fn request_ids_correlate_nginx_and_ssegate_logs() {
         server.log_text()
     );
     drop(sse);
-    let access_log = nginx.dir.path().join("ssegate.access.log");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let log = nginx.access_log();
         if log.contains(&format!("request_id={id}")) {
             assert!(
                 !log.contains(&sub) && !log.contains("access_token"),
@@ -597,11 +381,11 @@ async fn request_ids_correlate_nginx_and_ssegate_logs() {
 #[tokio::test]
 async fn a_drain_closes_streams_through_nginx_cleanly() {
     let server = Server::start(&[("SERVER__DRAIN_WINDOW_MS", "1000")]);
-    let Some(nginx) = Nginx::start(&server.url, None) else {
+    let Some(nginx) = nginx_for(&server.url, None) else {
         return;
     };
     let sub = token("u1", &["dr:*"], &[]);
-    let url = nginx.stream_url(&["dr:1"]);
+    let url = stream_url(&nginx, &["dr:1"]);
     let (mut first, _) = Sse::open(&url, &[bearer(&sub)]).await;
     let (mut second, _) = Sse::open(&url, &[bearer(&sub)]).await;
     let admin = token_with("ops", &[], &[], true, 3600);

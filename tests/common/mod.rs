@@ -5,6 +5,8 @@
 //! helpers.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
