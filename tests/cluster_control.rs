@@ -279,6 +279,18 @@ async fn publish(base: &str, channel: &str, n: usize) -> String {
 }
 
 /// `POST base/v1/connections/{id}/subscriptions` with the stream's own token.
+/// `DELETE /v1/users/{user}/connections` (admin) at `base`.
+async fn kick(base: &str, user: &str) -> (u16, Value) {
+    let (code, _, body) = call(
+        Method::DELETE,
+        &format!("{base}/v1/users/{user}/connections"),
+        &[bearer(&admin())],
+        None,
+    )
+    .await;
+    (code, body)
+}
+
 async fn change(base: &str, token: &str, id: &str, body: Value) -> (u16, Value) {
     let (code, _, answer) = call(
         Method::POST,
@@ -649,13 +661,7 @@ async fn redis_broadcast_and_kick_through_nginx_reach_every_node() {
     }
 
     // Kick through nginx: the victim's streams on every node close, `closed` counts them.
-    let (code, _, body) = call(
-        Method::DELETE,
-        &format!("{}/v1/users/victim/connections", nginx.url),
-        &[bearer(&admin())],
-        None,
-    )
-    .await;
+    let (code, body) = kick(&nginx.url, "victim").await;
     assert_eq!(code, 200, "{body}\n{}", cluster.logs());
     assert_eq!(body["closed"], json!(victims.len()), "{body}");
     assert_eq!(body["unreachable"], json!([]), "{body}");
@@ -688,13 +694,7 @@ async fn redis_broadcast_and_kick_through_nginx_reach_every_node() {
         connections(&nginx.url, "user=bystander").await.len(),
         others.len()
     );
-    let (code, _, body) = call(
-        Method::DELETE,
-        &format!("{}/v1/users/victim/connections", nginx.url),
-        &[bearer(&admin())],
-        None,
-    )
-    .await;
+    let (code, body) = kick(&nginx.url, "victim").await;
     assert_eq!((code, &body["closed"]), (200, &json!(0)), "{body}");
 }
 
@@ -1011,13 +1011,7 @@ async fn nats_subscription_change_and_kick_cross_nodes() {
     .await;
     assert_error(code, &body, 404, "connection_not_found");
     // A cluster-wide kick sent to A closes the streams on both nodes.
-    let (code, _, body) = call(
-        Method::DELETE,
-        &format!("{a}/v1/users/nu/connections"),
-        &[bearer(&admin())],
-        None,
-    )
-    .await;
+    let (code, body) = kick(a, "nu").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["closed"], 2, "{body}");
     assert_eq!(body["unreachable"], json!([]), "{body}");
@@ -1081,13 +1075,7 @@ events = [\"chat:*\"]
     let (code, body) = presence(url, "chat:1", &s2).await;
     assert_error(code, &body, 403, "presence_forbidden");
 
-    let (code, _, body) = call(
-        Method::DELETE,
-        &format!("{url}/v1/users/s1/connections"),
-        &[bearer(&admin())],
-        None,
-    )
-    .await;
+    let (code, body) = kick(url, "s1").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["closed"], 2, "{body}");
     assert_eq!(body["unreachable"], json!([]), "{body}");
@@ -1161,13 +1149,7 @@ async fn redis_a_frozen_node_is_named_unreachable() {
     let (code, body) = change(a, &fz, &streams[2].id, json!({"add": ["fz:late"]})).await;
     assert_error(code, &body, 503, "node_unreachable");
     // A kick of a user with no stream on C: done on A and B, C named unreachable.
-    let (code, _, body) = call(
-        Method::DELETE,
-        &format!("{a}/v1/users/fk/connections"),
-        &[bearer(&admin())],
-        None,
-    )
-    .await;
+    let (code, body) = kick(a, "fk").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["closed"], 2, "{body}");
     assert_eq!(body["unreachable"], json!(["node-c"]), "{body}");
