@@ -226,6 +226,9 @@ pub struct Cluster {
     members: Mutex<HashMap<String, Members>>,
     /// Events in / frames out per second over the last heartbeat period.
     rates: Mutex<Rates>,
+    /// The last summary made: sent again when a new one takes too long (a slow log must not
+    /// make this node look gone).
+    last_summary: Mutex<Value>,
     /// Since when this node's dispatcher has been behind the log head (for `lag_ms`).
     behind_since: Mutex<Option<Instant>>,
     /// Recent refusals (auth failures, limit hits) of this node.
@@ -273,6 +276,7 @@ impl Cluster {
             presence_patterns: presence.events.clone(),
             members: Mutex::default(),
             rates: Mutex::default(),
+            last_summary: Mutex::new(Value::Null),
             behind_since: Mutex::default(),
             dropped: AtomicU64::new(0),
             metrics,
@@ -664,14 +668,28 @@ impl Cluster {
     }
 
     /// Sends this node's heartbeat, its summary made in a task of its own so that a slow log
-    /// never holds up the messages of the others.
+    /// never holds up the messages of the others; when the summary takes longer than a
+    /// heartbeat period, the last one goes (marked `stale`), so the node stays alive to the
+    /// others.
     fn heartbeat(self: &Arc<Self>, node: &Arc<dyn Node>) {
         let (this, node) = (self.clone(), node.clone());
         let wait = Duration::from_millis(self.cfg.heartbeat_ms);
         tokio::spawn(async move {
-            if let Ok(summary) = tokio::time::timeout(wait, node.summary()).await {
-                this.send("all".into(), Msg::Heartbeat { summary });
-            }
+            let summary = match tokio::time::timeout(wait, node.summary()).await {
+                Ok(summary) => {
+                    *lock(&this.last_summary) = summary.clone();
+                    summary
+                }
+                Err(_) => {
+                    let mut last = lock(&this.last_summary).clone();
+                    let Some(fields) = last.as_object_mut() else {
+                        return; // none made yet
+                    };
+                    fields.insert("stale".into(), json!(true));
+                    last
+                }
+            };
+            this.send("all".into(), Msg::Heartbeat { summary });
         });
     }
 

@@ -338,7 +338,7 @@ fn status_schemas() -> Value {
             }), &["listening"]),
             "nodes": with_doc(array_of(r("NodeSummary")), "Every node, sorted by node_id, this one included."),
         }), &[]),
-        "NodeSummary": obj(json!({
+        "NodeSummary": obj_opt(json!({
             "node_id": string(),
             "self": boolean(),
             "ready": boolean(),
@@ -354,7 +354,8 @@ fn status_schemas() -> Value {
             "lag_ms": count(),
             "last_seen_ms": with_doc(count(), "Since its last heartbeat; 0 for this node."),
             "sources": array_of(r("SourceStatus")),
-        })),
+            "stale": with_doc(boolean(), "Present (true) when the node could not make a new summary within a heartbeat period (a slow log) and sent its last one again."),
+        }), &["stale"]),
         "Incident": obj(json!({
             "time": time(),
             "node": string(),

@@ -738,6 +738,8 @@ export interface components {
             /** @description Since its last heartbeat; 0 for this node. */
             last_seen_ms: number;
             sources: components["schemas"]["SourceStatus"][];
+            /** @description Present (true) when the node could not make a new summary within a heartbeat period (a slow log) and sent its last one again. */
+            stale?: boolean;
         };
         Incident: {
             /** Format: date-time */
