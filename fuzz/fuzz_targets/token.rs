@@ -90,6 +90,7 @@ fn minted() -> Vec<(&'static str, String)> {
         subscribe: sub.iter().map(|s| s.to_string()).collect(),
         publish: publish.iter().map(|s| s.to_string()).collect(),
         admin,
+        ..Grants::default()
     };
     let plain = Minter::new(SECRET, &config());
     let strict = Minter::new(SECRET, &strict_config());
