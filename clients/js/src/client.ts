@@ -26,10 +26,13 @@ import type {
   RealtimeEvent,
   SharedWorkerLike,
   SharingMode,
+  SharingState,
+  StartOptions,
   SubscribeOptions,
+  SubscriptionState,
   Unsubscribe,
 } from "./types.js";
-import { LocalUpstream, type Downstream, type Upstream } from "./upstream.js";
+import { LocalUpstream, type Downstream, type Starts, type Upstream } from "./upstream.js";
 
 /** How many recent event ids the duplicate filter remembers. */
 const RECENT_IDS = 2048;
@@ -41,30 +44,58 @@ interface Subscription {
   active: boolean;
 }
 
+/** The subscribers of one channel (or pattern), from its first subscriber to its last. */
+interface Group {
+  channel: string;
+  subs: Set<Subscription>;
+  /** Unique per group: a channel subscribed again is a new group (history is delivered again). */
+  serial: number;
+  /** The first subscriber's `since`/`history`. */
+  start: StartOptions | undefined;
+  state: SubscriptionState;
+}
+
 export function createClient(options: ClientOptions): RealtimeClient {
   return new Client(options);
 }
 
-/** Ids of recently delivered events: the same event twice (failover, poll/stream switch) is dropped. */
+/**
+ * Ids of recently delivered events, each with the groups it went to: the same event twice
+ * (failover, poll/stream switch) is dropped; a history frame goes only to the groups that asked
+ * for history and have not had it.
+ */
 class RecentIds {
   private readonly ring: (string | undefined)[];
-  private readonly set = new Set<string>();
+  private readonly map = new Map<string, number[]>();
   private next = 0;
 
   constructor(size: number) {
     this.ring = new Array<string | undefined>(size);
   }
 
-  /** False when the id was seen recently; remembers it otherwise. */
-  add(id: string): boolean {
-    if (this.set.has(id)) return false;
+  /** The groups (serials) an id recently went to, or undefined when it was not seen. */
+  get(id: string): number[] | undefined {
+    return this.map.get(id);
+  }
+
+  add(id: string, serials: number[]): void {
+    const known = this.map.get(id);
+    if (known) {
+      known.push(...serials);
+      return;
+    }
     const old = this.ring[this.next];
-    if (old !== undefined) this.set.delete(old);
+    if (old !== undefined) this.map.delete(old);
     this.ring[this.next] = id;
     this.next = (this.next + 1) % this.ring.length;
-    this.set.add(id);
-    return true;
+    this.map.set(id, serials);
   }
+}
+
+let groupSerial = 0;
+
+function sameState(a: SubscriptionState, b: SubscriptionState): boolean {
+  return a.status === b.status && a.error === b.error;
 }
 
 function randomId(): string {
@@ -97,9 +128,14 @@ function defaultChannelFactory(): ((name: string) => BroadcastChannelLike) | und
 }
 
 class Client implements RealtimeClient {
-  private readonly subs = new Map<string, Set<Subscription>>();
-  /** Channels the gateway refused, until their last subscriber leaves. */
-  private readonly refused = new Map<string, RealtimeError>();
+  private readonly subs = new Map<string, Group>();
+  /** The live connection's channels. */
+  private live = new Set<string>();
+  private readonly subStateListeners = new Set<
+    (channel: string, state: SubscriptionState | null) => void
+  >();
+  private readonly sharingListeners = new Set<(s: SharingState) => void>();
+  private sharingNow: SharingState;
   private readonly stateListeners = new Set<(s: ConnectionState) => void>();
   private readonly gapListeners = new Set<(g: GapInfo) => void>();
   private readonly broadcastListeners = new Set<(m: BroadcastMessage) => void>();
@@ -134,8 +170,11 @@ class Client implements RealtimeClient {
       throw new TypeError('createClient: sharing "sharedworker" needs the `sharedWorker` option');
     }
     if (options.onStateChange) this.stateListeners.add(options.onStateChange);
+    this.sharingNow = { mode: this.mode, isLeader: false };
     this.down = {
-      event: (e, id) => this.dispatch(e, id),
+      event: (e, id, history) => this.dispatch(e, id, history === true),
+      live: (channels) => this.setLive(channels),
+      leader: () => this.updateSharing(),
       position: (id) => {
         this.resumeId = id;
       },
@@ -169,13 +208,33 @@ class Client implements RealtimeClient {
     return this.mode;
   }
 
+  get sharingState(): SharingState {
+    return this.sharingNow;
+  }
+
+  subscriptionState(channel: string): SubscriptionState | null {
+    return this.subs.get(channel)?.state ?? null;
+  }
+
+  onSubscriptionState(
+    listener: (channel: string, state: SubscriptionState | null) => void,
+  ): Unsubscribe {
+    this.subStateListeners.add(listener);
+    return () => void this.subStateListeners.delete(listener);
+  }
+
+  onSharing(listener: (state: SharingState) => void): Unsubscribe {
+    this.sharingListeners.add(listener);
+    return () => void this.sharingListeners.delete(listener);
+  }
+
   subscribe<T = unknown>(
     channel: string,
     handler: (event: RealtimeEvent<T>) => void,
     options?: SubscribeOptions,
   ): Unsubscribe {
     if (typeof handler !== "function") throw new TypeError("subscribe: handler must be a function");
-    if (this.isClosed) return () => {};
+    if (this.isClosed) this.reopen();
     const problem = subscriptionProblem(channel);
     if (problem !== null) {
       const error = new RealtimeError(
@@ -188,28 +247,46 @@ class Client implements RealtimeClient {
       return () => {};
     }
     const sub: Subscription = { channel, handler, options, active: true };
-    let set = this.subs.get(channel);
-    if (!set) {
-      set = new Set();
-      this.subs.set(channel, set);
+    let group = this.subs.get(channel);
+    if (!group) {
+      let start: StartOptions | undefined;
+      if (options?.since !== undefined || options?.history !== undefined) {
+        start = {};
+        if (typeof options.since === "string" && options.since !== "") start.since = options.since;
+        if (typeof options.history === "number" && options.history > 0) {
+          start.history = Math.min(1000, Math.floor(options.history));
+        }
+        if (start.since === undefined && start.history === undefined) start = undefined;
+      }
+      group = {
+        channel,
+        subs: new Set(),
+        serial: ++groupSerial,
+        start,
+        // A channel the connection still has (unsubscribed and subscribed again in one task).
+        state: { status: this.live.has(channel) ? "subscribed" : "pending", error: null },
+      };
+      this.subs.set(channel, group);
       this.scheduleFlush();
+      this.emitSubState(channel, group.state);
     }
-    set.add(sub);
-    const refused = this.refused.get(channel);
-    if (refused) {
-      queueMicrotask(() => sub.active && options?.onError && this.call(options.onError, refused));
+    group.subs.add(sub);
+    const g = group;
+    if (g.state.status === "refused") {
+      queueMicrotask(() => {
+        if (sub.active && options?.onError && g.state.error) this.call(options.onError, g.state.error);
+      });
     }
     this.start();
     return () => {
       if (!sub.active) return;
       sub.active = false;
-      const s = this.subs.get(channel);
-      if (!s) return;
-      s.delete(sub);
-      if (s.size === 0) {
+      if (this.subs.get(channel) !== g) return;
+      g.subs.delete(sub);
+      if (g.subs.size === 0) {
         this.subs.delete(channel);
-        this.refused.delete(channel);
         this.scheduleFlush();
+        this.emitSubState(channel, null);
       }
     };
   }
@@ -239,15 +316,34 @@ class Client implements RealtimeClient {
     if (this.isClosed) return;
     this.isClosed = true;
     clearTimeout(this.hiddenTimer);
+    this.hiddenTimer = undefined;
+    this.hiddenPaused = false;
     for (const d of this.detach.splice(0)) d();
+    this.listening.clear();
     this.upstream?.close();
     this.upstream = null;
-    for (const set of this.subs.values()) for (const s of set) s.active = false;
+    this.live = new Set();
+    const groups = [...this.subs.values()];
+    for (const g of groups) for (const s of g.subs) s.active = false;
     this.subs.clear();
     this.setState({ status: "closed", reason: "client" });
+    for (const g of groups) this.emitSubState(g.channel, null);
+    this.updateSharing();
     this.stateListeners.clear();
     this.gapListeners.clear();
     this.broadcastListeners.clear();
+    this.subStateListeners.clear();
+    this.sharingListeners.clear();
+  }
+
+  /**
+   * A subscription on a closed client opens it again: same options and sharing key, resuming
+   * from the last position (a provider's effects torn down and re-run, `<Activity>`).
+   */
+  private reopen(): void {
+    this.isClosed = false;
+    if (this.options.onStateChange) this.stateListeners.add(this.options.onStateChange);
+    this.setState({ status: "idle" });
   }
 
   // ---- wiring -------------------------------------------------------------------------------
@@ -272,6 +368,7 @@ class Client implements RealtimeClient {
     };
     const upstream = this.createUpstream(this.cfg);
     this.upstream = upstream;
+    this.updateSharing();
     if (upstream.leave) {
       this.listen("pagehide", () => this.upstream?.leave?.());
       this.listen("pageshow", () => this.upstream?.rejoin?.());
@@ -334,7 +431,14 @@ class Client implements RealtimeClient {
     const up = this.upstream as Upstream | null;
     if (!up) return;
     if (this.hiddenPaused) up.setPaused(true);
-    up.setChannels([...this.subs.keys()]);
+    up.setChannels([...this.subs.keys()], this.starts());
+  }
+
+  /** The start options of the channels that have some. */
+  private starts(): Starts {
+    const out: Starts = {};
+    for (const g of this.subs.values()) if (g.start) out[g.channel] = g.start;
+    return out;
   }
 
   private listen(type: string, listener: () => void): void {
@@ -371,37 +475,81 @@ class Client implements RealtimeClient {
     this.flushQueued = true;
     queueMicrotask(() => {
       this.flushQueued = false;
-      if (!this.isClosed) this.upstream?.setChannels([...this.subs.keys()]);
+      if (!this.isClosed) this.upstream?.setChannels([...this.subs.keys()], this.starts());
     });
   }
 
   // ---- what comes down ----------------------------------------------------------------------
 
-  private dispatch(event: RealtimeEvent, lastEventId: string | null): void {
+  /**
+   * An event goes once to each group whose channel matches. A history frame (a channel added
+   * with `since`/`history`) goes only to the groups that asked for a start and have not had
+   * it: the same id may reach a group subscribed again, never one group twice.
+   */
+  private dispatch(event: RealtimeEvent, lastEventId: string | null, history: boolean): void {
     if (lastEventId !== null) this.resumeId = lastEventId;
-    if (!this.recent.add(event.id)) return;
-    for (const [channel, set] of this.subs) {
-      if (!subscriptionMatches(channel, event.channel)) continue;
-      for (const s of [...set]) if (s.active) this.call(s.handler, event);
+    const seen = this.recent.get(event.id);
+    if (seen && !history) return;
+    const targets: Group[] = [];
+    for (const g of this.subs.values()) {
+      if (!subscriptionMatches(g.channel, event.channel)) continue;
+      if (history && (!g.start || seen?.includes(g.serial))) continue;
+      targets.push(g);
     }
+    if (history && targets.length === 0) return;
+    this.recent.add(event.id, targets.map((g) => g.serial));
+    for (const g of targets) for (const s of [...g.subs]) if (s.active) this.call(s.handler, event);
   }
 
   private gap(gap: GapInfo): void {
     for (const l of [...this.gapListeners]) this.call(l, gap);
-    for (const [channel, set] of this.subs) {
+    for (const [channel, g] of this.subs) {
       if (gap.channel !== undefined && gap.channel !== channel) continue;
-      for (const s of [...set]) if (s.active && s.options?.onGap) this.call(s.options.onGap, gap);
+      for (const s of [...g.subs]) if (s.active && s.options?.onGap) this.call(s.options.onGap, gap);
     }
   }
 
   private channelError(channels: string[] | null, error: RealtimeError): void {
     const names = channels ?? [...this.subs.keys()];
     for (const channel of names) {
-      const set = this.subs.get(channel);
-      if (!set) continue;
-      if (channels !== null) this.refused.set(channel, error);
-      for (const s of [...set]) if (s.active && s.options?.onError) this.call(s.options.onError, error);
+      const g = this.subs.get(channel);
+      if (!g) continue;
+      if (channels !== null) this.setSubState(g, { status: "refused", error });
+      else if (g.state.status !== "refused") this.setSubState(g, { status: g.state.status, error });
+      for (const s of [...g.subs]) if (s.active && s.options?.onError) this.call(s.options.onError, error);
     }
+  }
+
+  private setLive(channels: string[]): void {
+    this.live = new Set(channels);
+    for (const g of this.subs.values()) {
+      if (g.state.status === "refused") continue;
+      if (this.live.has(g.channel)) this.setSubState(g, { status: "subscribed", error: null });
+      else this.setSubState(g, { status: "pending", error: g.state.error });
+    }
+  }
+
+  private setSubState(g: Group, state: SubscriptionState): void {
+    if (sameState(g.state, state)) return;
+    g.state = state;
+    this.emitSubState(g.channel, state);
+  }
+
+  private emitSubState(channel: string, state: SubscriptionState | null): void {
+    for (const l of [...this.subStateListeners]) {
+      try {
+        l(channel, state);
+      } catch (e) {
+        this.unexpected(e);
+      }
+    }
+  }
+
+  private updateSharing(): void {
+    const now: SharingState = { mode: this.mode, isLeader: this.isLeader };
+    if (now.mode === this.sharingNow.mode && now.isLeader === this.sharingNow.isLeader) return;
+    this.sharingNow = now;
+    for (const l of [...this.sharingListeners]) this.call(l, now);
   }
 
   private setState(state: ConnectionState): void {

@@ -22,7 +22,16 @@
 import { subscriptionMatches } from "./channels.js";
 import { Transport, type TransportConfig } from "./transport.js";
 import type { LocksLike, MessagePortLike, TokenReason } from "./types.js";
-import { errorToJson, pauseWanted, unionOf, type Member, type Relay } from "./upstream.js";
+import {
+  errorToJson,
+  pauseWanted,
+  startOf,
+  startsFromWire,
+  unionOf,
+  type Member,
+  type Relay,
+  type Starts,
+} from "./upstream.js";
 
 /**
  * A tab silent this long is forgotten. Generous: the timers of a tab hidden for minutes may run
@@ -41,7 +50,7 @@ export type WireConfig = Omit<TransportConfig, "fetch" | "getToken" | "random"> 
 /** Tab → worker. */
 export type ToWorker = { v: 1 } & (
   | { t: "hello"; key: string; cfg: WireConfig; last: string; offline: boolean }
-  | { t: "sub"; channels: string[]; paused: boolean }
+  | { t: "sub"; channels: string[]; paused: boolean; o?: Starts }
   | { t: "off"; offline: boolean }
   | { t: "ctl"; op: "reconnect" }
   | { t: "token"; req: number; token?: string | null; error?: string }
@@ -116,6 +125,7 @@ export class WorkerHub {
       port,
       group: null,
       channels: [],
+      starts: {},
       paused: false,
       offline: false,
       token: false,
@@ -168,6 +178,7 @@ export class WorkerHub {
       case "sub":
         tab.channels = Array.isArray(m.channels) ? m.channels.filter((c) => typeof c === "string") : [];
         tab.paused = !!m.paused;
+        tab.starts = startsFromWire(m.o);
         g.update();
         return;
       case "off":
@@ -210,6 +221,7 @@ export class WorkerHub {
     this.post(tab, { t: "state", s: g.transport.state });
     tab.pos = g.transport.lastEventId;
     if (tab.pos) this.post(tab, { t: "pos", id: tab.pos });
+    if (g.live.length > 0) this.post(tab, { t: "live", c: g.live });
     g.update();
   }
 
@@ -261,6 +273,8 @@ export class WorkerHub {
 class Group {
   readonly tabs = new Set<Tab>();
   readonly transport: Transport;
+  /** The live connection's channels. */
+  live: string[] = [];
   private readonly tokens = new Map<number, TokenRequest>();
   private tokenSeq = 0;
   private posQueued = false;
@@ -282,11 +296,16 @@ class Group {
     };
     this.transport = new Transport(cfg, {
       channels: () => unionOf(this.tabs),
-      event: (e, id) => {
+      start: (c) => startOf(this.tabs, c),
+      live: (c) => {
+        this.live = c;
+        this.all({ t: "live", c });
+      },
+      event: (e, id, history) => {
         for (const t of this.tabs) {
           if (!t.channels.some((c) => subscriptionMatches(c, e.channel))) continue;
           t.pos = id;
-          this.hub.post(t, { t: "ev", e, id });
+          this.hub.post(t, history ? { t: "ev", e, id, h: 1 } : { t: "ev", e, id });
         }
         this.positions();
       },

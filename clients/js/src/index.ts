@@ -31,7 +31,10 @@ export type {
   RealtimeEvent,
   SharedWorkerLike,
   SharingMode,
+  SharingState,
+  StartOptions,
   SubscribeOptions,
+  SubscriptionState,
   TokenReason,
   Unsubscribe,
 } from "./types.js";

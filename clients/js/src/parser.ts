@@ -19,6 +19,8 @@ export interface SseMessage {
   data: string;
   /** The stream's last event id after this event (it persists across events). */
   lastEventId: string;
+  /** Whether this event had an `id` field of its own. */
+  hasId: boolean;
 }
 
 const LF = 10;
@@ -38,6 +40,8 @@ export class EventStreamParser {
   private data = "";
   private eventType = "";
   private idBuffer: string;
+  /** The event being read has an `id` field. */
+  private idSeen = false;
 
   constructor(
     private readonly onMessage: (message: SseMessage) => void,
@@ -46,6 +50,12 @@ export class EventStreamParser {
   ) {
     this.lastEventId = initialLastEventId;
     this.idBuffer = initialLastEventId;
+  }
+
+  /** Sets the last event id (between events: the stream said where it starts). */
+  setLastEventId(id: string): void {
+    this.lastEventId = id;
+    this.idBuffer = id;
   }
 
   /** Feeds bytes (decoded as a UTF-8 stream) or already-decoded text. */
@@ -134,7 +144,10 @@ export class EventStreamParser {
         this.data += value + "\n";
         break;
       case "id":
-        if (value.indexOf("\0") < 0) this.idBuffer = value;
+        if (value.indexOf("\0") < 0) {
+          this.idBuffer = value;
+          this.idSeen = true;
+        }
         break;
       case "retry":
         if (/^[0-9]+$/.test(value)) this.onRetry(parseInt(value, 10));
@@ -146,6 +159,8 @@ export class EventStreamParser {
 
   private dispatch(): void {
     this.lastEventId = this.idBuffer;
+    const hasId = this.idSeen;
+    this.idSeen = false;
     if (this.data === "") {
       this.eventType = "";
       return;
@@ -154,6 +169,6 @@ export class EventStreamParser {
     const type = this.eventType || "message";
     this.data = "";
     this.eventType = "";
-    this.onMessage({ type, data, lastEventId: this.lastEventId });
+    this.onMessage({ type, data, lastEventId: this.lastEventId, hasId });
   }
 }

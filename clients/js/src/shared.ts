@@ -8,7 +8,7 @@
 import type { ToTab, ToWorker, WireConfig } from "./hub.js";
 import type { TransportConfig } from "./transport.js";
 import type { LocksLike, SharedWorkerLike, TokenReason } from "./types.js";
-import { relayAsIs, type Downstream, type Upstream } from "./upstream.js";
+import { relayAsIs, type Downstream, type Starts, type Upstream } from "./upstream.js";
 
 /** How often a tab tells the worker it is alive (hub.ts forgets it after `PORT_TIMEOUT_MS`). */
 export const PING_MS = 10_000;
@@ -19,6 +19,7 @@ export class WorkerUpstream implements Upstream {
   readonly isLeader = false;
   private readonly wire: WireConfig;
   private channels: string[] = [];
+  private starts: Starts = {};
   private paused = false;
   private offline = false;
   private heard = false;
@@ -65,8 +66,9 @@ export class WorkerUpstream implements Upstream {
     }
   }
 
-  setChannels(channels: string[]): void {
+  setChannels(channels: string[], starts: Starts): void {
     this.channels = channels;
+    this.starts = starts;
     this.announce();
     if (!this.heard) this.down.state(channels.length > 0 ? { status: "connecting" } : { status: "idle" });
   }
@@ -133,7 +135,9 @@ export class WorkerUpstream implements Upstream {
   }
 
   private announce(): void {
-    this.post({ t: "sub", channels: this.channels, paused: this.paused });
+    const body: Body<ToWorker> = { t: "sub", channels: this.channels, paused: this.paused };
+    if (Object.keys(this.starts).length > 0) body.o = this.starts;
+    this.post(body);
   }
 
   private pinging(on: boolean): void {
@@ -148,7 +152,7 @@ export class WorkerUpstream implements Upstream {
     switch (m.t) {
       case "ev":
         this.lastEventId = m.id;
-        this.down.event(m.e, m.id);
+        this.down.event(m.e, m.id, m.h === 1);
         return;
       case "pos":
         this.lastEventId = m.id;
@@ -160,6 +164,7 @@ export class WorkerUpstream implements Upstream {
       case "gap":
       case "bcast":
       case "cerr":
+      case "live":
         relayAsIs(this.down, m);
         return;
       case "token":

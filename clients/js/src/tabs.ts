@@ -22,7 +22,10 @@ import {
   errorToJson,
   pauseWanted,
   relayAsIs,
+  startOf,
+  startsFromWire,
   unionOf,
+  type Starts,
   type Downstream,
   type Member,
   type Relay,
@@ -35,7 +38,7 @@ export const PRUNE_MS = 3000;
 /** Messages between tabs. `v` lets a newer client ignore an older one's messages. */
 export type TabMessage = { v: 1; from: string } & (
   | { t: "join" }
-  | { t: "sub"; channels: string[]; paused: boolean }
+  | { t: "sub"; channels: string[]; paused: boolean; o?: Starts }
   | { t: "bye" }
   | { t: "lead" }
   | Relay
@@ -59,6 +62,9 @@ export class TabsUpstream implements Upstream {
   /** The other tabs' announced sets. */
   private readonly tabs = new Map<string, TabInfo>();
   private channels: string[] = [];
+  private starts: Starts = {};
+  /** The live connection's channels, as the leader last said (for tabs that join). */
+  private live: string[] = [];
   private paused = false;
   private offline = false;
   private leaderId: string | null = null;
@@ -101,8 +107,9 @@ export class TabsUpstream implements Upstream {
     return this.transport !== null;
   }
 
-  setChannels(channels: string[]): void {
+  setChannels(channels: string[], starts: Starts): void {
     this.channels = channels;
+    this.starts = starts;
     this.announce();
     if (this.transport) this.leaderUpdate();
     else this.followerState();
@@ -163,7 +170,9 @@ export class TabsUpstream implements Upstream {
   }
 
   private announce(): void {
-    this.post({ t: "sub", channels: this.channels, paused: this.paused });
+    const body: Body = { t: "sub", channels: this.channels, paused: this.paused };
+    if (Object.keys(this.starts).length > 0) body.o = this.starts;
+    this.post(body);
   }
 
   private receive(data: unknown): void {
@@ -177,12 +186,14 @@ export class TabsUpstream implements Upstream {
         if (this.transport) {
           this.post({ t: "state", s: this.transport.state });
           if (this.lastEventId) this.post({ t: "pos", id: this.lastEventId });
+          if (this.live.length > 0) this.post({ t: "live", c: this.live });
         }
         return;
       case "sub":
         this.tabs.set(m.from, {
           channels: Array.isArray(m.channels) ? m.channels : [],
           paused: !!m.paused,
+          starts: startsFromWire(m.o),
           confirmed: true,
         });
         if (this.transport) this.leaderUpdate();
@@ -221,7 +232,7 @@ export class TabsUpstream implements Upstream {
         // A late relay of a dead leader is still delivered (the duplicate filter drops what
         // the new leader replays) but does not move our position.
         if (current) this.lastEventId = m.id;
-        this.down.event(m.e, current ? m.id : null);
+        this.down.event(m.e, current ? m.id : null, m.h === 1);
         return;
       case "pos":
         if (current) {
@@ -234,6 +245,9 @@ export class TabsUpstream implements Upstream {
           this.leaderState = m.s;
           this.followerState();
         }
+        return;
+      case "live":
+        if (current) relayAsIs(this.down, m);
         return;
       case "gap":
       case "bcast":
@@ -270,10 +284,16 @@ export class TabsUpstream implements Upstream {
 
     const transport = new Transport(this.cfg, {
       channels: () => this.union(),
-      event: (e, id) => {
+      start: (c) => startOf(this.members(), c),
+      live: (c) => {
+        this.live = c;
+        this.post({ t: "live", c });
+        this.down.live(c);
+      },
+      event: (e, id, history) => {
         this.lastEventId = id;
-        this.post({ t: "ev", e, id });
-        this.down.event(e, id);
+        this.post(history ? { t: "ev", e, id, h: 1 } : { t: "ev", e, id });
+        this.down.event(e, id, history);
       },
       position: (id) => {
         this.lastEventId = id;
@@ -301,6 +321,7 @@ export class TabsUpstream implements Upstream {
     });
     transport.lastEventId = this.lastEventId;
     this.transport = transport;
+    this.down.leader?.(true);
     transport.setOffline(this.offline);
     this.leaderUpdate();
     // A leader that is idle or paused from the start still tells everyone.
@@ -310,7 +331,7 @@ export class TabsUpstream implements Upstream {
 
   /** This tab and the others. */
   private members(): Member[] {
-    return [{ channels: this.channels, paused: this.paused }, ...this.tabs.values()];
+    return [{ channels: this.channels, paused: this.paused, starts: this.starts }, ...this.tabs.values()];
   }
 
   private union(): string[] {

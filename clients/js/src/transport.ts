@@ -20,6 +20,7 @@ import type {
   ConnectionState,
   GapInfo,
   RealtimeEvent,
+  StartOptions,
   TokenReason,
 } from "./types.js";
 
@@ -43,8 +44,15 @@ export interface TransportConfig {
 export interface TransportSink {
   /** The wanted subscriptions, now. */
   channels(): readonly string[];
-  /** An event; `lastEventId` is the resume position once it is handled. */
-  event(event: RealtimeEvent, lastEventId: string): void;
+  /** Where a wanted channel starts when it joins the connection (`since`/`history`). */
+  start(channel: string): StartOptions | undefined;
+  /** The channels of the live connection, whenever they change (empty: none). */
+  live(channels: string[]): void;
+  /**
+   * An event; `lastEventId` is the resume position once it is handled. `history`: a history
+   * frame (no `id:` line) of a channel added with `since`/`history`.
+   */
+  event(event: RealtimeEvent, lastEventId: string, history?: boolean): void;
   /** The resume position moved without an event (end of a poll, an `id:` without data). */
   position(lastEventId: string): void;
   state(state: ConnectionState): void;
@@ -101,6 +109,13 @@ export class Transport {
   private server: Set<string> | null = null;
   /** Channels the gateway refused: left out until nobody wants them any more. */
   private readonly rejected = new Map<string, RealtimeError>();
+  /**
+   * Wanted channels that have been on a connection since they became wanted: their
+   * `since`/`history` were used (a reconnect resumes them by `Last-Event-ID`).
+   */
+  private readonly started = new Set<string>();
+  /** The channels last reported through `sink.live`. */
+  private liveKey = "";
   private token: string | null = null;
   private tokenReason: TokenReason = "connect";
   /** A 401 gets one fresh token and one more try; the second 401 stops. */
@@ -132,10 +147,40 @@ export class Transport {
       .sort();
   }
 
+  /** The start options of a channel not yet started, if it has any. */
+  private pendingStart(channel: string): StartOptions | undefined {
+    if (this.started.has(channel)) return undefined;
+    const s = this.sink.start(channel);
+    if (!s || (s.since === undefined && s.history === undefined)) return undefined;
+    return s;
+  }
+
+  /** Channels grouped by their pending start options ("" : none). */
+  private byStart(channels: string[]): Map<string, { start?: StartOptions; channels: string[] }> {
+    const groups = new Map<string, { start?: StartOptions; channels: string[] }>();
+    for (const c of channels) {
+      const start = this.pendingStart(c);
+      const key = start ? JSON.stringify([start.since ?? null, start.history ?? null]) : "";
+      let g = groups.get(key);
+      if (!g) groups.set(key, (g = { start, channels: [] }));
+      g.channels.push(c);
+    }
+    return groups;
+  }
+
+  private setLive(channels: string[]): void {
+    const sorted = [...channels].sort();
+    const key = sorted.join("\n");
+    if (key === this.liveKey) return;
+    this.liveKey = key;
+    this.sink.live(sorted);
+  }
+
   /** The wanted set, pause or connectivity changed: connect, disconnect or re-subscribe. */
   update(): void {
     const wanted = new Set(this.sink.channels());
     for (const c of this.rejected.keys()) if (!wanted.has(c)) this.rejected.delete(c);
+    for (const c of this.started) if (!wanted.has(c)) this.started.delete(c);
     if (!this.canRun()) {
       if (this.loopGen !== null) this.stopLoop();
       this.setState(this.restingState());
@@ -213,6 +258,7 @@ export class Transport {
     this.gen++;
     this.loopGen = null;
     this.dropConnection();
+    this.setLive([]);
   }
 
   /** Abandons the current connection and starts over at once (the wanted set is resent). */
@@ -247,6 +293,7 @@ export class Transport {
         outcome = { kind: "retry", reason: "internal" };
       }
       if (this.gen !== gen || outcome.kind === "cancelled") return;
+      if (outcome.kind !== "again") this.setLive([]);
       switch (outcome.kind) {
         case "again":
           break;
@@ -375,11 +422,27 @@ export class Transport {
       return { kind: "retry", reason: "token_error" };
     }
     if (this.gen !== gen) return { kind: "cancelled" };
-    const channels = this.channels();
+    // Channels with `since`/`history` still to use: the stream's URL carries one set of them
+    // (`since=` / `history=` apply to the whole stream), so it opens with the channels
+    // without (resumed by Last-Event-ID); the others are added by POST once connected, one
+    // request per set. When every channel is new with options, there is nothing to resume:
+    // the stream opens with the largest set and its options, without Last-Event-ID.
+    const groups = this.byStart(this.channels());
+    let first = groups.get("");
+    if (!first) {
+      first = [...groups.values()].sort(
+        (a, b) => b.channels.length - a.channels.length || (a.channels[0]! < b.channels[0]! ? -1 : 1),
+      )[0]!;
+    }
+    const channels = first.channels;
+    const start = first.start;
     const params: [string, string][] = channels.map((c) => ["channel", c]);
+    if (start?.since !== undefined) params.push(["since", start.since]);
+    if (start?.history !== undefined) params.push(["history", String(start.history)]);
     params.push(["session_id", this.cfg.sessionId]);
     const extra: Record<string, string> = { Accept: "text/event-stream" };
-    if (this.lastEventId) extra["Last-Event-ID"] = this.lastEventId;
+    const resume = start ? (start.since ?? "") : this.lastEventId;
+    if (resume && !start) extra["Last-Event-ID"] = resume;
 
     const ctrl = new AbortController();
     this.ctrl = ctrl;
@@ -403,10 +466,16 @@ export class Transport {
         connected = true;
         clearTimeout(fallback);
         const info = parseJson(m.data) as
-          | { connection_id?: unknown; channels?: unknown; heartbeat_ms?: unknown }
+          | { connection_id?: unknown; channels?: unknown; heartbeat_ms?: unknown; last_event_id?: unknown }
           | undefined;
         this.connectionId = typeof info?.connection_id === "string" ? info.connection_id : null;
         this.server = new Set(Array.isArray(info?.channels) ? (info.channels as string[]) : channels);
+        for (const c of channels) this.started.add(c);
+        if (resume === "" && typeof info?.last_event_id === "string") {
+          // Nothing to resume from: the stream's start is the resume position, so a reconnect
+          // before the first event loses nothing.
+          parser.setLastEventId(info.last_event_id);
+        }
         this.backoff.reset();
         this.authRetried = false;
         this.connectedAt = Date.now();
@@ -423,17 +492,14 @@ export class Transport {
           }, hb);
         }
         this.setState({ status: "connected", transport: "stream" });
+        this.setLive([...this.server]);
         // Subscriptions that changed while connecting go out now.
         void this.sync();
         return;
       }
       this.message(m, (reason) => (closing = reason));
     };
-    const parser = new EventStreamParser(
-      onMessage,
-      (ms) => this.backoff.setBase(ms),
-      this.lastEventId,
-    );
+    const parser = new EventStreamParser(onMessage, (ms) => this.backoff.setBase(ms), resume);
 
     let failed = false;
     try {
@@ -453,9 +519,17 @@ export class Transport {
         return await this.refused(response);
       }
       const type = response.headers.get("content-type") ?? "";
-      if (!response.body || !/^text\/event-stream/i.test(type)) {
+      if (!/^text\/event-stream/i.test(type)) {
         clearTimeout(fallback);
         return { kind: "retry", reason: "bad_response" };
+      }
+      if (!response.body || typeof response.body.getReader !== "function") {
+        // A fetch without streaming bodies (React Native's): long-poll instead.
+        clearTimeout(fallback);
+        ctrl.abort();
+        return this.cfg.pollFallbackAfterMs > 0
+          ? { kind: "fallback" }
+          : { kind: "retry", reason: "no_stream_body" };
       }
       const reader = response.body.getReader();
       for (;;) {
@@ -480,6 +554,7 @@ export class Transport {
         this.ctrl = null;
         this.connectionId = null;
         this.server = null;
+        this.setLive([]);
       }
       ctrl.abort(); // releases the HTTP connection when we stopped reading on our own
     }
@@ -517,10 +592,10 @@ export class Transport {
     }
     const o = body as Record<string, unknown>;
     if (typeof o.id === "string" && typeof o.channel === "string") {
-      // History frames (added with last_event_id) carry no `id:`: the envelope's id names
-      // them and the resume position does not move.
+      // History frames (of a channel added with since/history) carry no `id:`: the
+      // envelope's id names them and the resume position does not move.
       this.lastEventId = m.lastEventId;
-      this.sink.event(o as unknown as RealtimeEvent, m.lastEventId);
+      this.sink.event(o as unknown as RealtimeEvent, m.lastEventId, !m.hasId);
     } else {
       this.sink.broadcast({
         type: typeof o.type === "string" ? o.type : m.type,
@@ -566,17 +641,30 @@ export class Transport {
     if (this.mode !== "stream" || id === null || server === null) return;
     const wanted = this.channels();
     const wantedSet = new Set(wanted);
-    const add = wanted.filter((c) => !server.has(c));
+    for (const c of wanted) if (server.has(c)) this.started.add(c); // never left the connection
+    const missing = wanted.filter((c) => !server.has(c));
     const remove = [...server].filter((c) => !wantedSet.has(c)).sort();
-    if (add.length === 0 && remove.length === 0) return;
+    if (missing.length === 0 && remove.length === 0) return;
+    // One set of start options per request (the body's `since`/`history` apply to all its
+    // added channels): channels without options first, the others in the next requests.
+    let add = missing;
+    let start: StartOptions | undefined;
+    if (missing.length > 0) {
+      const groups = this.byStart(missing);
+      const g = groups.get("") ?? groups.get([...groups.keys()].sort()[0]!)!;
+      add = g.channels;
+      start = g.start;
+    }
     this.syncConn = conn;
     this.syncQueued = false;
     // The answer is for this connection only: a newer one was opened with the whole set.
     const stale = () => this.connSeq !== conn || this.connectionId === null;
     try {
-      const body: { add?: string[]; remove?: string[] } = {};
+      const body: { add?: string[]; remove?: string[]; since?: string; history?: number } = {};
       if (add.length) body.add = add;
       if (remove.length) body.remove = remove;
+      if (start?.since !== undefined) body.since = start.since;
+      if (start?.history !== undefined) body.history = start.history;
       let response = await this.post(id, body);
       if (stale()) return;
       if (response.status === 401 && this.cfg.getToken) {
@@ -595,6 +683,8 @@ export class Transport {
         for (const c of add) now.add(c);
         for (const c of remove) now.delete(c);
         this.server = now;
+        for (const c of add) this.started.add(c);
+        this.setLive([...now]);
         return;
       }
       const error = await readError(response);
@@ -690,6 +780,15 @@ export class Transport {
       this.authRetried = false;
       this.setState({ status: "connected", transport: "poll" });
     }
+    // A long-poll has one resume position for all its channels and no history: a channel's
+    // `since`/`history` cannot be honoured here. Its subscribers get a gap naming the channel
+    // (refetch), and the channel joins from the poll's position.
+    for (const c of channels) {
+      const start = this.pendingStart(c);
+      this.started.add(c);
+      if (start) this.sink.gap({ lastEventId: start.since ?? "", oldestId: null, channel: c });
+    }
+    this.setLive(channels);
     if (body.gap === true) {
       this.sink.gap({
         lastEventId: this.lastEventId,

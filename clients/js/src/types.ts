@@ -208,6 +208,49 @@ export interface SubscribeOptions {
   onError?: (error: RealtimeError) => void;
   /** A gap concerning this subscription (the whole stream's, or this channel's history). */
   onGap?: (gap: GapInfo) => void;
+  /**
+   * Start right after this event id (e.g. the `last_event_id` of the state the app loaded over
+   * REST): the channel's events after it are delivered first, then live — no gap between
+   * loading and streaming. Applies when the channel joins the connection (the first subscriber
+   * of the channel; not again after a reconnect, which resumes by `Last-Event-ID`).
+   */
+  since?: string;
+  /**
+   * Deliver the channel's last `history` events (0–1000; after `since` if given) first, then
+   * live. Exact channels only (a pattern gets none). Applies like `since`.
+   */
+  history?: number;
+}
+
+/** Where a channel starts when it joins the connection (`since` / `history` of `subscribe`). */
+export interface StartOptions {
+  since?: string;
+  history?: number;
+}
+
+/**
+ * Whether the gateway has a channel of this client:
+ * - `pending`: wanted, not (yet, or not any more) on the live connection — connecting,
+ *   reconnecting, offline, or the subscription request is on its way;
+ * - `subscribed`: on the live connection (the stream's `connected`, the subscription request's
+ *   answer, or a successful long-poll said so);
+ * - `refused`: the gateway refused it (`error` says why); it stays out until its last
+ *   subscriber unsubscribes.
+ * `error` is also set while `pending` when a request for the whole stream failed (e.g. 400
+ * `too_many_channels`); it is cleared when the channel is subscribed.
+ */
+export interface SubscriptionState {
+  status: "pending" | "subscribed" | "refused";
+  error: RealtimeError | null;
+}
+
+/**
+ * How this client shares its stream, as it is now: `mode` (after any fallback; decided at the
+ * first `subscribe`) and whether this tab holds the stream (`isLeader`).
+ */
+export interface SharingState {
+  mode: SharingMode;
+  isLeader: boolean;
 }
 
 export type Unsubscribe = () => void;
@@ -230,11 +273,25 @@ export interface RealtimeClient {
   onGap(listener: (gap: GapInfo) => void): Unsubscribe;
   /** Listen to admin broadcasts. */
   onBroadcast(listener: (message: BroadcastMessage) => void): Unsubscribe;
+  /**
+   * A channel's subscription state (`null`: nobody subscribes to it in this client). A new
+   * object on each change.
+   */
+  subscriptionState(channel: string): SubscriptionState | null;
+  /** Listen to subscription state changes of every channel (`null`: the channel was dropped). */
+  onSubscriptionState(
+    listener: (channel: string, state: SubscriptionState | null) => void,
+  ): Unsubscribe;
+  /** The sharing mode and leadership now (a new object on each change). */
+  readonly sharingState: SharingState;
+  /** Listen to changes of `sharingState` (this tab became the leader, a fallback…). */
+  onSharing(listener: (state: SharingState) => void): Unsubscribe;
   /** The resume position: the id of the last event received ("" before any). */
   readonly lastEventId: string;
   /**
-   * Whether this tab holds the shared stream (always true without cross-tab sharing, always
-   * false with a SharedWorker: the worker holds it).
+   * Whether this tab holds the stream: false until the first `subscribe` creates the
+   * connection and after `close()`; then true with `sharing: "none"`, true in the leader mode
+   * once this tab won the Web Lock, always false with a SharedWorker (the worker holds it).
    */
   readonly isLeader: boolean;
   /**
@@ -244,7 +301,12 @@ export interface RealtimeClient {
   readonly sharing: SharingMode;
   /** Connect again now (after `unauthorized` or `closed`, or to skip a backoff delay). */
   reconnect(): void;
-  /** Close the stream, drop every subscription and listener. Final. */
+  /**
+   * Close the stream, drop every subscription and listener. A later `subscribe` opens the
+   * client again (same options, resuming from `lastEventId`): a client closed by a React
+   * provider whose effects were torn down and re-run (StrictMode, `<Activity mode="hidden">`)
+   * works again when its components subscribe again.
+   */
   close(): void;
   readonly closed: boolean;
 }

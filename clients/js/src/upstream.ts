@@ -7,11 +7,27 @@
 
 import { RealtimeError } from "./errors.js";
 import { Transport, type TransportConfig } from "./transport.js";
-import type { BroadcastMessage, ConnectionState, GapInfo, RealtimeEvent } from "./types.js";
+import type {
+  BroadcastMessage,
+  ConnectionState,
+  GapInfo,
+  RealtimeEvent,
+  StartOptions,
+} from "./types.js";
+
+/** Where each channel starts when it joins the connection (only channels with options). */
+export type Starts = Record<string, StartOptions>;
 
 export interface Downstream {
-  /** `lastEventId`: the resume position after this event; null when it must not move. */
-  event(event: RealtimeEvent, lastEventId: string | null): void;
+  /**
+   * `lastEventId`: the resume position after this event; null when it must not move.
+   * `history`: a history frame (no `id:` line) of a channel added with `since`/`history`.
+   */
+  event(event: RealtimeEvent, lastEventId: string | null, history?: boolean): void;
+  /** The channels the live connection has now (empty: no live connection). */
+  live(channels: string[]): void;
+  /** This tab took or lost the stream (leader mode). */
+  leader?(isLeader: boolean): void;
   position(lastEventId: string): void;
   state(state: ConnectionState): void;
   gap(gap: GapInfo): void;
@@ -26,8 +42,8 @@ export interface Upstream {
   leave?(): void;
   /** The page came back from the back/forward cache. */
   rejoin?(): void;
-  /** This tab's channels (each once, however many handlers). */
-  setChannels(channels: string[]): void;
+  /** This tab's channels (each once, however many handlers) and where new ones start. */
+  setChannels(channels: string[], starts: Starts): void;
   /** The hidden-tab policy paused this tab. */
   setPaused(paused: boolean): void;
   setOffline(offline: boolean): void;
@@ -39,12 +55,15 @@ export interface Upstream {
 export class LocalUpstream implements Upstream {
   readonly isLeader = true;
   private channels: string[] = [];
+  private starts: Starts = {};
   private readonly transport: Transport;
 
   constructor(cfg: TransportConfig, down: Downstream, lastEventId = "") {
     this.transport = new Transport(cfg, {
       channels: () => this.channels,
-      event: (e, id) => down.event(e, id),
+      start: (c) => this.starts[c],
+      live: (c) => down.live(c),
+      event: (e, id, h) => down.event(e, id, h),
       position: (id) => down.position(id),
       state: (s) => down.state(s),
       gap: (g) => down.gap(g),
@@ -55,8 +74,9 @@ export class LocalUpstream implements Upstream {
     this.transport.lastEventId = lastEventId;
   }
 
-  setChannels(channels: string[]): void {
+  setChannels(channels: string[], starts: Starts): void {
     this.channels = channels;
+    this.starts = starts;
     this.transport.update();
   }
 
@@ -97,7 +117,9 @@ export function errorFromJson(json: ErrorJson): RealtimeError {
 
 /** What the holder of a shared stream sends to the tabs that share it. */
 export type Relay =
-  | { t: "ev"; e: RealtimeEvent; id: string }
+  | { t: "ev"; e: RealtimeEvent; id: string; h?: 1 }
+  /** The channels of the live connection. */
+  | { t: "live"; c: string[] }
   | { t: "pos"; id: string }
   | { t: "state"; s: ConnectionState }
   | { t: "gap"; g: GapInfo }
@@ -119,6 +141,9 @@ export function relayAsIs(down: Downstream, m: Relay): boolean {
     case "cerr":
       down.channelError(m.channels, errorFromJson(m.err));
       return true;
+    case "live":
+      down.live(Array.isArray(m.c) ? m.c : []);
+      return true;
     default:
       return false;
   }
@@ -128,6 +153,32 @@ export function relayAsIs(down: Downstream, m: Relay): boolean {
 export interface Member {
   channels: readonly string[];
   paused: boolean;
+  /** Where the member's new channels start. */
+  starts?: Starts;
+}
+
+/** The start options of a channel: the first member wanting it with options decides. */
+export function startOf(members: Iterable<Member>, channel: string): StartOptions | undefined {
+  for (const m of members) {
+    const s = m.starts?.[channel];
+    if (s && m.channels.includes(channel)) return s;
+  }
+  return undefined;
+}
+
+/** The start options as they cross a BroadcastChannel or a MessagePort (checked). */
+export function startsFromWire(value: unknown): Starts {
+  const out: Starts = {};
+  if (!value || typeof value !== "object") return out;
+  for (const [c, o] of Object.entries(value as Record<string, unknown>)) {
+    if (!o || typeof o !== "object") continue;
+    const { since, history } = o as { since?: unknown; history?: unknown };
+    const s: StartOptions = {};
+    if (typeof since === "string") s.since = since;
+    if (typeof history === "number") s.history = history;
+    if (s.since !== undefined || s.history !== undefined) out[c] = s;
+  }
+  return out;
 }
 
 /** Every channel some member wants, paused or not (a paused tab keeps its place). */

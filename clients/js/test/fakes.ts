@@ -120,21 +120,28 @@ export class FakeStream {
     this.controller.enqueue(typeof text === "string" ? encoder.encode(text) : text);
   }
 
-  connected(connectionId = "c_1", channels?: string[], heartbeatMs = 15000): void {
+  connected(connectionId = "c_1", channels?: string[], heartbeatMs = 15000, lastEventId?: string): void {
     this.connectionId = connectionId;
     const chans = channels ?? this.call.url.searchParams.getAll("channel");
     this.channels = new Set(chans);
     this.write(": ok\n\nretry: 2000\n\n");
-    this.write(
-      frame({
-        event: "connected",
-        data: { channels: chans, connection_id: connectionId, heartbeat_ms: heartbeatMs, user: "u1" },
-      }),
-    );
+    const data: Record<string, unknown> = {
+      channels: chans,
+      connection_id: connectionId,
+      heartbeat_ms: heartbeatMs,
+      user: "u1",
+    };
+    if (lastEventId !== undefined) data.last_event_id = lastEventId;
+    this.write(frame({ event: "connected", data }));
   }
 
   deliver(e: RealtimeEvent, withId = true): void {
     this.write(frame({ id: withId ? e.id : undefined, event: e.type, data: e }));
+  }
+
+  /** A history frame: no `id:` line (a channel added with since/history). */
+  history(e: RealtimeEvent): void {
+    this.deliver(e, false);
   }
 
   control(event: string, data: unknown): void {
@@ -273,8 +280,14 @@ export class FakeServer {
     const s = new FakeStream(call);
     this.streams.push(s);
     if (this.auto) {
-      s.connected(`c_${++this.connections}`);
-      const last = call.headers.get("last-event-id");
+      // Like the gateway: Last-Event-ID, else `since`, else `history=N` (the last N events of
+      // each exact channel, with ids), then live.
+      s.connected(`c_${++this.connections}`, undefined, 15000, String(this.log.length));
+      const last = call.headers.get("last-event-id") ?? call.url.searchParams.get("since");
+      const history = Number(call.url.searchParams.get("history") ?? "0");
+      if (last === null && history > 0) {
+        for (const e of this.historyOf([...s.channels], null, history)) s.deliver(e);
+      }
       const from = last ? Number(last) : this.log.length;
       for (const e of this.log.slice(from)) {
         if ([...s.channels].some((c) => subscriptionMatches(c, e.channel))) s.deliver(e);
@@ -291,13 +304,40 @@ export class FakeServer {
     };
   }
 
-  /** The default answer to a subscription change: applied to the connection's channels. */
+  /**
+   * The last `n` events (all with n null) of exact channels (patterns with `since`), after
+   * `since`, in log order.
+   */
+  historyOf(channels: string[], since: string | null, n: number | null): RealtimeEvent[] {
+    const after = since === null ? 0 : Number(since);
+    const out: RealtimeEvent[] = [];
+    for (const c of channels) {
+      if (since === null && c.includes("*")) continue;
+      const of = this.log.filter((e) => Number(e.id) > after && subscriptionMatches(c, e.channel));
+      out.push(...(n === null ? of : of.slice(Math.max(0, of.length - n))));
+    }
+    return out.sort((a, b) => Number(a.id) - Number(b.id));
+  }
+
+  /**
+   * The default answer to a subscription change: applied to the connection's channels; in
+   * auto mode, `since`/`history` deliver history frames (no `id:`) of the added channels.
+   */
   changeSubscriptions(call: Call): FakeResponse {
     const id = decodeURIComponent(call.url.pathname.split("/")[3] ?? "");
     const s = this.streams.find((x) => x.connectionId === id && !x.closed);
     if (!s) return apiError(404, "connection_not_found");
-    for (const c of call.body?.add ?? []) s.channels.add(c);
+    const added: string[] = call.body?.add ?? [];
+    for (const c of added) s.channels.add(c);
     for (const c of call.body?.remove ?? []) s.channels.delete(c);
+    const since: string | null = call.body?.since ?? null;
+    const history: number | null = call.body?.history ?? null;
+    if (this.auto && (since !== null || history !== null)) {
+      const frames = this.historyOf(added, since, history);
+      queueMicrotask(() => {
+        for (const e of frames) s.history(e);
+      });
+    }
     return response(200, { channels: [...s.channels].sort() });
   }
 }

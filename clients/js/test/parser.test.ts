@@ -5,16 +5,20 @@ const enc = new TextEncoder();
 
 /** Parses `chunks` (strings are UTF-8 encoded unless `asText`) and returns what was dispatched. */
 function parse(chunks: (string | Uint8Array)[], opts: { asText?: boolean; initialId?: string } = {}) {
-  const messages: SseMessage[] = [];
+  const messages: Omit<SseMessage, "hasId">[] = [];
+  const withId: boolean[] = [];
   const retries: number[] = [];
   const p = new EventStreamParser(
-    (m) => messages.push(m),
+    ({ hasId, ...m }) => {
+      withId.push(hasId);
+      messages.push(m);
+    },
     (ms) => retries.push(ms),
     opts.initialId,
   );
   for (const c of chunks) p.push(typeof c === "string" && !opts.asText ? enc.encode(c) : c);
   p.end();
-  return { messages, retries, lastEventId: p.lastEventId, data: messages.map((m) => m.data) };
+  return { messages, withId, retries, lastEventId: p.lastEventId, data: messages.map((m) => m.data) };
 }
 
 /** Every split of the byte stream into single bytes, and into two parts at each position. */
@@ -24,6 +28,14 @@ function splits(text: string): Uint8Array[][] {
   for (let i = 0; i <= bytes.length; i++) out.push([bytes.slice(0, i), bytes.slice(i)]);
   return out;
 }
+
+describe("EventStreamParser: hasId", () => {
+  it("says whether an event had an id field of its own (history frames have none)", () => {
+    const r = parse(["id: 5\ndata: a\n\ndata: b\n\nid: 5\ndata: c\n\nid\ndata: d\n\n"]);
+    expect(r.withId).toEqual([true, false, true, true]);
+    expect(r.messages.map((m) => m.lastEventId)).toEqual(["5", "5", "5", ""]);
+  });
+});
 
 describe("EventStreamParser: line endings", () => {
   it("accepts LF, CR and CRLF, mixed in one stream", () => {
@@ -115,6 +127,8 @@ describe("EventStreamParser: fields", () => {
 
   it("does not dispatch an event whose data buffer is empty, and resets its type", () => {
     const r = parse(["event: lonely\n\nid: 3\n\ndata: x\n\n"]);
+    // The id came with an event of its own (not dispatched): the data event has none.
+    expect(r.withId).toEqual([false]);
     expect(r.messages).toEqual([{ type: "message", data: "x", lastEventId: "3" }]);
   });
 

@@ -1,0 +1,393 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { createClient } from "../src/client.js";
+import type {
+  ClientOptions,
+  GapInfo,
+  RealtimeClient,
+  SharingState,
+  SubscriptionState,
+} from "../src/types.js";
+import {
+  FakeBus,
+  FakeLocks,
+  FakeServer,
+  advance,
+  apiError,
+  envelope,
+  response,
+  settle,
+  useFakeTime,
+} from "./fakes.js";
+
+let server: FakeServer;
+let clients: RealtimeClient[];
+
+beforeEach(() => {
+  useFakeTime();
+  server = new FakeServer();
+  clients = [];
+});
+
+afterEach(() => {
+  for (const c of clients) c.close();
+  vi.useRealTimers();
+});
+
+function client(options: Partial<ClientOptions> = {}): RealtimeClient {
+  const c = createClient({
+    url: "http://gw.test",
+    fetch: server.fetch,
+    random: () => 0.5,
+    environment: null,
+    shareAcrossTabs: false,
+    ...options,
+  });
+  clients.push(c);
+  return c;
+}
+
+function collect(c: RealtimeClient, channel: string, options?: { since?: string; history?: number }): string[] {
+  const ids: string[] = [];
+  c.subscribe(channel, (e) => ids.push(e.id), options);
+  return ids;
+}
+
+describe("since / history at connect", () => {
+  it("channels present at connect with the same options: history= in the URL, once", async () => {
+    const c = client();
+    collect(c, "a", { history: 50 });
+    collect(c, "b", { history: 50 });
+    await settle();
+    const first = server.streamCalls()[0]!.url.searchParams;
+    expect(first.getAll("channel")).toEqual(["a", "b"]);
+    expect(first.get("history")).toBe("50");
+    expect(first.get("since")).toBeNull();
+    const s = server.lastStream();
+    s.connected("c_1", undefined, 15000, "9");
+    s.deliver(envelope("3", "a")); // history events come as normal events, with ids
+    s.deliver(envelope("7", "b"));
+    await settle();
+    expect(c.lastEventId).toBe("7");
+    s.fail();
+    await advance(1000);
+    // The reconnect resumes: no history again.
+    const again = server.streamCalls()[1]!;
+    expect(again.url.searchParams.get("history")).toBeNull();
+    expect(again.headers.get("last-event-id")).toBe("7");
+    expect(server.subscriptionCalls()).toHaveLength(0);
+  });
+
+  it("since= in the URL when every channel starts after the same id", async () => {
+    const c = client();
+    collect(c, "a", { since: "40" });
+    await settle();
+    const call = server.streamCalls()[0]!;
+    expect(call.url.searchParams.get("since")).toBe("40");
+    expect(call.headers.get("last-event-id")).toBeNull();
+    // Broken before any event: the reconnect resumes from `since` (not from now, not again with since=).
+    server.lastStream().connected("c_1", undefined, 15000, "90");
+    await settle();
+    server.lastStream().fail();
+    await advance(1000);
+    const again = server.streamCalls()[1]!;
+    expect(again.url.searchParams.get("since")).toBeNull();
+    expect(again.headers.get("last-event-id")).toBe("40");
+  });
+
+  it("mixed options: the plain channels open the stream, the others are added by POST, one request per set", async () => {
+    const c = client();
+    collect(c, "plain");
+    collect(c, "h1", { history: 10 });
+    collect(c, "h2", { history: 10 });
+    collect(c, "s", { since: "5" });
+    await settle();
+    const url = server.streamCalls()[0]!.url.searchParams;
+    expect(url.getAll("channel")).toEqual(["plain"]);
+    expect(url.get("history")).toBeNull();
+    expect(url.get("since")).toBeNull();
+    server.lastStream().connected("c_1");
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([
+      { add: ["s"], since: "5" },
+      { add: ["h1", "h2"], history: 10 },
+    ]);
+    expect(server.lastStream().channels).toEqual(new Set(["plain", "h1", "h2", "s"]));
+  });
+
+  it("a resume position and new channels with options: only the resumable ones in the URL", async () => {
+    const c = client({ lastEventId: "12" });
+    collect(c, "old");
+    collect(c, "new", { history: 3 });
+    await settle();
+    const call = server.streamCalls()[0]!;
+    expect(call.url.searchParams.getAll("channel")).toEqual(["old"]);
+    expect(call.headers.get("last-event-id")).toBe("12");
+    server.lastStream().connected();
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["new"], history: 3 }]);
+  });
+
+  it("every channel new with options: opens with them and without the old position", async () => {
+    const c = client({ lastEventId: "12" });
+    collect(c, "x", { history: 3 });
+    await settle();
+    const call = server.streamCalls()[0]!;
+    expect(call.url.searchParams.get("history")).toBe("3");
+    expect(call.headers.get("last-event-id")).toBeNull();
+  });
+
+  it("the stream's start (connected.last_event_id) is the resume position when there was none", async () => {
+    const c = client();
+    collect(c, "a");
+    await settle();
+    server.lastStream().connected("c_1", undefined, 15000, "77");
+    await settle();
+    expect(c.lastEventId).toBe("77");
+    server.lastStream().fail();
+    await advance(1000);
+    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("77");
+  });
+});
+
+describe("since / history on the live connection", () => {
+  it("POST body since/history, history frames delivered without moving the position, no history after a reconnect", async () => {
+    server.auto = true;
+    for (let i = 0; i < 6; i++) server.publish(i % 2 ? "b" : "a");
+    const c = client();
+    const a = collect(c, "a");
+    await settle();
+    const b = collect(c, "b", { since: "2", history: 2 });
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["b"], since: "2", history: 2 }]);
+    // b's events after 2 are 4 and 6; the last 2 of them.
+    expect(b).toEqual(["4", "6"]);
+    expect(a).toEqual([]);
+    expect(c.lastEventId).toBe("6"); // the stream's start, unchanged by history frames
+    server.publish("b");
+    await settle();
+    expect(b).toEqual(["4", "6", "7"]);
+    server.lastStream().fail();
+    await advance(1000);
+    const again = server.streamCalls()[1]!;
+    expect(again.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
+    expect(again.url.searchParams.get("history")).toBeNull();
+    expect(again.headers.get("last-event-id")).toBe("7");
+    expect(server.subscriptionCalls()).toHaveLength(1);
+    expect(b).toEqual(["4", "6", "7"]);
+  });
+
+  it("duplicates by envelope id: a history frame twice is delivered once; a channel subscribed again gets its history again", async () => {
+    const c = client();
+    collect(c, "a");
+    await settle();
+    const s = server.lastStream();
+    s.connected();
+    await settle();
+    const first = collect(c, "b", { history: 5 });
+    await settle();
+    s.history(envelope("3", "b"));
+    s.history(envelope("3", "b"));
+    s.deliver(envelope("8", "b"));
+    s.deliver(envelope("8", "b"));
+    await settle();
+    expect(first).toEqual(["3", "8"]);
+  });
+});
+
+describe("history frames and resubscription", () => {
+  it("a channel that left and came back with history receives its history, ids seen before included", async () => {
+    const c = client();
+    collect(c, "keep");
+    const ids: string[] = [];
+    const off = c.subscribe("b", (e) => ids.push(e.id));
+    await settle();
+    const s = server.lastStream();
+    s.connected("c_1");
+    s.deliver(envelope("3", "b"));
+    await settle();
+    off();
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["b"] }]);
+    const again: string[] = [];
+    c.subscribe("b", (e) => again.push(e.id), { history: 5 });
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["b"] }, { add: ["b"], history: 5 }]);
+    s.history(envelope("3", "b"));
+    s.history(envelope("3", "b"));
+    s.deliver(envelope("4", "b"));
+    await settle();
+    expect(again).toEqual(["3", "4"]);
+    expect(ids).toEqual(["3"]);
+  });
+});
+
+describe("long-polling", () => {
+  it("since/history cannot be honoured by a poll: the subscriber gets a gap naming the channel", async () => {
+    server.streamReplies.push("hang");
+    const c = client();
+    const gaps: GapInfo[] = [];
+    c.subscribe("a", () => {}, { since: "4", onGap: (g) => gaps.push(g) });
+    await settle();
+    server.pollReplies.push(response(200, { events: [], last_event_id: "9", gap: false }));
+    await advance(5000);
+    expect(server.pollCalls()).toHaveLength(2);
+    expect(gaps).toEqual([{ lastEventId: "4", oldestId: null, channel: "a" }]);
+    expect(c.subscriptionState("a")).toEqual({ status: "subscribed", error: null });
+  });
+
+  it("a fetch without a streaming body (React Native) long-polls at once instead of retrying forever", async () => {
+    server.streamReplies.push(
+      response(200, undefined, { "content-type": "text/event-stream" }),
+    );
+    const c = client();
+    c.subscribe("a", () => {});
+    await settle();
+    expect(server.streamCalls()).toHaveLength(1);
+    expect(server.pollCalls()).toHaveLength(1);
+  });
+});
+
+describe("subscription state", () => {
+  it("pending → subscribed → pending on a broken connection → subscribed; refused with its error; null when dropped", async () => {
+    const c = client();
+    const seen: [string, SubscriptionState | null][] = [];
+    c.onSubscriptionState((ch, s) => seen.push([ch, s]));
+    expect(c.subscriptionState("a")).toBeNull();
+    const off = c.subscribe("a", () => {});
+    expect(c.subscriptionState("a")).toEqual({ status: "pending", error: null });
+    await settle();
+    server.lastStream().connected("c_1");
+    await settle();
+    expect(c.subscriptionState("a")).toEqual({ status: "subscribed", error: null });
+    server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["s"] }));
+    c.subscribe("s", () => {});
+    await settle();
+    const refused = c.subscriptionState("s")!;
+    expect(refused.status).toBe("refused");
+    expect(refused.error!.code).toBe("forbidden_channel");
+    server.lastStream().fail();
+    await settle();
+    expect(c.subscriptionState("a")!.status).toBe("pending");
+    expect(c.subscriptionState("s")!.status).toBe("refused");
+    await advance(1000);
+    server.lastStream().connected("c_2");
+    await settle();
+    expect(c.subscriptionState("a")!.status).toBe("subscribed");
+    off();
+    expect(c.subscriptionState("a")).toBeNull();
+    expect(seen.filter(([ch]) => ch === "a").map(([, s]) => s?.status ?? null)).toEqual([
+      "pending",
+      "subscribed",
+      "pending",
+      "subscribed",
+      null,
+    ]);
+  });
+
+  it("an error of the whole request is kept on the pending channels until they are subscribed", async () => {
+    server.streamReplies.push(apiError(400, "too_many_channels"));
+    const c = client();
+    c.subscribe("a", () => {});
+    await settle();
+    const s = c.subscriptionState("a")!;
+    expect(s.status).toBe("pending");
+    expect(s.error!.code).toBe("too_many_channels");
+    await advance(1000);
+    server.lastStream().connected();
+    await settle();
+    expect(c.subscriptionState("a")).toEqual({ status: "subscribed", error: null });
+  });
+});
+
+describe("sharing state", () => {
+  it("sharing none: not the leader until the first subscribe, then the leader; not after close", async () => {
+    const c = client();
+    const seen: SharingState[] = [];
+    c.onSharing((s) => seen.push(s));
+    expect(c.sharingState).toEqual({ mode: "none", isLeader: false });
+    expect(c.isLeader).toBe(false);
+    c.subscribe("a", () => {});
+    expect(c.isLeader).toBe(true);
+    expect(c.sharingState).toEqual({ mode: "none", isLeader: true });
+    expect(seen).toEqual([{ mode: "none", isLeader: true }]);
+  });
+
+  it("leader mode: each tab hears when it takes the stream", async () => {
+    const locks = new FakeLocks();
+    const bus = new FakeBus();
+    server.auto = true;
+    const tab = (label: string) =>
+      client({
+        shareAcrossTabs: undefined,
+        fetch: server.fetchFor(label),
+        locks: locks.for(label),
+        broadcastChannel: bus.factory(label),
+      });
+    const a = tab("A");
+    const b = tab("B");
+    const bSeen: SharingState[] = [];
+    b.onSharing((s) => bSeen.push(s));
+    a.subscribe("x", () => {});
+    await settle();
+    b.subscribe("x", () => {}, { history: 4 });
+    await settle();
+    expect(a.sharingState).toEqual({ mode: "leader", isLeader: true });
+    expect(b.sharingState).toEqual({ mode: "leader", isLeader: false });
+    // The follower's channel state comes from the leader's connection.
+    expect(b.subscriptionState("x")!.status).toBe("subscribed");
+    a.close();
+    await settle();
+    expect(b.sharingState).toEqual({ mode: "leader", isLeader: true });
+    expect(bSeen).toEqual([{ mode: "leader", isLeader: true }]);
+  });
+
+  it("leader mode: a follower's since/history reach the leader's subscription request", async () => {
+    const locks = new FakeLocks();
+    const bus = new FakeBus();
+    server.auto = true;
+    for (let i = 0; i < 4; i++) server.publish("y");
+    const tab = (label: string) =>
+      client({
+        shareAcrossTabs: undefined,
+        fetch: server.fetchFor(label),
+        locks: locks.for(label),
+        broadcastChannel: bus.factory(label),
+      });
+    const a = tab("A");
+    const b = tab("B");
+    const ax = collect(a, "x");
+    await settle();
+    const by = collect(b, "y", { history: 2 });
+    await settle();
+    expect(server.subscriptionCalls().map((x) => [x.tab, x.body])).toEqual([["A", { add: ["y"], history: 2 }]]);
+    expect(by).toEqual(["3", "4"]);
+    expect(ax).toEqual([]);
+  });
+});
+
+describe("a closed client", () => {
+  it("opens again when subscribed again, resuming from its position", async () => {
+    const c = client();
+    const first = collect(c, "a");
+    await settle();
+    server.lastStream().connected();
+    server.lastStream().deliver(envelope("5", "a"));
+    await settle();
+    c.close();
+    expect(c.closed).toBe(true);
+    expect(server.lastStream().closed).toBe(true);
+    const states: string[] = [];
+    c.onState((s) => states.push(s.status));
+    const again = collect(c, "a");
+    expect(c.closed).toBe(false);
+    await settle();
+    expect(server.streamCalls()).toHaveLength(2);
+    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("5");
+    server.lastStream().connected();
+    server.lastStream().deliver(envelope("6", "a"));
+    await settle();
+    expect(first).toEqual(["5"]);
+    expect(again).toEqual(["6"]);
+    expect(states).toEqual(["idle", "connecting", "connected"]);
+  });
+});
