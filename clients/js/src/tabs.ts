@@ -204,6 +204,7 @@ export class TabsUpstream implements Upstream {
         else if (m.from === this.leaderId) {
           this.leaderId = null;
           this.leaderState = null;
+          this.down.live([]);
           if (this.channels.length > 0) {
             this.down.state({
               status: "reconnecting",

@@ -117,6 +117,8 @@ export class Transport {
   /** The channels last reported through `sink.live`. */
   private liveKey = "";
   private token: string | null = null;
+  /** The `since` of the stream request in flight and its channels (a refused id is theirs). */
+  private urlSince: { since: string; channels: string[] } | null = null;
   private tokenReason: TokenReason = "connect";
   /** A 401 gets one fresh token and one more try; the second 401 stops. */
   private authRetried = false;
@@ -388,6 +390,16 @@ export class Transport {
         return { kind: "again" };
       }
       case 400:
+        if (error.code === "invalid_last_event_id" && this.urlSince) {
+          // A `since` from another log: these channels start from now, with a gap each.
+          this.sinceRefused(this.urlSince.channels, this.urlSince.since);
+          if (this.lastEventId !== "") {
+            // Every channel was new: an older position is nobody's.
+            this.lastEventId = "";
+            this.sink.position("");
+          }
+          return { kind: "again" };
+        }
         if (error.code === "invalid_last_event_id" && this.lastEventId !== "") {
           // An id from another log: start from now, and say what may have been missed.
           const was = this.lastEventId;
@@ -443,6 +455,7 @@ export class Transport {
     const extra: Record<string, string> = { Accept: "text/event-stream" };
     const resume = start ? (start.since ?? "") : this.lastEventId;
     if (resume && !start) extra["Last-Event-ID"] = resume;
+    this.urlSince = start?.since !== undefined ? { since: start.since, channels } : null;
 
     const ctrl = new AbortController();
     this.ctrl = ctrl;
@@ -689,7 +702,10 @@ export class Transport {
       }
       const error = await readError(response);
       if (stale()) return;
-      if (response.status === 403 && error.channels?.length) {
+      if (response.status === 400 && error.code === "invalid_last_event_id" && start?.since !== undefined) {
+        // A `since` from another log: the channels are added from now, with a gap each.
+        this.sinceRefused(add, start.since);
+      } else if (response.status === 403 && error.channels?.length) {
         // A refused request changes nothing: the other channels go in the next request.
         for (const c of error.channels) this.rejected.set(c, error);
         this.sink.channelError(error.channels, error);
@@ -706,6 +722,14 @@ export class Transport {
       if (this.syncConn === conn) this.syncConn = null;
       // Changes made while the request was out, or what is left after a refusal.
       if (!stale()) void this.sync();
+    }
+  }
+
+  /** The gateway does not know a channel's `since`: it starts without, and says so. */
+  private sinceRefused(channels: string[], since: string): void {
+    for (const c of channels) {
+      this.started.add(c);
+      this.sink.gap({ lastEventId: since, oldestId: null, channel: c });
     }
   }
 
@@ -738,6 +762,7 @@ export class Transport {
     }
     if (this.gen !== gen) return { kind: "cancelled" };
     const channels = this.channels();
+    this.urlSince = null;
     this.pollKey = channels.join("\n");
     this.pollRestart = false;
     // Until a poll succeeded, answer at once (timeout 0): the UI shows `connected` without

@@ -391,3 +391,32 @@ describe("a closed client", () => {
     expect(states).toEqual(["idle", "connecting", "connected"]);
   });
 });
+
+describe("a since the gateway does not know (400 invalid_last_event_id)", () => {
+  it("in the stream URL: the channel starts from now, with a gap naming it", async () => {
+    server.streamReplies.push(apiError(400, "invalid_last_event_id"));
+    const c = client();
+    const gaps: GapInfo[] = [];
+    c.subscribe("a", () => {}, { since: "999", onGap: (g) => gaps.push(g) });
+    await settle();
+    expect(gaps).toEqual([{ lastEventId: "999", oldestId: null, channel: "a" }]);
+    const again = server.streamCalls()[1]!;
+    expect(again.url.searchParams.get("since")).toBeNull();
+    expect(again.headers.get("last-event-id")).toBeNull();
+  });
+
+  it("in a subscription request: added without it, with a gap naming it", async () => {
+    const c = client();
+    c.subscribe("x", () => {});
+    await settle();
+    server.lastStream().connected("c_1");
+    await settle();
+    server.subscriptionReplies.push(apiError(400, "invalid_last_event_id"));
+    const gaps: GapInfo[] = [];
+    c.subscribe("a", () => {}, { since: "999", onGap: (g) => gaps.push(g) });
+    await settle();
+    expect(gaps).toEqual([{ lastEventId: "999", oldestId: null, channel: "a" }]);
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["a"], since: "999" }, { add: ["a"] }]);
+    expect(c.subscriptionState("a")!.status).toBe("subscribed");
+  });
+});

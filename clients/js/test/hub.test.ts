@@ -453,3 +453,31 @@ describe("sharing: sharedworker falls back", () => {
     expect(ids).toEqual([e.id]);
   });
 });
+
+describe("since / history through the worker", () => {
+  it("a tab's history reaches the worker's subscription request; only that tab gets the history frames; states follow", async () => {
+    makeHub();
+    for (let i = 0; i < 3; i++) server.publish(Y);
+    const a = tab();
+    const b = tab();
+    const ax: string[] = [];
+    const by: string[] = [];
+    const bOther: string[] = [];
+    a.subscribe(X, (e) => ax.push(e.id));
+    a.subscribe("logs:w1:*", (e) => ax.push(e.id));
+    await settle();
+    b.subscribe(Y, (e) => by.push(e.id), { history: 2 });
+    b.subscribe("logs:**", (e) => bOther.push(e.id));
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([
+      { add: ["logs:**"] },
+      { add: [Y], history: 2 },
+    ]);
+    expect(by).toEqual(["2", "3"]);
+    expect(ax).toEqual([]);
+    expect(bOther).toEqual([]);
+    expect(b.subscriptionState(Y)!.status).toBe("subscribed");
+    expect(a.subscriptionState(X)!.status).toBe("subscribed");
+    expect(b.sharingState).toEqual({ mode: "sharedworker", isLeader: false });
+  });
+});
