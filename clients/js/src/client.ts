@@ -52,6 +52,11 @@ interface Group {
   serial: number;
   /** The first subscriber's `since`/`history`. */
   start: StartOptions | undefined;
+  /**
+   * The channel has been on the connection: `start` was used and is no longer announced (a
+   * new leader tab must resume the channel, not start it again).
+   */
+  startUsed: boolean;
   state: SubscriptionState;
 }
 
@@ -264,6 +269,7 @@ class Client implements RealtimeClient {
         serial: ++groupSerial,
         start,
         // A channel the connection still has (unsubscribed and subscribed again in one task).
+        startUsed: this.live.has(channel),
         state: { status: this.live.has(channel) ? "subscribed" : "pending", error: null },
       };
       this.subs.set(channel, group);
@@ -437,7 +443,7 @@ class Client implements RealtimeClient {
   /** The start options of the channels that have some. */
   private starts(): Starts {
     const out: Starts = {};
-    for (const g of this.subs.values()) if (g.start) out[g.channel] = g.start;
+    for (const g of this.subs.values()) if (g.start && !g.startUsed) out[g.channel] = g.start;
     return out;
   }
 
@@ -524,8 +530,13 @@ class Client implements RealtimeClient {
     this.live = new Set(channels);
     for (const g of this.subs.values()) {
       if (g.state.status === "refused") continue;
-      if (this.live.has(g.channel)) this.setSubState(g, { status: "subscribed", error: null });
-      else this.setSubState(g, { status: "pending", error: g.state.error });
+      if (this.live.has(g.channel)) {
+        if (g.start && !g.startUsed) {
+          g.startUsed = true;
+          this.scheduleFlush(); // tell whoever holds the stream that the start is used
+        }
+        this.setSubState(g, { status: "subscribed", error: null });
+      } else this.setSubState(g, { status: "pending", error: g.state.error });
     }
   }
 

@@ -420,3 +420,40 @@ describe("a since the gateway does not know (400 invalid_last_event_id)", () => 
     expect(c.subscriptionState("a")!.status).toBe("subscribed");
   });
 });
+
+describe("since / history and a new leader tab", () => {
+  it("a new leader resumes a channel whose history was delivered (Last-Event-ID, no history again)", async () => {
+    const locks = new FakeLocks();
+    const bus = new FakeBus();
+    server.auto = true;
+    for (let i = 0; i < 5; i++) server.publish("x");
+    const tab = (label: string) =>
+      client({
+        shareAcrossTabs: undefined,
+        fetch: server.fetchFor(label),
+        locks: locks.for(label),
+        broadcastChannel: bus.factory(label),
+      });
+    const a = tab("A");
+    const b = tab("B");
+    const ax = collect(a, "x", { history: 2 });
+    await settle();
+    const bx = collect(b, "x", { history: 2 });
+    await settle();
+    expect(server.streamCalls()[0]!.url.searchParams.get("history")).toBe("2");
+    expect(ax).toEqual(["4", "5"]);
+    expect(bx).toEqual([]); // B joined a channel A already streamed: live only
+    server.publish("x");
+    await settle();
+    a.close();
+    await settle();
+    server.publish("x");
+    await settle();
+    const taken = server.streamCalls()[1]!;
+    expect(taken.tab).toBe("B");
+    expect(taken.url.searchParams.get("history")).toBeNull();
+    expect(taken.headers.get("last-event-id")).toBe("6");
+    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(bx).toEqual(["6", "7"]);
+  });
+});
