@@ -762,14 +762,20 @@ export class Transport {
     }
     if (this.gen !== gen) return { kind: "cancelled" };
     const channels = this.channels();
-    this.urlSince = null;
+    // Every channel of the poll new with the same `since` (and no `history`): that is the
+    // poll's position, honoured. Otherwise the poll cannot honour since/history (below).
+    const groups = [...this.byStart(channels).values()];
+    const only = groups.length === 1 ? groups[0]!.start : undefined;
+    const pollSince = only?.since !== undefined && only.history === undefined ? only.since : undefined;
+    this.urlSince = pollSince !== undefined ? { since: pollSince, channels } : null;
     this.pollKey = channels.join("\n");
     this.pollRestart = false;
     // Until a poll succeeded, answer at once (timeout 0): the UI shows `connected` without
     // waiting for the first event or the full timeout.
     const timeout = polling ? this.cfg.pollTimeoutMs : 0;
     const params: [string, string][] = channels.map((c) => ["channel", c]);
-    if (this.lastEventId) params.push(["last_event_id", this.lastEventId]);
+    const position = pollSince ?? this.lastEventId;
+    if (position) params.push(["last_event_id", position]);
     params.push(["timeout_ms", String(timeout)]);
     const ctrl = new AbortController();
     this.ctrl = ctrl;
@@ -806,12 +812,14 @@ export class Transport {
       this.setState({ status: "connected", transport: "poll" });
     }
     // A long-poll has one resume position for all its channels and no history: a channel's
-    // `since`/`history` cannot be honoured here. Its subscribers get a gap naming the channel
-    // (refetch), and the channel joins from the poll's position.
+    // `since`/`history` cannot be honoured here (unless `pollSince` was). Its subscribers get a
+    // gap naming the channel (refetch), and the channel joins from the poll's position.
     for (const c of channels) {
       const start = this.pendingStart(c);
       this.started.add(c);
-      if (start) this.sink.gap({ lastEventId: start.since ?? "", oldestId: null, channel: c });
+      if (start && pollSince === undefined) {
+        this.sink.gap({ lastEventId: start.since ?? "", oldestId: null, channel: c });
+      }
     }
     this.setLive(channels);
     if (body.gap === true) {

@@ -227,12 +227,34 @@ describe("long-polling", () => {
     const c = client();
     const gaps: GapInfo[] = [];
     c.subscribe("a", () => {}, { since: "4", onGap: (g) => gaps.push(g) });
+    c.subscribe("h", () => {}, { history: 3, onGap: (g) => gaps.push(g) });
+    c.subscribe("p", () => {});
     await settle();
     server.pollReplies.push(response(200, { events: [], last_event_id: "9", gap: false }));
     await advance(5000);
     expect(server.pollCalls()).toHaveLength(2);
-    expect(gaps).toEqual([{ lastEventId: "4", oldestId: null, channel: "a" }]);
+    expect(server.pollCalls()[0]!.url.searchParams.get("last_event_id")).toBeNull();
+    expect(gaps).toEqual([
+      { lastEventId: "4", oldestId: null, channel: "a" },
+      { lastEventId: "", oldestId: null, channel: "h" },
+    ]);
     expect(c.subscriptionState("a")).toEqual({ status: "subscribed", error: null });
+  });
+
+  it("every channel of a poll new with the same since: the poll starts there, no gap", async () => {
+    server.streamReplies.push("hang");
+    const c = client();
+    const gaps: GapInfo[] = [];
+    const got: string[] = [];
+    c.subscribe("a", (e) => got.push(e.id), { since: "4", onGap: (g) => gaps.push(g) });
+    c.subscribe("b", () => {}, { since: "4", onGap: (g) => gaps.push(g) });
+    await settle();
+    server.pollReplies.push(response(200, { events: [envelope("5", "a")], last_event_id: "9", gap: false }));
+    await advance(5000);
+    const polls = server.pollCalls().map((x) => x.url.searchParams.get("last_event_id"));
+    expect(polls).toEqual(["4", "9"]);
+    expect(gaps).toEqual([]);
+    expect(got).toEqual(["5"]);
   });
 
   it("a fetch without a streaming body (React Native) long-polls at once instead of retrying forever", async () => {
