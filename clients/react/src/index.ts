@@ -226,11 +226,13 @@ class EventStore {
   acquire(channel: string, user: StoreUser): () => void {
     let e = this.entries.get(channel);
     const o = user.options.current;
+    const fresh = !e;
     if (e) {
       this.entries.delete(channel); // most recently used last
     } else {
       e = { events: [], ids: new Set(), capacity: user.limit, users: new Set(), off: null };
       for (const ev of o.initial ?? []) this.push(e, ev);
+      if (e.events.length > e.capacity) e.capacity = e.events.length;
     }
     this.entries.set(channel, e);
     e.users.add(user);
@@ -239,9 +241,10 @@ class EventStore {
     if (!entry.off) {
       const last = entry.events[entry.events.length - 1];
       entry.off = this.client.subscribe(channel, (ev) => this.append(channel, entry, ev), {
-        // Shown before (or loaded with `initial`): continue after the last event kept.
-        since: last ? last.id : o.since,
-        history: last ? undefined : o.history,
+        // New: `since`, else right after the `initial` events. Shown before: continue after
+        // the last event kept (no history again).
+        since: fresh ? (o.since ?? last?.id) : (last?.id ?? o.since),
+        history: fresh || !last ? o.history : undefined,
         onError: (err) => {
           for (const u of [...entry.users]) u.options.current.onError?.(err);
         },

@@ -148,6 +148,25 @@ describe("useEvents: the shared store", () => {
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("10,11,12");
   });
+
+  it("initial with an explicit since: the stream starts at since", async () => {
+    function Loaded() {
+      const events = useEvents("a", { initial: [envelope("10", "a")], since: "8" });
+      return <p data-testid="list">{events.map((e) => e.id).join(",")}</p>;
+    }
+    render(
+      <RealtimeProvider client={client}>
+        <Loaded />
+      </RealtimeProvider>,
+    );
+    await flush();
+    expect(server.streamCalls()[0]!.url.searchParams.get("since")).toBe("8");
+    server.lastStream().connected();
+    server.lastStream().deliver(envelope("9", "a"));
+    server.lastStream().deliver(envelope("10", "a"));
+    await flush();
+    expect(screen.getByTestId("list").textContent).toBe("10,9");
+  });
 });
 
 describe("status hooks", () => {
