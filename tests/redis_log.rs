@@ -626,3 +626,355 @@ async fn tls_with_a_private_ca() {
         "{result:?}"
     );
 }
+
+// ---- history (per-channel index) ----
+
+use ssegate::log::{History, HistoryQuery};
+
+fn targeted(channel: &str, data: serde_json::Value, users: &[&str]) -> NewEvent {
+    NewEvent::new(
+        channel.to_owned(),
+        "t".into(),
+        RawValue::from_string(data.to_string()).unwrap(),
+        Some(users.iter().map(|u| u.to_string()).collect()),
+        T0,
+        usize::MAX,
+    )
+    .unwrap()
+}
+
+const END: Position = Position {
+    hi: u64::MAX,
+    lo: u64::MAX,
+};
+
+async fn history(
+    log: &Arc<dyn EventLog>,
+    channel: &str,
+    after: Position,
+    through: Position,
+    limit: usize,
+) -> History {
+    log.history(
+        HistoryQuery {
+            channel,
+            after,
+            through,
+            limit,
+        },
+        &all_events,
+    )
+    .await
+    .expect("history")
+}
+
+fn datas(h: &History) -> Vec<serde_json::Value> {
+    h.events.iter().map(|e| data(e)).collect()
+}
+
+/// Appends `n` events of `channel` (data `[channel, i]`) one call each; their positions.
+async fn append_n(
+    log: &Arc<dyn EventLog>,
+    channel: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<Position> {
+    let mut out = Vec::new();
+    for i in range {
+        let a = log
+            .append(
+                vec![item(
+                    None,
+                    vec![event(channel, serde_json::json!([channel, i]), T0)],
+                )],
+                T0,
+            )
+            .await
+            .unwrap();
+        out.push(a[0].positions[0]);
+    }
+    out
+}
+
+/// The keys of the stream's channel indexes and their lengths.
+async fn index_keys(url: &str, stream: &str) -> Vec<(String, usize)> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{stream}:ch:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let len: usize = redis::cmd("XLEN")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((k, len));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_one_channel_from_its_index_on_any_node() {
+    let redis = engine::start(Persistence::None);
+    let url = engine::url(&redis);
+    let a = open(&url, "hist", options(1_000, 0)).await;
+    let b = open(&url, "hist", options(1_000, 0)).await;
+
+    // x gets 10 events among many of other channels, from both nodes, some in batches
+    // with other channels.
+    let mut x = Vec::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let appended = node
+            .append(
+                vec![
+                    item(None, vec![event("y", serde_json::json!(["y", i]), T0)]),
+                    item(
+                        None,
+                        vec![
+                            event("z", serde_json::json!(["z", i]), T0),
+                            event("x", serde_json::json!(["x", i]), T0),
+                            event("other:x", serde_json::json!(["other:x", i]), T0),
+                        ],
+                    ),
+                ],
+                T0,
+            )
+            .await
+            .unwrap();
+        x.push(appended[1].positions[1]);
+        append_n(node, "noise", 0..3).await;
+    }
+    let xs = |r: std::ops::Range<usize>| r.map(|i| serde_json::json!(["x", i])).collect::<Vec<_>>();
+
+    // The newest 4, in log order, with `more`; asked on the other node.
+    let h = history(&b, "x", Position::ZERO, END, 4).await;
+    assert_eq!(datas(&h), xs(6..10));
+    assert_eq!(h.events.iter().map(|e| e.pos).collect::<Vec<_>>(), x[6..]);
+    assert!(h.more);
+    assert!(h.events.iter().all(|e| e.event.channel == "x"));
+    // Everything: no more.
+    let h = history(&a, "x", Position::ZERO, END, 100).await;
+    assert_eq!(datas(&h), xs(0..10));
+    assert!(!h.more);
+    // Exactly all of them: no more either.
+    let h = history(&a, "x", Position::ZERO, END, 10).await;
+    assert_eq!(datas(&h), xs(0..10));
+    assert!(!h.more);
+    // Paging back: `through` just before the first one returned.
+    let h = history(&a, "x", Position::ZERO, x[5], 3).await;
+    assert_eq!(datas(&h), xs(3..6));
+    assert!(h.more);
+    let before = Position {
+        hi: x[3].hi,
+        lo: x[3].lo - 1,
+    };
+    let h = history(&a, "x", Position::ZERO, before, 3).await;
+    assert_eq!(datas(&h), xs(0..3));
+    assert!(!h.more);
+    // `after` is exclusive, `through` inclusive.
+    let h = history(&a, "x", x[2], x[7], 100).await;
+    assert_eq!(datas(&h), xs(3..8));
+    assert!(!h.more);
+    let h = history(&a, "x", x[2], x[7], 2).await;
+    assert_eq!(datas(&h), xs(6..8));
+    assert!(h.more);
+    assert!(history(&a, "x", x[7], x[7], 10).await.events.is_empty());
+    assert!(history(&a, "x", x[7], x[2], 10).await.events.is_empty());
+    // limit 0 tells only whether there is anything.
+    let h = history(&a, "x", Position::ZERO, END, 0).await;
+    assert!(h.events.is_empty() && h.more);
+    let h = history(&a, "x", x[9], END, 0).await;
+    assert!(h.events.is_empty() && !h.more);
+    // A channel with nothing, and a pattern-looking name, are empty.
+    assert!(history(&a, "nothing", Position::ZERO, END, 10)
+        .await
+        .events
+        .is_empty());
+    assert!(history(&a, "other", Position::ZERO, END, 10)
+        .await
+        .events
+        .is_empty());
+    assert_eq!(
+        history(&a, "other:x", Position::ZERO, END, 1)
+            .await
+            .events
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_leaves_out_what_the_filter_refuses_and_keeps_looking_back() {
+    let redis = engine::start(Persistence::None);
+    let log = open(&engine::url(&redis), "filter", options(10_000, 0)).await;
+    // u1's events are 5 among 300 targeted at u2 and 5 for everyone, spread out.
+    let mut mine = Vec::new();
+    for i in 0..310 {
+        let e = if i % 31 == 0 {
+            mine.push(i);
+            targeted("inbox", serde_json::json!(i), &["u1", "u3"])
+        } else if i % 31 == 15 {
+            mine.push(i);
+            event("inbox", serde_json::json!(i), T0)
+        } else {
+            targeted("inbox", serde_json::json!(i), &["u2"])
+        };
+        log.append(vec![item(None, vec![e])], T0).await.unwrap();
+    }
+    let for_u1 = |e: &Event| e.targets("u1");
+    let ask = |limit: usize, through: Position| {
+        let log = log.clone();
+        async move {
+            log.history(
+                HistoryQuery {
+                    channel: "inbox",
+                    after: Position::ZERO,
+                    through,
+                    limit,
+                },
+                &for_u1,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let want = |r: &[usize]| r.iter().map(|i| serde_json::json!(i)).collect::<Vec<_>>();
+    let h = ask(3, END).await;
+    assert_eq!(datas(&h), want(&mine[mine.len() - 3..]));
+    assert!(h.more);
+    let h = ask(100, END).await;
+    assert_eq!(datas(&h), want(&mine));
+    assert!(!h.more);
+    assert!(h.events.iter().all(|e| e.targets("u1")));
+    // Paging back through events of others.
+    let h2 = ask(
+        100,
+        Position {
+            hi: h.events[2].pos.hi,
+            lo: h.events[2].pos.lo - 1,
+        },
+    )
+    .await;
+    assert_eq!(datas(&h2), want(&mine[..2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_never_returns_what_retention_removed_and_the_index_shrinks_with_it() {
+    let redis = engine::start(Persistence::None);
+    let url = engine::url(&redis);
+    let log = open(&url, "ret", options(6, 60_000)).await;
+    let quiet = append_n(&log, "quiet", 0..3).await;
+    let busy = append_n(&log, "busy", 0..4).await;
+    // 7 appended, 6 kept: quiet's first is gone.
+    let h = history(&log, "quiet", Position::ZERO, END, 10).await;
+    assert_eq!(
+        h.events.iter().map(|e| e.pos).collect::<Vec<_>>(),
+        quiet[1..]
+    );
+    assert!(!h.more);
+    let h = history(&log, "quiet", Position::ZERO, END, 1).await;
+    assert_eq!(h.events[0].pos, quiet[2]);
+    assert!(h.more);
+    assert_eq!(
+        index_keys(&url, "ret").await,
+        [
+            ("ret:ch:busy".to_owned(), 4),
+            ("ret:ch:quiet".to_owned(), 2)
+        ]
+    );
+    // busy goes on: every quiet event is removed, and quiet's index with them.
+    let more_busy = append_n(&log, "busy", 4..10).await;
+    let h = history(&log, "quiet", Position::ZERO, END, 10).await;
+    assert!(h.events.is_empty() && !h.more);
+    let h = history(&log, "busy", Position::ZERO, END, 10).await;
+    assert_eq!(h.events.len(), 6);
+    assert_eq!(h.events.last().unwrap().pos, *more_busy.last().unwrap());
+    assert!(h.events[0].pos > busy[3]);
+    assert_eq!(
+        index_keys(&url, "ret").await,
+        [("ret:ch:busy".to_owned(), 6)]
+    );
+
+    // Retention by age: everything older than the cutoff goes, indexes too.
+    let late = log
+        .append(
+            vec![item(
+                None,
+                vec![event("late", serde_json::json!(1), T0 + 120_000)],
+            )],
+            T0,
+        )
+        .await
+        .unwrap()[0]
+        .positions[0];
+    log.enforce_retention(T0 + 90_000).await.unwrap();
+    assert!(history(&log, "busy", Position::ZERO, END, 10)
+        .await
+        .events
+        .is_empty());
+    let h = history(&log, "late", Position::ZERO, END, 10).await;
+    assert_eq!(h.events.iter().map(|e| e.pos).collect::<Vec<_>>(), [late]);
+    assert_eq!(
+        index_keys(&url, "ret").await,
+        [("ret:ch:late".to_owned(), 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_restart_of_redis_and_of_the_node() {
+    let mut redis = Engine::start(engine::spec(Persistence::Aof, &[]));
+    let url = engine::url(&redis);
+    let log = open(&url, "restart", options(1_000, 0)).await;
+    let p = append_n(&log, "c1", 0..5).await;
+    append_n(&log, "c2", 0..5).await;
+    drop(log);
+    redis.restart();
+    let log = open(&url, "restart", options(1_000, 0)).await;
+    let h = eventually(Duration::from_secs(30), || {
+        log.history(
+            HistoryQuery {
+                channel: "c1",
+                after: Position::ZERO,
+                through: END,
+                limit: 3,
+            },
+            &all_events,
+        )
+    })
+    .await;
+    assert_eq!(h.events.iter().map(|e| e.pos).collect::<Vec<_>>(), p[2..]);
+    assert!(h.more);
+    // And it goes on from there.
+    let q = append_n(&log, "c1", 5..6).await;
+    let h = history(&log, "c1", Position::ZERO, END, 2).await;
+    assert_eq!(
+        h.events.iter().map(|e| e.pos).collect::<Vec<_>>(),
+        [p[4], q[0]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_a_duplicate_append_is_the_original_only() {
+    let redis = engine::start(Persistence::None);
+    let log = open(&engine::url(&redis), "dup", options(1_000, 0)).await;
+    let once = || {
+        log.append(
+            vec![item(
+                Some("k"),
+                vec![event("d", serde_json::json!("v"), T0)],
+            )],
+            T0,
+        )
+    };
+    let first = once().await.unwrap();
+    let again = once().await.unwrap();
+    assert!(again[0].duplicate);
+    let h = history(&log, "d", Position::ZERO, END, 10).await;
+    assert_eq!(h.events.len(), 1);
+    assert_eq!(h.events[0].pos, first[0].positions[0]);
+}

@@ -7,12 +7,41 @@
 //! - `{stream}` (`log.stream`, default `ssegate`): a Redis stream; one entry per event, whose
 //!   id (`<ms>-<seq>`, given by `XADD *`) is the event's [`Position`] (`hi` = ms, `lo` = seq)
 //!   and its SSE `id`. Fields: `e` = the JSON of [`NewEvent`] (as the file log stores it),
-//!   `t` = its publish time in Unix ms (so retention by age reads no JSON).
+//!   `t` = its publish time in Unix ms (so retention by age reads no JSON), `c` = its channel
+//!   (so retention knows which channel index to trim without reading JSON).
 //! - `{stream}:trimmed`: the id of the newest entry retention ever removed.
 //! - `{stream}:key:{idempotency key}`: `"<expiry ms> <id> <id> …"`, with a Redis TTL.
+//! - `{stream}:ch:{channel}`: the channel index, for [`EventLog::history`]: a stream with one
+//!   entry per retained event of that channel, whose id is the event's id in `{stream}` and
+//!   whose only field is `i` = `""`. Written by the append script, in the same script as the
+//!   `XADD` (atomic with it). Kept bounded exactly: whenever retention removes entries of
+//!   `{stream}` (the append script by count, [`EventLog::enforce_retention`] by age), the
+//!   indexes of their channels (field `c`) are trimmed to the oldest retained id
+//!   (`XTRIM MINID`) and deleted when empty, so a channel that stops getting events loses its
+//!   index key with its last event; the appended channels' indexes are trimmed the same way
+//!   on every append. An index that refuses an id (left over from a `{stream}` that was
+//!   deleted by hand) is started again; index writes never fail an append.
 //!
 //! Nothing else may write to these keys; an entry deleted by hand (`XDEL`) is a loss ssegate
-//! cannot report as a gap. Redis Cluster is not supported (the keys of one stream must live
+//! cannot report as a gap.
+//!
+//! **Cost of the index**: one more key per channel with retained events (a small stream:
+//! roughly 200–300 bytes of overhead), about 10–20 bytes per retained event in it (stream
+//! entries with the same field are delta-encoded in listpacks), plus the channel name again in
+//! field `c` of each event; on append, one `XADD` per event and one `XTRIM` per distinct
+//! channel of the call.
+//!
+//! **History** ([`EventLog::history`]) is one read-only script per step: `XREVRANGE` on the
+//! channel's index from `through` back to `after` (exclusive), then `XRANGE id id` per id for
+//! the event itself; an id older than the oldest entry of `{stream}` ends the walk (retention
+//! removed it and every older one), an id missing otherwise (`XDEL`) is skipped. A step returns
+//! at most 1,024 events and looks at at most 4,096 index entries; when the filter (events
+//! targeted at other users) leaves the answer short, the next step goes on from where the last
+//! stopped, asking for more each time, until `limit` events matched or the index ran out: the
+//! cost grows with the events of that channel looked at, never with the log. Events appended
+//! by ssegate versions before the index existed have no index entries: **history starts with
+//! the first append of this version** (older events are still read and resumed as before).
+//! During a rolling upgrade, events appended by older nodes are not in history either. Redis Cluster is not supported (the keys of one stream must live
 //! on one server): use one primary, with replicas for failover if wanted.
 //!
 //! # Guarantees
@@ -80,13 +109,17 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::config::EngineConfig;
 use super::{
-    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
-    LogOptions, NewEvent, Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, History,
+    HistoryQuery, LogError, LogOptions, NewEvent, Position, ReadBatch,
 };
 use crate::retry::{backoff_with_jitter, sleep_or_cancel};
 
 /// Entries fetched per read at most, whatever the filter keeps.
 const MAX_SCAN: usize = 1_024;
+/// Events one history step returns at most.
+const HISTORY_STEP: usize = 1_024;
+/// Index entries one history step looks at at most (keeps each script short).
+const HISTORY_LOOK: usize = 4_096;
 /// Entries one script removes at most (keeps each script short).
 const MAX_TRIM: u64 = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -108,12 +141,55 @@ local function num_lt(a, b)
   return a < b
 end
 
+-- Stream ids `ms-seq` compared exactly.
+local function id_lt(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if am ~= bm then return num_lt(am, bm) end
+  return num_lt(as, bs)
+end
+
+-- The channel index of `channel`: a stream whose entry ids are the ids of that channel's
+-- events in `stream`.
+local function index_key(stream, channel)
+  return stream .. ':ch:' .. channel
+end
+
+-- Records event `id` of `channel`. Never fails the script: an index that refuses the id (one
+-- left from a stream that was reset, or a foreign key) is started again.
+local function index_add(stream, channel, id)
+  local key = index_key(stream, channel)
+  local r = redis.pcall('XADD', key, id, 'i', '')
+  if type(r) == 'table' and r.err then
+    redis.pcall('DEL', key)
+    redis.pcall('XADD', key, id, 'i', '')
+  end
+end
+
+-- Forgets, in the index of each channel of the set `channels`, the ids before the oldest
+-- entry of `stream` (retention removed those events); an index left empty is deleted.
+local function index_trim(stream, channels)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  for channel in pairs(channels) do
+    local key = index_key(stream, channel)
+    if #first == 0 then
+      redis.pcall('DEL', key)
+    else
+      redis.pcall('XTRIM', key, 'MINID', first[1][1])
+      if redis.pcall('XLEN', key) == 0 then redis.pcall('DEL', key) end
+    end
+  end
+end
+
 -- Removes the oldest entries while more than `keep` remain or, when `cutoff` is not '',
 -- while the oldest was published before `cutoff` (or has no valid publish time); at most
--- `max`. Records the last removed id in `marker`. Returns how many were removed.
-local function trim(stream, marker, keep, cutoff, max)
+-- `max`. Records the last removed id in `marker`, then trims the channel indexes of the
+-- removed events (their field `c`) and of the channels in the set `touched`. Returns how
+-- many were removed.
+local function trim(stream, marker, keep, cutoff, max, touched)
   local len = redis.call('XLEN', stream)
   local removed, last = 0, nil
+  local channels = touched or {}
   -- By count alone, exactly the entries to remove are fetched; by age, a few first, then
   -- more while they all turn out old.
   local probe = 4
@@ -126,18 +202,19 @@ local function trim(stream, marker, keep, cutoff, max)
     local es = redis.call('XRANGE', stream, '-', '+', 'COUNT', want)
     local take = 0
     for _, e in ipairs(es) do
+      local t, c = nil, nil
+      local f = e[2]
+      for j = 1, #f - 1, 2 do
+        if f[j] == 't' then t = f[j + 1] elseif f[j] == 'c' then c = f[j + 1] end
+      end
       local old = len - take > keep
       if not old and cutoff ~= '' then
-        local t = nil
-        local f = e[2]
-        for j = 1, #f - 1, 2 do
-          if f[j] == 't' then t = f[j + 1] end
-        end
         old = t == nil or not string.match(t, '^%d+$') or num_lt(t, cutoff)
       end
       if not old then break end
       take = take + 1
       last = e[1]
+      if c then channels[c] = true end
     end
     if take == 0 then break end
     len = len - take
@@ -146,6 +223,7 @@ local function trim(stream, marker, keep, cutoff, max)
     if take < #es then break end
   end
   if last then redis.call('SET', marker, last) end
+  index_trim(stream, channels)
   return removed
 end
 "#;
@@ -153,8 +231,9 @@ end
 /// KEYS: stream, trimmed marker, then the idempotency keys of the items that have one, in
 /// item order. ARGV: now_ms, expiry_ms ('' = remember no key), key TTL ms, retention_events,
 /// max trim, item count, then per item: has_key ('1'/'0'), event count, then per event: JSON,
-/// time_ms. Returns per item `{duplicate (0/1), id…}`. Every read that can fail on a foreign
-/// value (GET of a key of another type) runs before the first write.
+/// time_ms, channel. Returns per item `{duplicate (0/1), id…}`. Every read that can fail on a
+/// foreign value (GET of a key of another type) runs before the first write; the channel
+/// index writes cannot fail the script (see `index_add`).
 const LUA_APPEND: &str = r#"
 local stream, marker = KEYS[1], KEYS[2]
 local now, expiry, ttl = ARGV[1], ARGV[2], ARGV[3]
@@ -170,10 +249,11 @@ for i = 1, n_items do
     end
     k = k + 1
   end
-  a = a + 2 + 2 * tonumber(ARGV[a + 1])
+  a = a + 2 + 3 * tonumber(ARGV[a + 1])
 end
 local out = {}
 local added = 0
+local touched = {}
 a, k = 7, 3
 for i = 1, n_items do
   local key = nil
@@ -189,12 +269,16 @@ for i = 1, n_items do
   if seen then
     r[1] = 1
     for id in string.gmatch(seen, '%S+') do r[#r + 1] = id end
-    a = a + 2 * n
+    a = a + 3 * n
   else
     r[1] = 0
     for j = 1, n do
-      r[#r + 1] = redis.call('XADD', stream, '*', 'e', ARGV[a], 't', ARGV[a + 1])
-      a = a + 2
+      local channel = ARGV[a + 2]
+      local id = redis.call('XADD', stream, '*', 'e', ARGV[a], 't', ARGV[a + 1], 'c', channel)
+      index_add(stream, channel, id)
+      touched[channel] = true
+      r[#r + 1] = id
+      a = a + 3
     end
     added = added + n
     if key and expiry ~= '' then
@@ -205,7 +289,7 @@ for i = 1, n_items do
   end
   out[i] = r
 end
-if added > 0 then trim(stream, marker, keep, '', max_trim) end
+if added > 0 then trim(stream, marker, keep, '', max_trim, touched) end
 return out
 "#;
 
@@ -241,6 +325,41 @@ end
 return {trimmed, oldest, head, entries}
 "#;
 
+/// One step of a history lookup, read-only. KEYS: stream, channel index. ARGV: end of the
+/// range (an id, inclusive, or `(id`, exclusive), start (`-` or `(id`), how many retained
+/// events to return at most, how many index entries to look at at most. Walks the index
+/// newest first; an id before the stream's oldest entry ends the walk (retention removes the
+/// oldest first, so every older one is gone too); an id missing from the stream otherwise is
+/// skipped. Returns `{entries (newest first), last id looked at or '', done (0/1)}`; `done`:
+/// no retained event of the channel is left in the range past the last id looked at.
+const LUA_HISTORY: &str = r#"
+local stream, index = KEYS[1], KEYS[2]
+local stop, start = ARGV[1], ARGV[2]
+local want, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+if #first == 0 then return {{}, '', 1} end
+local oldest = first[1][1]
+local out, last, looked = {}, '', 0
+while true do
+  local n = math.min(budget - looked, 256)
+  -- One past what is wanted: whether a candidate is left is known without another call.
+  if #out >= want then n = 1 end
+  if n <= 0 then return {out, last, 0} end
+  local ids = redis.call('XREVRANGE', index, stop, start, 'COUNT', n)
+  for _, e in ipairs(ids) do
+    local id = e[1]
+    if id_lt(id, oldest) then return {out, last, 1} end
+    if #out >= want then return {out, last, 0} end
+    looked = looked + 1
+    last = id
+    local m = redis.call('XRANGE', stream, id, id)
+    if #m > 0 then out[#out + 1] = m[1] end
+  end
+  if #ids < n then return {out, last, 1} end
+  stop = '(' .. last
+end
+"#;
+
 pub struct RedisLog {
     shared: Arc<Shared>,
     head: watch::Receiver<Position>,
@@ -261,6 +380,7 @@ struct Shared {
     append: Script,
     trim: Script,
     read: Script,
+    history: Script,
 }
 
 impl RedisLog {
@@ -286,6 +406,7 @@ impl RedisLog {
             append: Script::new(&format!("#!lua\n{LUA_LIB}\n{LUA_APPEND}")),
             trim: Script::new(&format!("#!lua\n{LUA_LIB}\n{LUA_TRIM}")),
             read: Script::new(LUA_READ),
+            history: Script::new(&format!("#!lua flags=no-writes\n{LUA_LIB}\n{LUA_HISTORY}")),
         });
         let stop = CancellationToken::new();
         tokio::spawn(tail(shared.clone(), stop.clone()));
@@ -526,6 +647,11 @@ impl Shared {
         });
     }
 
+    /// The key of `channel`'s index (see the module docs).
+    fn index_key(&self, channel: &str) -> String {
+        format!("{}:ch:{channel}", self.stream)
+    }
+
     fn read_invocation(
         &self,
         start: Option<Position>,
@@ -559,6 +685,44 @@ impl Shared {
             }
         }
     }
+}
+
+/// One step of a history lookup (see `LUA_HISTORY`).
+struct HistoryStep {
+    /// Stream entries, newest first.
+    entries: Vec<Value>,
+    /// The last index id looked at.
+    last: Option<String>,
+    /// No retained event of the channel is left in the range past `last`.
+    done: bool,
+}
+
+fn parse_history_step(reply: Value) -> Result<HistoryStep, LogError> {
+    let Value::Array(parts) = reply else {
+        return Err(unexpected("history", &reply));
+    };
+    let [entries, last, done] = <[Value; 3]>::try_from(parts)
+        .map_err(|parts| unexpected("history", &Value::Array(parts)))?;
+    let entries = match entries {
+        Value::Array(entries) => entries,
+        Value::Nil => Vec::new(),
+        other => return Err(unexpected("history", &other)),
+    };
+    let last = match text(&last) {
+        Some("") => None,
+        Some(id) => Some(id.to_owned()),
+        None if last == Value::Nil => None,
+        None => return Err(unexpected("history", &last)),
+    };
+    let done = match done {
+        Value::Int(d) => d != 0,
+        other => return Err(unexpected("history", &other)),
+    };
+    Ok(HistoryStep {
+        entries,
+        last,
+        done,
+    })
 }
 
 /// A read's view of the log, taken atomically.
@@ -764,7 +928,7 @@ impl EventLog for RedisLog {
                 .arg(item.events.len());
             for event in &item.events {
                 let json = serde_json::to_string(event).expect("events serialize");
-                invocation.arg(json).arg(event.time_ms);
+                invocation.arg(json).arg(event.time_ms).arg(&event.channel);
             }
         }
         let reply = s.eval(&invocation).await?;
@@ -818,6 +982,59 @@ impl EventLog for RedisLog {
             batch.at_head = false;
         }
         Ok(batch)
+    }
+
+    async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError> {
+        let s = &self.shared;
+        let mut history = History::default();
+        if q.through <= q.after {
+            return Ok(history);
+        }
+        let index = s.index_key(q.channel);
+        let start = if q.after == Position::ZERO {
+            "-".to_owned()
+        } else {
+            format!("({}", redis_id(q.after))
+        };
+        let mut stop = redis_id(q.through);
+        // Events asked for beyond the ones still needed, doubled after every step the filter
+        // left short (targeted events of other users).
+        let mut extra = 0usize;
+        'steps: loop {
+            let needed = q.limit - history.events.len();
+            let want = needed.max(extra).min(HISTORY_STEP);
+            let mut invocation = s.history.prepare_invoke();
+            invocation
+                .key(&s.stream)
+                .key(&index)
+                .arg(&stop)
+                .arg(&start)
+                .arg(want)
+                .arg(HISTORY_LOOK);
+            let step = parse_history_step(s.eval(&invocation).await?)?;
+            for entry in &step.entries {
+                if history.events.len() >= q.limit {
+                    // A retained event of the channel is left over.
+                    history.more = true;
+                    break 'steps;
+                }
+                let event = parse_entry(entry)?;
+                if filter(&event) {
+                    history.events.push(Arc::new(event));
+                }
+            }
+            if history.events.len() >= q.limit {
+                history.more = !step.done;
+                break;
+            }
+            match step.last {
+                Some(last) if !step.done => stop = format!("({last}"),
+                _ => break,
+            }
+            extra = (extra * 2).clamp(16, HISTORY_STEP);
+        }
+        history.events.reverse();
+        Ok(history)
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
