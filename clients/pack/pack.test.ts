@@ -259,6 +259,9 @@ describe("the packed packages in fresh apps", () => {
       }
     }
     expect(readFileSync(join(apps.vite, "node_modules/@ssegate/client/LICENSE"), "utf8")).toContain("Apache License");
+    // The React entry is a client module for React Server Components bundlers (Next.js): the
+    // directive must be the built file's first statement.
+    expect(readFileSync(join(apps.vite, "node_modules/@ssegate/react/dist/index.js"), "utf8")).toMatch(/^"use client";/);
   });
 
   it("resolves from CommonJS `require` as well (Node's require of ES modules)", () => {
