@@ -43,6 +43,15 @@ enum Op {
         max: usize,
         mask: u8,
     },
+    /// History of one channel in `(after, through]` (both picked like `Read`'s), at most
+    /// `limit`, keeping every event or (`odd`) those whose number is odd.
+    History {
+        channel: usize,
+        after: u16,
+        through: u16,
+        limit: usize,
+        odd: bool,
+    },
     Tick(u64),
     Retain,
     /// Close and reopen (file and redis logs; a no-op for memory).
@@ -57,6 +66,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => proptest::collection::vec(item, 1..4).prop_map(Op::Append),
         4 => (any::<u16>(), 1usize..6, 1u8..8).prop_map(|(pick, max, mask)| Op::Read { pick, max, mask }),
+        3 => (0..CHANNELS.len(), any::<u16>(), any::<u16>(), 0usize..5, any::<bool>()).prop_map(
+            |(channel, after, through, limit, odd)| Op::History { channel, after, through, limit, odd }
+        ),
         2 => (1u64..80).prop_map(Op::Tick),
         1 => Just(Op::Retain),
         1 => Just(Op::Reopen),
@@ -514,6 +526,65 @@ async fn run(backend: Backend, opts: LogOptions, ops: Vec<Op>) -> Result<(), Tes
                 if let Some(gap) = batch.gap {
                     let oldest = gap.oldest.map(|p| positions.to_model(p)).transpose()?;
                     prop_assert_eq!(oldest, model.events.first().map(|e| e.pos));
+                }
+            }
+            Op::History {
+                channel,
+                after,
+                through,
+                limit,
+                odd,
+            } => {
+                let span = model.last + 3;
+                let (a, t) = (u64::from(after) % span, u64::from(through) % span);
+                let (after, through) = (a.min(t), a.max(t));
+                let channel = CHANNELS[channel];
+                let number = |data: &str| -> u64 {
+                    data.trim_start_matches("{\"n\":")
+                        .trim_end_matches('}')
+                        .parse()
+                        .unwrap()
+                };
+                let keep = |data: &str| !odd || number(data) % 2 == 1;
+                let filter = |e: &Event| keep(e.event.data.get());
+                let q = ssegate::log::HistoryQuery {
+                    channel,
+                    after: positions.to_real(after),
+                    through: positions.to_real(through),
+                    limit,
+                };
+                let history = log.history(q, &filter).await.expect("history");
+                let got: Vec<Stored> = history
+                    .events
+                    .iter()
+                    .map(|e| stored(e, &positions))
+                    .collect::<Result<_, _>>()?;
+                let in_range: Vec<&Stored> = model
+                    .events
+                    .iter()
+                    .filter(|e| e.pos > after && e.pos <= through && e.channel == channel)
+                    .collect();
+                let matching: Vec<Stored> = in_range
+                    .iter()
+                    .filter(|e| keep(&e.data))
+                    .map(|e| (*e).clone())
+                    .collect();
+                let want = matching[matching.len().saturating_sub(limit)..].to_vec();
+                prop_assert_eq!(
+                    &got,
+                    &want,
+                    "history of {} in ({}, {}] (step {})",
+                    channel,
+                    after,
+                    through,
+                    step
+                );
+                let older = got
+                    .first()
+                    .is_some_and(|first| in_range.iter().any(|e| e.pos < first.pos));
+                let more = got.len() == limit && (older || (limit == 0 && !in_range.is_empty()));
+                if limit > 0 {
+                    prop_assert_eq!(history.more, more, "more (step {})", step);
                 }
             }
             Op::Tick(ms) => now += ms,

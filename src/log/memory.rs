@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::channel_index::{self, ChannelIndex};
 use super::{
-    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
-    LogOptions, Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, History,
+    HistoryQuery, LogError, LogOptions, Position, ReadBatch,
 };
 
 /// Events scanned per read at most, whatever the filter keeps; bounds the time the lock is held.
@@ -30,6 +31,8 @@ struct Inner {
     last_seq: u64,
     /// Every position up to here was dropped by retention.
     trimmed_through: u64,
+    /// Retained positions by channel.
+    channels: ChannelIndex,
     /// Idempotency key → (expiry ms, positions).
     keys: HashMap<String, (u64, Vec<Position>)>,
     /// Keys in expiry order, to forget them without scanning.
@@ -55,9 +58,21 @@ impl MemoryLog {
 impl Inner {
     fn trim_to(&mut self, keep: u64) {
         while self.events.len() as u64 > keep {
-            self.events.pop_front();
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(e) = self.events.pop_front() {
+            self.channels.pop_oldest(&e.event.channel, e.pos);
             self.trimmed_through += 1;
         }
+    }
+
+    /// The retained event at `pos`.
+    fn at(&self, pos: Position) -> Option<&Arc<Event>> {
+        let i = pos.lo.checked_sub(self.trimmed_through + 1)?;
+        self.events.get(i as usize)
     }
 
     fn forget_keys(&mut self, now_ms: u64) {
@@ -96,6 +111,7 @@ impl EventLog for MemoryLog {
                 inner.last_seq += 1;
                 let pos = Position::seq(inner.last_seq);
                 positions.push(pos);
+                inner.channels.push(&event.channel, pos);
                 inner.events.push_back(Arc::new(Event { pos, event }));
             }
             if let (Some(key), true) = (item.key, self.opts.dedupe_window_ms > 0) {
@@ -157,6 +173,13 @@ impl EventLog for MemoryLog {
         })
     }
 
+    async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError> {
+        let inner = self.lock();
+        channel_index::collect(inner.channels.newest_first(&q), q.limit, filter, |pos| {
+            Ok(inner.at(pos).cloned())
+        })
+    }
+
     async fn enforce_retention(&self, now_ms: u64) -> Result<(), LogError> {
         let mut inner = self.lock();
         inner.forget_keys(now_ms);
@@ -169,8 +192,7 @@ impl EventLog for MemoryLog {
             .front()
             .is_some_and(|e| e.event.time_ms < cutoff)
         {
-            inner.events.pop_front();
-            inner.trimmed_through += 1;
+            inner.drop_oldest();
         }
         Ok(())
     }

@@ -18,6 +18,7 @@
 //! positions are two numbers (`ms-seq` for Redis), reads block with a timeout, and retention
 //! and dedupe are the backend's business.
 
+pub mod channel_index;
 pub mod config;
 pub mod file;
 pub mod memory;
@@ -176,6 +177,32 @@ pub struct Bounds {
     pub oldest: Option<Position>,
 }
 
+/// A history query: the newest events of one channel, as [`EventLog::history`] answers it.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryQuery<'a> {
+    /// An exact channel name (never a pattern).
+    pub channel: &'a str,
+    /// Only events after this position (`Position::ZERO`: from the oldest retained).
+    pub after: Position,
+    /// Only events at or before this position.
+    pub through: Position,
+    /// At most this many events (the newest ones of the range).
+    pub limit: usize,
+}
+
+/// The answer to a [`HistoryQuery`].
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// The newest matching events of the channel in the range, in log order (oldest first).
+    pub events: Vec<Arc<Event>>,
+    /// Older events of the channel in the range were left out (by `limit`): page back with
+    /// `through` just before `events[0]`.
+    pub more: bool,
+}
+
+/// History answers hold at most this many events.
+pub const MAX_HISTORY: usize = 1000;
+
 /// Which events a read returns.
 pub type Filter<'a> = &'a (dyn Fn(&Event) -> bool + Sync);
 
@@ -232,6 +259,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Head and oldest positions.
     async fn bounds(&self) -> Result<Bounds, LogError>;
+
+    /// The newest events of one channel in `(q.after, q.through]` that pass `filter`, at
+    /// most `q.limit`, oldest first, found through a per-channel index (never a scan of the
+    /// whole log): the cost grows with the events of that channel looked at, not with the
+    /// log. Events retention dropped are not returned.
+    async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError>;
 
     /// Applies retention by age as of `now_ms` (retention by count is applied on append).
     async fn enforce_retention(&self, now_ms: u64) -> Result<(), LogError>;

@@ -294,6 +294,15 @@ fn parse(body: &[u8]) -> Option<Record<'_>> {
     })
 }
 
+/// The channel of an EVENT record body (as [`Record::Event`] gives it), without decoding
+/// the rest.
+pub fn event_channel(body: &[u8]) -> Option<&str> {
+    let mut c = Cursor {
+        b: body.get(1 + 8 + 8 + 1..)?,
+    };
+    c.str16()
+}
+
 /// Decodes the event of an EVENT record body (as [`Record::Event`] gives it).
 pub fn decode_event(body: &[u8]) -> Option<NewEvent> {
     let mut c = Cursor { b: body.get(1..)? };

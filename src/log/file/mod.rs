@@ -39,9 +39,10 @@ use tokio::sync::{oneshot, watch};
 
 use crate::retry::lock;
 
+use super::channel_index::ChannelIndex;
 use super::{
     fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, FileStats, Filter, Gap,
-    LogError, LogHealth, LogOptions, Position, ReadBatch,
+    History, HistoryQuery, LogError, LogHealth, LogOptions, Position, ReadBatch,
 };
 use format::{Encoder, ItemKey, HEADER_LEN};
 use scan::{KeyEntry, Meta, Scan, MISSING};
@@ -107,6 +108,9 @@ struct Index {
     segs: VecDeque<Seg>,
     last_seq: u64,
     trimmed_through: u64,
+    /// Positions by channel, for history (entries up to `trimmed_through` may linger until
+    /// the next segment goes; lookups never go below it).
+    channels: ChannelIndex,
 }
 
 impl Index {
@@ -121,6 +125,78 @@ impl Index {
             .and_then(|s| s.offsets.get((seq - s.base) as usize))
             .is_some_and(|o| *o != MISSING)
     }
+
+    /// Where the record of `seq` is: (file, path, start, end), the end being the next
+    /// record of an event or the segment's end.
+    fn record_of(&self, seq: u64) -> Option<RecordAt> {
+        let seg = self.seg_of(seq)?;
+        let i = (seq - seg.base) as usize;
+        let start = *seg.offsets.get(i)?;
+        if start == MISSING {
+            return None;
+        }
+        let end = seg.offsets[i + 1..]
+            .iter()
+            .find(|o| **o != MISSING)
+            .map_or(seg.end, |o| u64::from(*o));
+        Some(RecordAt {
+            seq,
+            file: seg.file.clone(),
+            start: u64::from(start),
+            end,
+        })
+    }
+}
+
+/// One record to read (see [`Index::record_of`]).
+struct RecordAt {
+    seq: u64,
+    file: Arc<File>,
+    start: u64,
+    end: u64,
+}
+
+impl RecordAt {
+    /// Reads and decodes the event; `None` if the record is damaged.
+    fn read(&self) -> std::io::Result<Option<Event>> {
+        let mut bytes = vec![0u8; (self.end - self.start) as usize];
+        self.file.read_exact_at(&mut bytes, self.start)?;
+        Ok(match format::frame(&bytes) {
+            format::Frame::Valid {
+                record: format::Record::Event { seq, body, .. },
+                ..
+            } if seq == self.seq => format::decode_event(body).map(|event| Event {
+                pos: Position::seq(seq),
+                event,
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// The channel index of the events in `segs`: every record read once more (the scan at start
+/// checked them). A record that cannot be read is left out (a read reports its damage).
+fn index_channels(segs: &VecDeque<Seg>) -> std::io::Result<ChannelIndex> {
+    let mut channels = ChannelIndex::default();
+    for seg in segs {
+        let mut bytes = vec![0u8; seg.end as usize];
+        seg.file.read_exact_at(&mut bytes, 0)?;
+        for (i, offset) in seg.offsets.iter().enumerate() {
+            if *offset == MISSING {
+                continue;
+            }
+            if let Some(format::Frame::Valid {
+                record: format::Record::Event { body, .. },
+                ..
+            }) = bytes.get(*offset as usize..).map(format::frame)
+            {
+                if let Some(channel) = format::event_channel(body) {
+                    channels.push(channel, Position::seq(seg.base + i as u64));
+                }
+            }
+        }
+    }
+    Ok(channels)
 }
 
 /// What the health endpoints and metrics read.
@@ -370,10 +446,13 @@ impl FileLog {
             .trimmed_through
             .max(first - 1)
             .max(last_seq.saturating_sub(opts.retention_events));
+        let channels =
+            index_channels(&segs).map_err(|e| unavailable(format!("cannot read the log: {e}")))?;
         let mut index = Index {
             segs,
             last_seq,
             trimmed_through,
+            channels,
         };
         if last_seq > index.segs.back().map_or(0, Seg::last) {
             // The newest ids are a hole: go on in a new segment after them.
@@ -929,10 +1008,17 @@ impl Writer {
             active.end = self.end;
             index.last_seq = staged.last_seq;
             index.trimmed_through = staged.trimmed_through;
+            for event in &staged.events {
+                index.channels.push(&event.event.channel, event.pos);
+            }
             for _ in 0..staged.doomed {
                 if let Some(seg) = index.segs.pop_front() {
                     removed.push(seg);
                 }
+            }
+            if !removed.is_empty() {
+                let oldest = Position::seq(index.trimmed_through + 1);
+                index.channels.trim_before(oldest);
             }
         }
         self.health
@@ -981,6 +1067,48 @@ impl Writer {
 fn reply_of(cmd: Cmd) -> oneshot::Sender<Result<Vec<Appended>, LogError>> {
     match cmd {
         Cmd::Append { reply, .. } | Cmd::Retain { reply, .. } => reply,
+    }
+}
+
+impl FileLog {
+    /// The events at `positions` (in that order), from the tail when it holds them, else
+    /// from the segments (off the async threads). Damaged records are left out.
+    async fn fetch(&self, positions: &[Position]) -> Result<Vec<Arc<Event>>, LogError> {
+        let mut found: Vec<Option<Arc<Event>>> = {
+            let tail = lock(&self.tail);
+            let first = tail.events.front().map_or(u64::MAX, |e| e.pos.lo);
+            positions
+                .iter()
+                .map(|p| {
+                    let i = p.lo.checked_sub(first)?;
+                    tail.events.get(i as usize).cloned()
+                })
+                .collect()
+        };
+        let reads: Vec<(usize, RecordAt)> = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            positions
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| found[*i].is_none())
+                .filter_map(|(i, p)| Some((i, index.record_of(p.lo)?)))
+                .collect()
+        };
+        if !reads.is_empty() {
+            let read = tokio::task::spawn_blocking(move || {
+                reads
+                    .into_iter()
+                    .map(|(i, r)| Ok((i, r.read()?)))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| unavailable(format!("cannot read the log: {e}")))?;
+            for (i, event) in read {
+                found[i] = event.map(Arc::new);
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
     }
 }
 
@@ -1199,6 +1327,52 @@ impl EventLog for FileLog {
         let all = fill(&mut batch, events, max, &mut scan_left, filter);
         batch.at_head = all && complete && to >= last_seq;
         Ok(batch)
+    }
+
+    async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError> {
+        // Candidates are taken newest first, a batch at a time, until `limit` pass `filter`.
+        let mut history = History::default();
+        let mut through = q.through;
+        loop {
+            if q.limit == 0 {
+                break;
+            }
+            let want = (q.limit - history.events.len()).max(32);
+            let (positions, more) = {
+                let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+                let after = q.after.max(Position::seq(index.trimmed_through));
+                let range = HistoryQuery {
+                    after,
+                    through,
+                    ..q
+                };
+                let mut candidates = index.channels.newest_first(&range);
+                let positions: Vec<Position> = candidates.by_ref().take(want).collect();
+                (positions, candidates.next().is_some())
+            };
+            let Some(oldest) = positions.last().copied() else {
+                break;
+            };
+            let mut fetched = self.fetch(&positions).await?.into_iter();
+            for event in fetched.by_ref() {
+                if filter(&event) {
+                    history.events.push(event);
+                    if history.events.len() == q.limit {
+                        break;
+                    }
+                }
+            }
+            if history.events.len() == q.limit {
+                history.more = more || fetched.next().is_some();
+                break;
+            }
+            if !more {
+                break;
+            }
+            through = Position::seq(oldest.lo - 1);
+        }
+        history.events.reverse();
+        Ok(history)
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
