@@ -772,3 +772,279 @@ async fn refused_credentials_are_an_error_at_open() {
     let log = open(&right, "auth", opts).await;
     log.append(vec![item(None, &["ok"])], 0).await.unwrap();
 }
+
+// ---- history (per-channel index) ----
+
+use ssegate::log::{History, HistoryQuery};
+
+const END: Position = Position {
+    hi: u64::MAX,
+    lo: u64::MAX,
+};
+
+fn on(channel: &str, n: &str, users: Option<&[&str]>) -> NewEvent {
+    NewEvent::new(
+        channel.to_owned(),
+        "t".into(),
+        RawValue::from_string(format!("{{\"n\":\"{n}\"}}")).unwrap(),
+        users.map(|u| u.iter().map(|s| s.to_string()).collect()),
+        1_700_000_000_000,
+        usize::MAX,
+    )
+    .unwrap()
+}
+
+async fn history(
+    log: &Arc<dyn EventLog>,
+    channel: &str,
+    after: Position,
+    through: Position,
+    limit: usize,
+) -> History {
+    log.history(
+        HistoryQuery {
+            channel,
+            after,
+            through,
+            limit,
+        },
+        &all_events,
+    )
+    .await
+    .expect("history")
+}
+
+fn names(h: &History) -> Vec<String> {
+    h.events.iter().map(|e| name_of(e)).collect()
+}
+
+fn xs(r: std::ops::Range<usize>) -> Vec<String> {
+    r.map(|i| format!("x{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_one_channel_from_the_index_on_any_node() {
+    let nats = engine::start();
+    let url = engine::url(&nats);
+    let opts = options(100_000, 0, 60_000);
+    let a = open(&url, "hist", opts).await;
+    let b = open(&url, "hist", opts).await;
+    // x gets 100 events among many of other channels, from both nodes, in messages shared
+    // with other channels (one message per append).
+    let mut x = Vec::new();
+    for i in 0..100 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let appended = node
+            .append(
+                vec![
+                    AppendItem {
+                        key: None,
+                        events: vec![on("y", &format!("y{i}"), None)],
+                    },
+                    AppendItem {
+                        key: None,
+                        events: vec![
+                            on("z", &format!("z{i}"), None),
+                            on("x", &format!("x{i}"), None),
+                            on("x:sub", &format!("s{i}"), None),
+                        ],
+                    },
+                ],
+                0,
+            )
+            .await
+            .unwrap();
+        x.push(appended[1].positions[1]);
+        node.append(vec![item(None, &["noise"])], 0).await.unwrap();
+    }
+    // Appended on A a moment ago, asked on B: B's index catches up first.
+    let h = history(&b, "x", Position::ZERO, END, 4).await;
+    assert_eq!(names(&h), xs(96..100));
+    assert_eq!(h.events.iter().map(|e| e.pos).collect::<Vec<_>>(), x[96..]);
+    assert!(h.more);
+    assert!(h.events.iter().all(|e| e.event.channel == "x"));
+    let h = history(&a, "x", Position::ZERO, END, 1_000).await;
+    assert_eq!(names(&h), xs(0..100));
+    assert!(!h.more);
+    let h = history(&a, "x", Position::ZERO, END, 100).await;
+    assert_eq!(names(&h), xs(0..100));
+    assert!(!h.more);
+    let h = history(&a, "x", Position::ZERO, END, 99).await;
+    assert_eq!(names(&h), xs(1..100));
+    assert!(h.more);
+    // Paging back: `through` just before the first one returned.
+    let h = history(&b, "x", Position::ZERO, x[50], 3).await;
+    assert_eq!(names(&h), xs(48..51));
+    assert!(h.more);
+    let before = Position {
+        hi: x[2].hi,
+        lo: x[2].lo - 1,
+    };
+    let h = history(&b, "x", Position::ZERO, before, 5).await;
+    assert_eq!(names(&h), xs(0..2));
+    assert!(!h.more);
+    // `after` exclusive, `through` inclusive.
+    let h = history(&a, "x", x[2], x[7], 100).await;
+    assert_eq!(names(&h), xs(3..8));
+    assert!(!h.more);
+    let h = history(&a, "x", x[2], x[7], 2).await;
+    assert_eq!(names(&h), xs(6..8));
+    assert!(h.more);
+    assert!(history(&a, "x", x[7], x[7], 10).await.events.is_empty());
+    let h = history(&a, "x", Position::ZERO, END, 0).await;
+    assert!(h.events.is_empty() && h.more);
+    let h = history(&a, "x", x[99], END, 0).await;
+    assert!(h.events.is_empty() && !h.more);
+    assert!(history(&a, "nothing", Position::ZERO, END, 10)
+        .await
+        .events
+        .is_empty());
+    assert_eq!(
+        names(&history(&a, "x:sub", Position::ZERO, END, 1).await),
+        ["s99"]
+    );
+
+    // Targeted events of other users are left out, and the lookup keeps going back.
+    let mut mine = Vec::new();
+    for i in 0..200 {
+        let n = format!("i{i}");
+        let e = if i % 37 == 0 {
+            mine.push(n.clone());
+            on("inbox", &n, Some(&["u1"]))
+        } else if i % 37 == 20 {
+            mine.push(n.clone());
+            on("inbox", &n, None)
+        } else {
+            on("inbox", &n, Some(&["u2", "u3"]))
+        };
+        a.append(
+            vec![AppendItem {
+                key: None,
+                events: vec![e],
+            }],
+            0,
+        )
+        .await
+        .unwrap();
+    }
+    let for_u1 = |e: &Event| e.targets("u1");
+    let ask = |limit| {
+        b.history(
+            HistoryQuery {
+                channel: "inbox",
+                after: Position::ZERO,
+                through: END,
+                limit,
+            },
+            &for_u1,
+        )
+    };
+    let h = ask(3).await.unwrap();
+    assert_eq!(names(&h), mine[mine.len() - 3..]);
+    assert!(h.more);
+    let h = ask(100).await.unwrap();
+    assert_eq!(names(&h), mine);
+    assert!(!h.more);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_never_returns_what_retention_dropped() {
+    let nats = engine::start();
+    let url = engine::url(&nats);
+    // Three messages kept.
+    let log = open(&url, "hret", options(3, 0, 60_000)).await;
+    let mut all = Vec::new();
+    for names in [&["1"][..], &["2a", "2b"], &["3"], &["4a", "4b"], &["5"]] {
+        all.push(positions(
+            &log.append(vec![item(None, names)], 0).await.unwrap(),
+        ));
+    }
+    let h = history(&log, "c", Position::ZERO, END, 100).await;
+    assert_eq!(names(&h), ["3", "4a", "4b", "5"]);
+    assert!(!h.more);
+    let h = history(&log, "c", Position::ZERO, END, 4).await;
+    assert_eq!(names(&h), ["3", "4a", "4b", "5"]);
+    assert!(!h.more, "nothing retained is left over");
+    let h = history(&log, "c", Position::ZERO, all[3][0], 100).await;
+    assert_eq!(names(&h), ["3", "4a"]);
+    // After the index forgot them (its next trim) too.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let h = history(&log, "c", Position::ZERO, END, 100).await;
+    assert_eq!(names(&h), ["3", "4a", "4b", "5"]);
+
+    // By age: everything expires, history is empty.
+    let aged = open(&url, "hage", options(1_000, 1_000, 500)).await;
+    aged.append(vec![item(None, &["old"])], 0).await.unwrap();
+    assert_eq!(
+        names(&history(&aged, "c", Position::ZERO, END, 10).await),
+        ["old"]
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let h = history(&aged, "c", Position::ZERO, END, 10).await;
+    assert!(h.events.is_empty() && !h.more);
+    aged.append(vec![item(None, &["new"])], 0).await.unwrap();
+    assert_eq!(
+        names(&history(&aged, "c", Position::ZERO, END, 10).await),
+        ["new"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_index_is_rebuilt_after_a_restart_including_older_messages() {
+    let mut nats = engine::start();
+    let url = engine::url(&nats);
+    let opts = options(1_000, 0, 60_000);
+    let log = open(&url, "hrestart", opts).await;
+    let first = positions(&log.append(vec![item(None, &["1", "2"])], 0).await.unwrap());
+    // A message as versions before the channel index wrote it: no Ssegate-Channels header.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Ssegate-Items", "1,1");
+    let payload = serde_json::to_vec(&[on("c", "old-c", None), on("d", "old-d", None)]).unwrap();
+    let ack = js
+        .publish_with_headers("hrestart.events", headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let last = positions(&log.append(vec![item(None, &["3"])], 0).await.unwrap());
+    assert_eq!(
+        names(&history(&log, "c", Position::ZERO, END, 10).await),
+        ["1", "2", "old-c", "3"]
+    );
+    assert_eq!(
+        names(&history(&log, "d", Position::ZERO, END, 10).await),
+        ["old-d"]
+    );
+    assert_eq!(
+        history(&log, "d", Position::ZERO, END, 10).await.events[0].pos,
+        Position {
+            hi: ack.sequence,
+            lo: 3
+        }
+    );
+    drop(log);
+    nats.restart();
+    // A node started after the restart builds its index from the stream.
+    let log = open(&url, "hrestart", opts).await;
+    let h = eventually(Duration::from_secs(30), || {
+        log.history(
+            HistoryQuery {
+                channel: "c",
+                after: Position::ZERO,
+                through: END,
+                limit: 3,
+            },
+            &all_events,
+        )
+    })
+    .await;
+    assert_eq!(names(&h), ["2", "old-c", "3"]);
+    assert!(h.more);
+    assert_eq!(h.events[0].pos, first[1]);
+    assert_eq!(h.events[2].pos, last[0]);
+    let next = positions(&log.append(vec![item(None, &["4"])], 0).await.unwrap());
+    let h = history(&log, "c", last[0], END, 10).await;
+    assert_eq!(h.events.iter().map(|e| e.pos).collect::<Vec<_>>(), next);
+}

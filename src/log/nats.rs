@@ -14,7 +14,8 @@
 //!   update of a replicated stream leaves every direct get unanswered: set it at creation.
 //! - **One JetStream message per `append` call**: its payload is the JSON array of all the
 //!   events of all the items, in order; header `Ssegate-Items: 2,1` gives each item's event
-//!   count. Nothing else may publish to `{stream}.events`: a message ssegate did not write is
+//!   count, header `Ssegate-Channels: a b:c a` each event's channel (separated by spaces, which
+//!   a channel never holds; for the channel index). Nothing else may publish to `{stream}.events`: a message ssegate did not write is
 //!   skipped by readers (and logged), and a message deleted by hand (`nats stream rmm`) is
 //!   reported as a gap, like retention.
 //! - **Positions** are `{hi: stream sequence, lo: 2 × index in the message + 1 if it is the
@@ -100,6 +101,29 @@
 //!   any node wakes `read(.., Some(wait))` on every node at once. (JetStream's republish
 //!   would need no consumer, but nats-server 2.9 cannot add it to an existing stream.)
 //!
+//! - **History** ([`EventLog::history`]) comes from a **channel index kept in each node's
+//!   memory** ([`ChannelIndex`]: the positions of every retained event, by channel). A
+//!   background task per log builds it at open and keeps it current: an ordered push
+//!   consumer (ephemeral, in memory, headers only — no payloads cross the wire) from the
+//!   first message of the stream, taking each message's `Ssegate-Channels` header; recreated
+//!   from the next message after the last one taken in when it goes silent, and rebuilt from
+//!   scratch when the stream was deleted and created again. A message without that header
+//!   (written by a version before the index existed) is fetched whole once, at that node's
+//!   start, to learn its channels — so history covers older events too, at the cost of
+//!   reading those messages at every start until retention has dropped them. Every second the
+//!   task asks for the stream's first sequence and forgets the positions before it
+//!   (retention by count and age); history also never looks below the first sequence it just
+//!   read. A history call reads the stream info, then **waits until this node's index has
+//!   taken in the stream's last message** (so an append acknowledged on any node is in the
+//!   answer), at most 5 s, else [`LogError::Unavailable`] (`log_unavailable`: the index of a
+//!   node just started is still being built); then fetches the candidate messages newest
+//!   first, 64 at a time in parallel, from the stream leader (exact gets: a lagging replica
+//!   cannot make a retained event look dropped), and takes each candidate event the filter
+//!   keeps until `limit`. Cost: about 16 bytes of memory per retained event plus one map
+//!   entry per channel, on every node; at start, the headers of every retained message are
+//!   streamed once; one stream info request per second per node; per history call, one
+//!   stream info and one get per message looked at.
+//!
 //! `log.url`: `nats://[user:password@]host:port` (`tls://` for TLS; `nats://token@host:port`
 //! for a token; percent-encoded), several separated by commas; `log.tls_ca_file` (PEM) is added to the trusted roots; `log.nats_credentials_file`
 //! is a `.creds` file (JWT + NKEY). The NATS user needs: publish `{stream}.events`,
@@ -130,11 +154,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::channel_index::ChannelIndex;
 use super::config::EngineConfig;
 use super::nats_url::{servers, with_user_info};
 use super::{
-    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, LogError,
-    LogOptions, NewEvent, Position, ReadBatch,
+    fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, History,
+    HistoryQuery, LogError, LogOptions, NewEvent, Position, ReadBatch,
 };
 use crate::retry::{backoff_with_jitter, lock, sleep_or_cancel};
 
@@ -155,6 +180,12 @@ const PIPELINE: u64 = 64;
 const MAX_SCAN: usize = 4_096;
 /// Header with each item's event count, e.g. `2,1`.
 const ITEMS_HEADER: &str = "Ssegate-Items";
+/// Header with each event's channel, in order, separated by spaces (a channel has none).
+const CHANNELS_HEADER: &str = "Ssegate-Channels";
+/// How long `history` waits for this node's channel index to catch up with the stream.
+const INDEX_WAIT: Duration = Duration::from_secs(5);
+/// How often the channel index forgets what retention dropped.
+const INDEX_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// `lo` of "the end of a message whose event count is unknown" (odd: a finished message).
 const END_OF_MESSAGE: u64 = u64::MAX;
 /// `lo` of a message ssegate did not write, which has no events (odd: a finished message).
@@ -187,6 +218,18 @@ fn item_counts(headers: &HeaderMap) -> Option<Vec<usize>> {
         .split(',')
         .map(|c| c.trim().parse().ok())
         .collect()
+}
+
+/// Each event's channel, from a message's headers, if it has a valid channels header for
+/// `count` events.
+fn header_channels(headers: &HeaderMap, count: usize) -> Option<Vec<String>> {
+    let channels: Vec<String> = headers
+        .get(CHANNELS_HEADER)?
+        .as_str()
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    (channels.len() == count && channels.iter().all(|c| !c.is_empty())).then_some(channels)
 }
 
 /// The events of a message ssegate wrote (at least one), or why it is not one.
@@ -350,6 +393,23 @@ struct Shared {
     direct: AtomicBool,
     /// Direct gets are not used until then (they failed).
     direct_off_until: Mutex<Option<Instant>>,
+    /// This node's channel index of the stream (see the module docs), with the last stream
+    /// sequence it took in.
+    index: Mutex<Indexed>,
+    /// The last stream sequence the channel index took in (history waits on it).
+    indexed: watch::Sender<u64>,
+    /// Bumped when the stream was deleted and created again: the index starts over.
+    index_epoch: std::sync::atomic::AtomicU64,
+}
+
+/// The channel index and how far it got.
+#[derive(Default)]
+struct Indexed {
+    channels: ChannelIndex,
+    /// Last stream sequence taken in.
+    through: u64,
+    /// Messages before this sequence were forgotten (retention dropped them).
+    trimmed_before: u64,
 }
 
 pub struct NatsLog {
@@ -464,10 +524,14 @@ impl NatsLog {
             created: Mutex::new(None),
             direct: AtomicBool::new(false),
             direct_off_until: Mutex::new(None),
+            index: Mutex::default(),
+            indexed: watch::channel(0).0,
+            index_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         tokio::spawn(shared.clone().maintain(stop.clone()));
         tokio::spawn(shared.clone().follow(stop.clone()));
+        tokio::spawn(shared.clone().build_index(stop.clone()));
 
         // Wait for the stream to be set up, unless connecting already failed once.
         let deadline = tokio::time::Instant::now() + OPEN_WAIT;
@@ -672,6 +736,239 @@ impl Shared {
         }
     }
 
+    /// Builds this node's channel index and keeps it up to date: an ordered push consumer
+    /// (ephemeral, in memory, headers only) from the first message of the stream, then from
+    /// the one after the last taken in whenever it has to be created again. Each message's
+    /// `Ssegate-Channels` header gives its events' channels; a message without it (written by
+    /// an older version) is fetched whole once to learn them. Every second, positions of
+    /// messages retention dropped are forgotten.
+    async fn build_index(self: Arc<Self>, stop: CancellationToken) {
+        let mut failures = 0u32;
+        let mut trim = tokio::time::interval(INDEX_TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut setup = self.setup.subscribe();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = setup.wait_for(|s| *s == Setup::Ready) => {}
+            }
+            let epoch = self.index_epoch.load(Ordering::Acquire);
+            let from = lock(&self.index).through + 1;
+            match self.index_consumer(from).await {
+                Ok(mut messages) => {
+                    failures = 0;
+                    loop {
+                        if self.index_epoch.load(Ordering::Acquire) != epoch {
+                            self.reset_index();
+                            break;
+                        }
+                        let next = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = trim.tick() => {
+                                self.trim_index().await;
+                                continue;
+                            }
+                            m = messages.next() => m,
+                        };
+                        match next {
+                            Some(Ok(msg)) => {
+                                let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+                                    continue;
+                                };
+                                let headers = msg.message.headers.clone().unwrap_or_default();
+                                self.index_message(seq, &headers).await;
+                            }
+                            Some(Err(e)) if e.kind() == OrderedErrorKind::MissingHeartbeat => {
+                                tracing::debug!(
+                                    "nats log: index consumer silent; creating it again"
+                                );
+                                break;
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "nats log: index consumer");
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if self.client.connection_state() == State::Connected {
+                        tracing::warn!(error = %e, "nats log: cannot follow the stream for the channel index; retrying");
+                    }
+                }
+            }
+            if sleep_or_cancel(backoff_with_jitter(failures), &stop).await {
+                return;
+            }
+        }
+    }
+
+    async fn index_consumer(&self, from: u64) -> Result<push::Ordered, String> {
+        let consumer = self
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: self.subject.clone(),
+                headers_only: true,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..push::OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer.messages().await.map_err(|e| e.to_string())
+    }
+
+    /// Takes message `seq` (its headers) into the channel index.
+    async fn index_message(&self, seq: u64, headers: &HeaderMap) {
+        if seq <= lock(&self.index).through {
+            return; // Delivered again after the consumer was created anew.
+        }
+        let count = item_counts(headers).map(|c| c.iter().sum::<usize>());
+        let channels = match count {
+            Some(n) if n > 0 => match header_channels(headers, n) {
+                Some(channels) => channels,
+                // Written before the header existed: the body says.
+                None => match self.get(seq).await {
+                    Ok(Some(msg)) => decode(&msg)
+                        .map(|events| events.into_iter().map(|e| e.channel).collect())
+                        .unwrap_or_default(),
+                    Ok(None) => Vec::new(), // Dropped meanwhile.
+                    Err(e) => {
+                        // Left out of history rather than holding the index up.
+                        tracing::warn!(stream = %self.name, seq, error = %e,
+                            "nats log: cannot read a message to index its channels; it is left out of history");
+                        Vec::new()
+                    }
+                },
+            },
+            _ => Vec::new(), // Not written by ssegate: no events.
+        };
+        let mut index = lock(&self.index);
+        if seq <= index.through {
+            return;
+        }
+        let n = channels.len();
+        for (i, channel) in channels.iter().enumerate() {
+            index.channels.push(channel, event_pos(seq, i, n));
+        }
+        index.through = seq;
+        drop(index);
+        self.indexed.send_replace(seq);
+    }
+
+    /// Forgets the positions of messages retention dropped.
+    async fn trim_index(&self) {
+        let Ok(info) = self.stream_info().await else {
+            return;
+        };
+        let first = info.state.first_sequence;
+        let mut index = lock(&self.index);
+        if first > index.trimmed_before {
+            index.channels.trim_before(Position { hi: first, lo: 0 });
+            index.trimmed_before = first;
+        }
+    }
+
+    fn reset_index(&self) {
+        tracing::info!(stream = %self.name, "nats log: the stream was created again; rebuilding the channel index");
+        *lock(&self.index) = Indexed::default();
+        self.indexed.send_replace(0);
+    }
+
+    /// Waits until the channel index took in every message up to `last_seq` (the stream's
+    /// last sequence; `messages` it holds), at most `INDEX_WAIT`.
+    async fn index_caught_up(&self, last_seq: u64, messages: u64) -> Result<(), LogError> {
+        if messages == 0 {
+            return Ok(());
+        }
+        let mut rx = self.indexed.subscribe();
+        if tokio::time::timeout(INDEX_WAIT, rx.wait_for(|s| *s >= last_seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            return Ok(());
+        }
+        let through = *rx.borrow();
+        Err(LogError::Unavailable(format!(
+            "nats: the channel index of this node is still being built (at message {through} of {last_seq}); history answers once it caught up"
+        )))
+    }
+
+    /// [`EventLog::history`] from the channel index: candidates newest first, in rounds of
+    /// up to `PIPELINE` positions whose messages are fetched at once (from the leader).
+    async fn history_from_index(
+        &self,
+        q: HistoryQuery<'_>,
+        filter: Filter<'_>,
+        first_seq: u64,
+    ) -> Result<History, LogError> {
+        let mut history = History::default();
+        let mut through = q.through;
+        'rounds: loop {
+            let chunk: Vec<Position> = {
+                let index = lock(&self.index);
+                let round = HistoryQuery { through, ..q };
+                index
+                    .channels
+                    .newest_first(&round)
+                    .take_while(|p| p.hi >= first_seq)
+                    .take(PIPELINE as usize)
+                    .collect()
+            };
+            if history.events.len() >= q.limit {
+                history.more = !chunk.is_empty();
+                break;
+            }
+            let Some(&oldest) = chunk.last() else { break };
+            let mut seqs: Vec<u64> = chunk.iter().map(|p| p.hi).collect();
+            seqs.dedup();
+            let fetched = futures::future::join_all(seqs.iter().map(|&seq| self.get(seq))).await;
+            let mut messages = std::collections::HashMap::new();
+            for (seq, msg) in seqs.into_iter().zip(fetched) {
+                if let Some(msg) = msg? {
+                    if let Ok(events) = decode(&msg) {
+                        messages.insert(seq, events);
+                    }
+                }
+            }
+            for pos in &chunk {
+                if history.events.len() >= q.limit {
+                    history.more = true;
+                    break 'rounds;
+                }
+                // A message missing now was dropped by retention (or deleted) meanwhile.
+                let Some(events) = messages.get(&pos.hi) else {
+                    continue;
+                };
+                let Some(event) = events.get((pos.lo / 2) as usize) else {
+                    continue;
+                };
+                let event = Event {
+                    pos: *pos,
+                    event: event.clone(),
+                };
+                if filter(&event) {
+                    history.events.push(Arc::new(event));
+                }
+            }
+            if chunk.len() < PIPELINE as usize {
+                break;
+            }
+            through = match oldest {
+                Position { hi, lo: 0 } => Position {
+                    hi: hi - 1,
+                    lo: u64::MAX,
+                },
+                Position { hi, lo } => Position { hi, lo: lo - 1 },
+            };
+        }
+        history.events.reverse();
+        Ok(history)
+    }
+
     async fn head_consumer(&self) -> Result<push::Ordered, String> {
         let consumer = self
             .stream
@@ -706,6 +1003,7 @@ impl Shared {
             tracing::error!(stream = %self.name, "the JetStream stream was deleted and created again: its events are lost and positions restart");
             self.head.send_replace(Position::ZERO);
             *lock(&self.oldest) = None;
+            self.index_epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.head_at(info.state.last_sequence)
             .await
@@ -1084,8 +1382,15 @@ impl EventLog for NatsLog {
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let channels_header = items
+            .iter()
+            .flat_map(|i| &i.events)
+            .map(|e| e.channel.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut headers = HeaderMap::new();
         headers.insert(ITEMS_HEADER, counts_header.as_str());
+        headers.insert(CHANNELS_HEADER, channels_header.as_str());
         headers.insert(NATS_EXPECTED_STREAM, s.name.as_str());
         if let Some(id) = &msg_id {
             headers.insert(NATS_MESSAGE_ID, id.as_str());
@@ -1093,7 +1398,7 @@ impl EventLog for NatsLog {
         let events: Vec<&NewEvent> = items.iter().flat_map(|i| &i.events).collect();
         let payload = serde_json::to_vec(&events).expect("events serialize");
         let max_payload = s.client.server_info().max_payload;
-        let size = payload.len() + counts_header.len() + s.name.len() + 256;
+        let size = payload.len() + counts_header.len() + channels_header.len() + s.name.len() + 256;
         if max_payload > 0 && size > max_payload {
             return Err(LogError::TooLarge(format!(
                 "the append ({size} bytes) exceeds the NATS server's max_payload ({max_payload} bytes); publish smaller batches"
@@ -1152,6 +1457,15 @@ impl EventLog for NatsLog {
             s.check_connected()?;
         }
         s.read_from(after, max, filter).await
+    }
+
+    async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError> {
+        let s = &self.shared;
+        s.ready().await?;
+        let state = s.stream_info().await?.state;
+        s.index_caught_up(state.last_sequence, state.messages)
+            .await?;
+        s.history_from_index(q, filter, state.first_sequence).await
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
