@@ -978,3 +978,57 @@ async fn history_of_a_duplicate_append_is_the_original_only() {
     assert_eq!(h.events.len(), 1);
     assert_eq!(h.events[0].pos, first[0].positions[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_or_stale_index_never_fails_an_append() {
+    let redis = engine::start(Persistence::None);
+    let url = engine::url(&redis);
+    let log = open(&url, "repair", options(1_000, 0)).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // An index whose newest id is ahead of every new event (left from a stream that was
+    // deleted by hand), and a key of another type where an index goes.
+    let _: String = redis::cmd("XADD")
+        .arg("repair:ch:stale")
+        .arg("99999999999999-0")
+        .arg("i")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("repair:ch:foreign")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let appended = log
+        .append(
+            vec![item(
+                None,
+                vec![
+                    event("stale", serde_json::json!(1), T0),
+                    event("foreign", serde_json::json!(2), T0),
+                ],
+            )],
+            T0,
+        )
+        .await
+        .expect("append");
+    let p = &appended[0].positions;
+    for (channel, pos) in [("stale", p[0]), ("foreign", p[1])] {
+        let h = history(&log, channel, Position::ZERO, END, 10).await;
+        assert_eq!(
+            h.events.iter().map(|e| e.pos).collect::<Vec<_>>(),
+            [pos],
+            "{channel}"
+        );
+    }
+    assert_eq!(
+        index_keys(&url, "repair").await,
+        [
+            ("repair:ch:foreign".to_owned(), 1),
+            ("repair:ch:stale".to_owned(), 1)
+        ]
+    );
+}

@@ -120,9 +120,10 @@
 //!   first, 64 at a time in parallel, from the stream leader (exact gets: a lagging replica
 //!   cannot make a retained event look dropped), and takes each candidate event the filter
 //!   keeps until `limit`. Cost: about 16 bytes of memory per retained event plus one map
-//!   entry per channel, on every node; at start, the headers of every retained message are
-//!   streamed once; one stream info request per second per node; per history call, one
-//!   stream info and one get per message looked at.
+//!   entry per channel, on every node; a second ephemeral consumer per node (beside the head
+//!   consumer); at start, the headers of every retained message are streamed once; one
+//!   stream info request per second per node; per history call, one stream info and one get
+//!   per message looked at.
 //!
 //! `log.url`: `nats://[user:password@]host:port` (`tls://` for TLS; `nats://token@host:port`
 //! for a token; percent-encoded), several separated by commas; `log.tls_ca_file` (PEM) is added to the trusted roots; `log.nats_credentials_file`

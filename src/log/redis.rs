@@ -41,7 +41,11 @@
 //! cost grows with the events of that channel looked at, never with the log. Events appended
 //! by ssegate versions before the index existed have no index entries: **history starts with
 //! the first append of this version** (older events are still read and resumed as before).
-//! During a rolling upgrade, events appended by older nodes are not in history either. Redis Cluster is not supported (the keys of one stream must live
+//! During a rolling upgrade, events appended by older nodes are not in history either, and
+//! retention applied by an older node does not trim the indexes: the entries it leaves are
+//! harmless to answers (ids older than the stream's oldest end the walk) and go with the
+//! channel's next append; a channel that never gets another keeps them (a few bytes each) —
+//! upgrade every node before relying on the bound. Redis Cluster is not supported (the keys of one stream must live
 //! on one server): use one primary, with replicas for failover if wanted.
 //!
 //! # Guarantees
