@@ -11,28 +11,33 @@
 //!   (so retention knows which channel index to trim without reading JSON).
 //! - `{stream}:trimmed`: the id of the newest entry retention ever removed.
 //! - `{stream}:key:{idempotency key}`: `"<expiry ms> <id> <id> …"`, with a Redis TTL.
-//! - `{stream}:ch:{channel}`: the channel index, for [`EventLog::history`]: a stream with one
-//!   entry per retained event of that channel, whose id is the event's id in `{stream}` and
-//!   whose only field is `i` = `""`. Written by the append script, in the same script as the
-//!   `XADD` (atomic with it). Kept bounded exactly: whenever retention removes entries of
-//!   `{stream}` (the append script by count, [`EventLog::enforce_retention`] by age), the
-//!   indexes of their channels (field `c`) are trimmed to the oldest retained id
-//!   (`XTRIM MINID`) and deleted when empty, so a channel that stops getting events loses its
-//!   index key with its last event; the appended channels' indexes are trimmed the same way
-//!   on every append. An index that refuses an id (left over from a `{stream}` that was
-//!   deleted by hand) is started again; index writes never fail an append.
+//! - `{stream}:ch:{channel}`: the channel index, for [`EventLog::history`]: a sorted set with
+//!   one member per retained event of that channel, every score 0, the member being the
+//!   event's id encoded so that byte order is id order (`<'@'+digits of ms>ms-<'@'+digits of
+//!   seq>seq`), so `ZREVRANGEBYLEX` walks it newest first from any id. Written by the append
+//!   script, in the same script as the `XADD` (atomic with it). Kept bounded exactly:
+//!   whenever retention removes entries of `{stream}` (the append script by count,
+//!   [`EventLog::enforce_retention`] by age), the indexes of their channels (field `c`) lose
+//!   the ids before the oldest retained one (`ZREMRANGEBYLEX`), and Redis deletes an index
+//!   left empty, so a channel that stops getting events loses its key with its last retained
+//!   event; the appended channels' indexes are trimmed the same way on every append. A key of
+//!   another type where an index goes is replaced; index writes never fail an append.
 //!
 //! Nothing else may write to these keys; an entry deleted by hand (`XDEL`) is a loss ssegate
-//! cannot report as a gap.
+//! cannot report as a gap. Redis Cluster is not supported (the keys of one stream must live
+//! on one server): use one primary, with replicas for failover if wanted.
 //!
-//! **Cost of the index**: one more key per channel with retained events (a small stream:
-//! roughly 200–300 bytes of overhead), about 10–20 bytes per retained event in it (stream
-//! entries with the same field are delta-encoded in listpacks), plus the channel name again in
-//! field `c` of each event; on append, one `XADD` per event and one `XTRIM` per distinct
-//! channel of the call.
+//! **Cost of the index** (measured on Redis 7.0): a small index (up to
+//! `zset-max-listpack-entries`, 128 by default) is one listpack, about 25 bytes per event
+//! plus ~80 bytes per key (and its name); a larger one is a skiplist, about 130 bytes per event.
+//! Worst case therefore ~130 bytes per retained event, plus the channel name again in field
+//! `c` of each event. (A stream per channel would cost less for busy channels, ~18 bytes per
+//! event, but Redis preallocates 4 KB per stream node: ~4.7 KB for every channel with a few
+//! events, which many small per-user channels would multiply.) On append: one `ZADD` per
+//! event and one `ZREMRANGEBYLEX` per distinct channel of the call.
 //!
-//! **History** ([`EventLog::history`]) is one read-only script per step: `XREVRANGE` on the
-//! channel's index from `through` back to `after` (exclusive), then `XRANGE id id` per id for
+//! **History** ([`EventLog::history`]) is one read-only script per step: `ZREVRANGEBYLEX` on
+//! the channel's index from `through` back to `after` (exclusive), then `XRANGE id id` per id for
 //! the event itself; an id older than the oldest entry of `{stream}` ends the walk (retention
 //! removed it and every older one), an id missing otherwise (`XDEL`) is skipped. A step returns
 //! at most 1,024 events and looks at at most 4,096 index entries; when the filter (events
@@ -44,9 +49,8 @@
 //! During a rolling upgrade, events appended by older nodes are not in history either, and
 //! retention applied by an older node does not trim the indexes: the entries it leaves are
 //! harmless to answers (ids older than the stream's oldest end the walk) and go with the
-//! channel's next append; a channel that never gets another keeps them (a few bytes each) —
-//! upgrade every node before relying on the bound. Redis Cluster is not supported (the keys of one stream must live
-//! on one server): use one primary, with replicas for failover if wanted.
+//! channel's next append; a channel that never gets another keeps them (see the cost above) —
+//! upgrade every node before relying on the bound.
 //!
 //! # Guarantees
 //!
@@ -153,25 +157,36 @@ local function id_lt(a, b)
   return num_lt(as, bs)
 end
 
--- The channel index of `channel`: a stream whose entry ids are the ids of that channel's
--- events in `stream`.
+-- The channel index of `channel`: a sorted set (every score 0) of that channel's event ids
+-- in `stream`, each encoded by `enc` so that their byte order is the ids' order.
 local function index_key(stream, channel)
   return stream .. ':ch:' .. channel
 end
 
--- Records event `id` of `channel`. Never fails the script: an index that refuses the id (one
--- left from a stream that was reset, or a foreign key) is started again.
+-- `ms-seq` → <'@' + length of ms> ms '-' <'@' + length of seq> seq.
+local function enc(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.char(64 + #ms) .. ms .. '-' .. string.char(64 + #seq) .. seq
+end
+
+local function dec(member)
+  local a = string.byte(member, 1) - 64
+  return string.sub(member, 2, 1 + a) .. '-' .. string.sub(member, 4 + a)
+end
+
+-- Records event `id` of `channel`. Never fails the script: a key of another type where the
+-- index goes is replaced.
 local function index_add(stream, channel, id)
   local key = index_key(stream, channel)
-  local r = redis.pcall('XADD', key, id, 'i', '')
+  local r = redis.pcall('ZADD', key, 0, enc(id))
   if type(r) == 'table' and r.err then
     redis.pcall('DEL', key)
-    redis.pcall('XADD', key, id, 'i', '')
+    redis.pcall('ZADD', key, 0, enc(id))
   end
 end
 
 -- Forgets, in the index of each channel of the set `channels`, the ids before the oldest
--- entry of `stream` (retention removed those events); an index left empty is deleted.
+-- entry of `stream` (retention removed those events); Redis deletes an index left empty.
 local function index_trim(stream, channels)
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
   for channel in pairs(channels) do
@@ -179,8 +194,7 @@ local function index_trim(stream, channels)
     if #first == 0 then
       redis.pcall('DEL', key)
     else
-      redis.pcall('XTRIM', key, 'MINID', first[1][1])
-      if redis.pcall('XLEN', key) == 0 then redis.pcall('DEL', key) end
+      redis.pcall('ZREMRANGEBYLEX', key, '-', '(' .. enc(first[1][1]))
     end
   end
 end
@@ -330,16 +344,20 @@ return {trimmed, oldest, head, entries}
 "#;
 
 /// One step of a history lookup, read-only. KEYS: stream, channel index. ARGV: end of the
-/// range (an id, inclusive, or `(id`, exclusive), start (`-` or `(id`), how many retained
-/// events to return at most, how many index entries to look at at most. Walks the index
+/// range (an id), whether that end is exclusive ('1'/'0'), start (an id, exclusive; '' =
+/// none), how many retained events to return at most, how many index entries to look at at
+/// most. Walks the index
 /// newest first; an id before the stream's oldest entry ends the walk (retention removes the
 /// oldest first, so every older one is gone too); an id missing from the stream otherwise is
 /// skipped. Returns `{entries (newest first), last id looked at or '', done (0/1)}`; `done`:
 /// no retained event of the channel is left in the range past the last id looked at.
 const LUA_HISTORY: &str = r#"
 local stream, index = KEYS[1], KEYS[2]
-local stop, start = ARGV[1], ARGV[2]
-local want, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stop = enc(ARGV[1])
+if ARGV[2] == '1' then stop = '(' .. stop else stop = '[' .. stop end
+local start = '-'
+if ARGV[3] ~= '' then start = '(' .. enc(ARGV[3]) end
+local want, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
 local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 if #first == 0 then return {{}, '', 1} end
 local oldest = first[1][1]
@@ -349,9 +367,9 @@ while true do
   -- One past what is wanted: whether a candidate is left is known without another call.
   if #out >= want then n = 1 end
   if n <= 0 then return {out, last, 0} end
-  local ids = redis.call('XREVRANGE', index, stop, start, 'COUNT', n)
-  for _, e in ipairs(ids) do
-    local id = e[1]
+  local ids = redis.call('ZREVRANGEBYLEX', index, stop, start, 'LIMIT', 0, n)
+  for _, member in ipairs(ids) do
+    local id = dec(member)
     if id_lt(id, oldest) then return {out, last, 1} end
     if #out >= want then return {out, last, 0} end
     looked = looked + 1
@@ -360,7 +378,7 @@ while true do
     if #m > 0 then out[#out + 1] = m[1] end
   end
   if #ids < n then return {out, last, 1} end
-  stop = '(' .. last
+  stop = '(' .. enc(last)
 end
 "#;
 
@@ -996,11 +1014,11 @@ impl EventLog for RedisLog {
         }
         let index = s.index_key(q.channel);
         let start = if q.after == Position::ZERO {
-            "-".to_owned()
+            String::new()
         } else {
-            format!("({}", redis_id(q.after))
+            redis_id(q.after)
         };
-        let mut stop = redis_id(q.through);
+        let (mut stop, mut exclusive) = (redis_id(q.through), "0");
         // Events asked for beyond the ones still needed, doubled after every step the filter
         // left short (targeted events of other users).
         let mut extra = 0usize;
@@ -1012,6 +1030,7 @@ impl EventLog for RedisLog {
                 .key(&s.stream)
                 .key(&index)
                 .arg(&stop)
+                .arg(exclusive)
                 .arg(&start)
                 .arg(want)
                 .arg(HISTORY_LOOK);
@@ -1032,7 +1051,7 @@ impl EventLog for RedisLog {
                 break;
             }
             match step.last {
-                Some(last) if !step.done => stop = format!("({last}"),
+                Some(last) if !step.done => (stop, exclusive) = (last, "1"),
                 _ => break,
             }
             extra = (extra * 2).clamp(16, HISTORY_STEP);
