@@ -96,6 +96,9 @@ pub enum Action {
         add: Vec<String>,
         remove: Vec<String>,
         since: String,
+        /// The added channels' newest this many events first (`history`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<usize>,
     },
     /// The connections subscribed to a channel: `[{"user", "connection_id"}]`.
     Presence { channel: String },

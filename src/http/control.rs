@@ -159,6 +159,7 @@ impl AppState {
                 add,
                 remove,
                 since,
+                history,
             } => {
                 // Checked again here (the grants were checked by the node that took the
                 // request; see docs/cluster.md on who may publish on the control path).
@@ -181,6 +182,7 @@ impl AppState {
                             add: &add,
                             remove: &remove,
                             since,
+                            history: history.map(|n| n.min(crate::log::MAX_HISTORY)),
                         },
                         self.cfg.limits.max_channels_per_connection,
                     )

@@ -476,7 +476,7 @@ pub(super) async fn subscribe(
         &state,
         registration,
         (start, replay),
-        Bytes::from_static(b":\n\n"),
+        (Bytes::from_static(b":\n\n"), Vec::new()),
         claims.as_ref().and_then(|c| c.exp),
     );
     let h = response.headers_mut();

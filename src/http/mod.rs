@@ -20,6 +20,7 @@ mod dapr;
 mod edge;
 mod error;
 pub mod head;
+mod history;
 pub mod mercure;
 pub mod openapi;
 mod ops;
@@ -120,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/incidents", get(admin::incidents))
         .route("/v1/admin/stream", get(admin::stream))
         .route("/v1/channels/{channel}/presence", get(admin::presence))
+        .route("/v1/channels/{channel}/history", get(history::history))
         .route("/v1/status", get(ops::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -310,6 +312,8 @@ struct StreamQuery {
     access_token: Option<String>,
     timeout_ms: Option<String>,
     session_id: Option<String>,
+    since: Option<String>,
+    history: Option<String>,
 }
 
 impl StreamQuery {
@@ -322,6 +326,8 @@ impl StreamQuery {
                 "access_token" => q.access_token = Some(v.into_owned()),
                 "timeout_ms" => q.timeout_ms = Some(v.into_owned()),
                 "session_id" => q.session_id = Some(v.into_owned()),
+                "since" => q.since = Some(v.into_owned()),
+                "history" => q.history = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -509,12 +515,31 @@ fn resume_position(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<Po
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .or(query
-            .last_event_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty()));
+        .or_else(|| {
+            [&query.last_event_id, &query.since]
+                .into_iter()
+                .filter_map(|v| v.as_deref().map(str::trim))
+                .find(|v| !v.is_empty())
+        });
     raw.map(parse_event_id).transpose()
+}
+
+/// A `history` count: an integer from 0 to [`MAX_HISTORY`](crate::log::MAX_HISTORY)
+/// (`None` when absent or 0).
+fn parse_history(raw: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = raw.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if n <= crate::log::MAX_HISTORY => Ok((n > 0).then_some(n)),
+        _ => Err(ApiError::bad_request(
+            "invalid_history",
+            format!(
+                "`history` must be a whole number of events from 0 to {}",
+                crate::log::MAX_HISTORY
+            ),
+        )),
+    }
 }
 
 fn parse_event_id(raw: &str) -> Result<Position, ApiError> {

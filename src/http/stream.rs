@@ -16,8 +16,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{
-    authenticate, check_channels, parse_event_id, subscribe_request, ApiError, AppState,
-    StreamQuery, Subscribe,
+    authenticate, check_channels, parse_event_id, parse_history, subscribe_request, ApiError,
+    AppState, StreamQuery, Subscribe,
 };
 use crate::auth::{AuthError, Via};
 use crate::channel::validate_subscription;
@@ -44,6 +44,7 @@ pub(super) async fn stream(
         resume,
     } = subscribe_request(&state, peer, raw.as_deref(), &headers).await?;
     let session_id = session_id(&query)?;
+    let history = parse_history(query.history.as_deref())?;
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         // A native EventSource gives up for good on a 5xx: tell it to come back (to another
         // node, now that this one is not ready).
@@ -80,6 +81,15 @@ pub(super) async fn stream(
         ));
     }
     let bounds = state.hub.log().bounds().await.map_err(ApiError::from)?;
+    // A resumed stream has its state: history is for a fresh one.
+    let history = match (history, resume) {
+        (Some(limit), None) => {
+            let user = principal.user.clone();
+            let targets = move |e: &crate::log::Event| e.targets(&user);
+            latest_events(&state, &channels, bounds.head, limit, &targets).await?
+        }
+        _ => Vec::new(),
+    };
     let mut preamble = BytesMut::new();
     preamble.extend_from_slice(b": ok\n\n");
     preamble.extend_from_slice(format!("retry: {}\n\n", state.cfg.stream.retry_ms).as_bytes());
@@ -90,6 +100,10 @@ pub(super) async fn stream(
             "user": principal.user,
             "channels": channels,
             "heartbeat_ms": state.cfg.stream.heartbeat_ms,
+            "last_event_id": match resume {
+                Some(pos) if pos <= bounds.head => pos,
+                _ => bounds.head,
+            }.to_string(),
         }),
     ));
     if resume.is_some() {
@@ -122,9 +136,33 @@ pub(super) async fn stream(
         &state,
         registration,
         (start, replay),
-        preamble.freeze(),
+        (preamble.freeze(), history),
         principal.expires_at,
     ))
+}
+
+/// The newest `limit` events of each exact channel of `channels` (patterns have none) at or
+/// before `through` that pass `filter`, merged in log order.
+async fn latest_events(
+    state: &AppState,
+    channels: &[String],
+    through: crate::log::Position,
+    limit: usize,
+    filter: crate::log::Filter<'_>,
+) -> Result<Vec<Arc<crate::log::Event>>, ApiError> {
+    let mut events = Vec::new();
+    for channel in channels.iter().filter(|c| !crate::channel::is_pattern(c)) {
+        let q = crate::log::HistoryQuery {
+            channel,
+            after: crate::log::Position::ZERO,
+            through,
+            limit,
+        };
+        let history = state.hub.log().history(q, filter).await?;
+        events.extend(history.events);
+    }
+    events.sort_by_key(|e| e.pos);
+    Ok(events)
 }
 
 /// The event-stream response of a registered connection: its cursor from `start` (replaying
@@ -134,7 +172,7 @@ pub(super) fn cursor_stream(
     state: &AppState,
     registration: crate::hub::Registration,
     (start, replay): (crate::log::Position, bool),
-    preamble: Bytes,
+    (preamble, history): (Bytes, Vec<Arc<crate::log::Event>>),
     expires_at: Option<u64>,
 ) -> Response {
     let expires_at = expires_at.map(|exp| {
@@ -155,7 +193,8 @@ pub(super) fn cursor_stream(
             expires_at,
             shutdown: state.shutdown.clone(),
         },
-    );
+    )
+    .with_history(history);
     let body = futures::stream::unfold(cursor, |mut cursor| async move {
         let chunk = cursor.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), cursor))
@@ -218,6 +257,11 @@ pub(super) struct SubscriptionChange {
     remove: Vec<String>,
     #[serde(default)]
     last_event_id: Option<String>,
+    /// Same as `last_event_id`.
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    history: Option<serde_json::Value>,
 }
 
 /// `200` with `retry:` and `closing` (`shutdown`), then the end: the client reconnects after
@@ -306,8 +350,22 @@ pub(super) async fn subscriptions(
     for c in &change.remove {
         validate_subscription(c).map_err(|e| ApiError::invalid_channel(c, e))?;
     }
-    let since = match change.last_event_id.as_deref().map(str::trim) {
+    if change.last_event_id.is_some() && change.since.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "give `since` or `last_event_id` (the same thing), not both",
+        ));
+    }
+    let history = match &change.history {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => parse_history(Some(&n.to_string()))?,
+        Some(_) => parse_history(Some("not a number"))?,
+    };
+    let given = change.last_event_id.as_deref().or(change.since.as_deref());
+    let since = match given.map(str::trim) {
         Some(id) if !id.is_empty() => parse_event_id(id)?,
+        // History without `since`: the newest events of the whole retained log.
+        _ if history.is_some() => crate::log::Position::ZERO,
         _ => state.hub.log().bounds().await.map_err(ApiError::from)?.head,
     };
     // Carried out by the node holding the stream, whichever node this is.
@@ -317,6 +375,7 @@ pub(super) async fn subscriptions(
         add,
         remove: change.remove,
         since: since.to_string(),
+        history,
     };
     super::admin::asked(state.cluster.ask(&*state, tag, action).await, not_found).map(Json)
 }

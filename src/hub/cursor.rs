@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{frame, lock, Control, Frame, Hub, Registration};
-use crate::log::{Event, Position};
+use crate::log::{Event, History, HistoryQuery, Position};
 
 /// Bytes gathered into one chunk at most before handing it to the connection.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -60,8 +60,10 @@ pub struct Cursor {
     opts: CursorOptions,
     /// Bytes to send before anything else (the preamble).
     pending: Option<Bytes>,
-    /// History of an added channel still to deliver: (channel, after, through).
-    backfill: Option<(Arc<str>, Position, Position)>,
+    /// History of an added channel still to deliver: (channel, after, through, limit).
+    backfill: Option<(Arc<str>, Position, Position, Option<usize>)>,
+    /// Events to send first, with their ids (a stream's `history`), oldest first.
+    history: VecDeque<Arc<Event>>,
     done: bool,
 }
 
@@ -85,8 +87,16 @@ impl Cursor {
             opts,
             pending: Some(preamble),
             backfill: None,
+            history: VecDeque::new(),
             done: false,
         }
+    }
+
+    /// Sends `events` (in log order, all at or before the start position) with their ids
+    /// right after the preamble: a new stream's `history`.
+    pub fn with_history(mut self, events: Vec<Arc<Event>>) -> Self {
+        self.history = events.into();
+        self
     }
 
     /// The next bytes of the stream; `None` when the stream is over.
@@ -96,6 +106,19 @@ impl Cursor {
         }
         if let Some(p) = self.pending.take() {
             return Some(p);
+        }
+        if !self.history.is_empty() {
+            let mut buf = BytesMut::new();
+            let mut frames = 0;
+            while buf.len() < MAX_CHUNK {
+                let Some(event) = self.history.pop_front() else {
+                    break;
+                };
+                buf.extend_from_slice(&self.reg.conn.event_frame(&event));
+                frames += 1;
+            }
+            self.count_delivered(frames);
+            return Some(buf.freeze());
         }
         loop {
             if self.backfill.is_some() {
@@ -112,8 +135,9 @@ impl Cursor {
                         channel,
                         after,
                         through,
+                        limit,
                     } => {
-                        self.backfill = Some((channel, after, through));
+                        self.backfill = Some((channel, after, through, limit));
                         continue;
                     }
                 }
@@ -257,12 +281,35 @@ impl Cursor {
     /// One step of a channel's history ([`Control::Backfill`]); `None` when it produced
     /// nothing to send.
     async fn read_backfill(&mut self) -> Option<Bytes> {
-        let (channel, after, through) = self.backfill.clone()?;
+        let (channel, after, through, limit) = self.backfill.clone()?;
         let conn = self.reg.conn.clone();
         let filter = |e: &Event| e.pos <= through && conn.wants_as_history(e, &channel);
-        let batch = self.read_or_pause(after, &filter).await?;
+        let (events, gap, next) = match limit {
+            Some(limit) => {
+                let q = HistoryQuery {
+                    channel: &channel,
+                    after,
+                    through,
+                    limit,
+                };
+                let history = self.history_or_pause(q, &filter).await?;
+                // Fewer than asked for after a `since` retention passed: say what is missing.
+                let gap = match (history.more, after) {
+                    (false, a) if a != Position::ZERO => {
+                        self.read_or_pause(after, &|_: &Event| false).await?.gap
+                    }
+                    _ => None,
+                };
+                (history.events, gap, through)
+            }
+            None => {
+                let batch = self.read_or_pause(after, &filter).await?;
+                let next = if batch.at_head { through } else { batch.next };
+                (batch.events, batch.gap, next)
+            }
+        };
         let mut buf = BytesMut::new();
-        if let Some(gap) = batch.gap {
+        if let Some(gap) = gap {
             self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
             buf.extend_from_slice(&frame::control_frame(
                 "gap",
@@ -277,15 +324,30 @@ impl Cursor {
         // A channel removed meanwhile gets no more of its history.
         let still_subscribed = conn.channels().iter().any(|c| **c == *channel);
         if still_subscribed {
-            self.count_delivered(batch.events.len());
+            self.count_delivered(events.len());
         }
-        for event in batch.events.iter().filter(|_| still_subscribed) {
+        for event in events.iter().filter(|_| still_subscribed) {
             buf.extend_from_slice(&frame::history_frame(event));
         }
-        let next = batch.next;
-        self.backfill = (still_subscribed && next < through && !batch.at_head)
-            .then_some((channel, next, through));
+        self.backfill =
+            (still_subscribed && next < through).then_some((channel, next, through, None));
         (!buf.is_empty()).then(|| buf.freeze())
+    }
+
+    /// A channel's history from the log; on failure, logs, pauses a moment and returns
+    /// `None` (the caller tries again).
+    async fn history_or_pause(
+        &self,
+        q: HistoryQuery<'_>,
+        filter: crate::log::Filter<'_>,
+    ) -> Option<History> {
+        match self.hub.log().history(q, filter).await {
+            Ok(history) => Some(history),
+            Err(e) => {
+                self.log_error_and_pause(&e).await;
+                None
+            }
+        }
     }
 
     /// Reads the log after `after`; on failure, logs, pauses a moment and returns `None`.
@@ -302,17 +364,22 @@ impl Cursor {
         {
             Ok(batch) => Some(batch),
             Err(e) => {
-                let conn = &self.reg.conn;
-                if let Some(suppressed) = self.hub.read_errors.allow() {
-                    tracing::warn!(error = %e, suppressed, "connections cannot read the log; retrying");
-                }
-                tokio::select! {
-                    _ = self.opts.shutdown.cancelled() => {}
-                    _ = conn.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
+                self.log_error_and_pause(&e).await;
                 None
             }
+        }
+    }
+
+    /// After a failed log read: logs (at most once a minute) and waits a moment.
+    async fn log_error_and_pause(&self, e: &crate::log::LogError) {
+        let conn = &self.reg.conn;
+        if let Some(suppressed) = self.hub.read_errors.allow() {
+            tracing::warn!(error = %e, suppressed, "connections cannot read the log; retrying");
+        }
+        tokio::select! {
+            _ = self.opts.shutdown.cancelled() => {}
+            _ = conn.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum Control {
         channel: Arc<str>,
         after: Position,
         through: Position,
+        /// Only the newest this many of them (`history`), found through the log's channel
+        /// index.
+        limit: Option<usize>,
     },
 }
 
@@ -425,8 +428,12 @@ pub struct ChannelChange<'a> {
     pub add: &'a [String],
     pub remove: &'a [String],
     /// Added channels deliver their events after this position: the log head read before
-    /// the change, or the client's `last_event_id`.
+    /// the change, or the client's `last_event_id` / `since` (`ZERO` with `history` and no
+    /// `since`: the whole retained log, limited to `history`).
     pub since: Position,
+    /// The added exact channels deliver only their newest this many events up to the change
+    /// as history (patterns get none beyond `since`).
+    pub history: Option<usize>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -796,11 +803,16 @@ impl Hub {
         self.forget_counts(&index, removed.iter().map(|c| c.as_str()));
         for channel in &added {
             let channel: Arc<str> = Arc::from(channel.as_str());
-            if change.since < dispatched {
+            let limit = change.history.filter(|_| !is_pattern(&channel));
+            // A pattern asked for history without `since` has no range of its own.
+            let no_range =
+                change.history.is_some() && limit.is_none() && change.since == Position::ZERO;
+            if change.since < dispatched && !no_range {
                 conn.push_control(Control::Backfill {
                     channel: channel.clone(),
                     after: change.since,
                     through: dispatched,
+                    limit,
                 });
             }
             let since = change.since.max(dispatched);

@@ -53,6 +53,19 @@ impl Position {
     pub const fn seq(n: u64) -> Position {
         Position { hi: 0, lo: n }
     }
+
+    /// The greatest position before this one (`ZERO` stays `ZERO`): "strictly before" as an
+    /// inclusive bound.
+    pub const fn predecessor(self) -> Position {
+        match (self.hi, self.lo) {
+            (0, 0) => Position::ZERO,
+            (hi, 0) => Position {
+                hi: hi - 1,
+                lo: u64::MAX,
+            },
+            (hi, lo) => Position { hi, lo: lo - 1 },
+        }
+    }
 }
 
 impl fmt::Display for Position {
