@@ -19,15 +19,13 @@ export function App() {
   if (session === null) return <Login />;
   return (
     // One client per page, shared by every tab of this user (one stream for all of them).
-    // It starts a little in the past (`history_from`): the latest lines of the user's
-    // workflows are replayed by the gateway, and the notifications loaded with the session
-    // meet the stream with no gap.
+    // Each channel says where it starts: a workflow's log with its last lines (`history`),
+    // the notifications right after the state loaded with the session (`since`).
     <RealtimeProvider
       key={session.id}
       options={{
         url: location.origin,
         shareKey: `${location.origin}|${session.id}`,
-        lastEventId: session.history_from ?? session.last_event_id ?? "",
         // `?sharing=sharedworker`: the stream runs in a SharedWorker instead of a leader tab.
         ...sharingOptions(location.search),
       }}
@@ -125,9 +123,9 @@ function Shell({ session }: { session: Session }) {
         </div>
       </header>
       <main>
-        {/* Kept while the admin page shows: the viewers keep their lines. */}
-        <LogsPage session={session} selected={page === "logs" ? selected : undefined} />
-        {page === "admin" && <AdminPage />}
+        {/* Only the page shown is mounted; the lines of the workflows seen stay in the
+            client's store (useEvents), so coming back shows them and continues. */}
+        {page === "logs" ? <LogsPage session={session} selected={selected} /> : <AdminPage />}
       </main>
     </div>
   );

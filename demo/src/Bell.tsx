@@ -25,6 +25,9 @@ export function Bell({ session }: { session: Session }) {
     session.notifications_channel,
     (e) => setItems((list) => applyNotification(list, e.type, e.data)),
     {
+      // The list above is the state as of `last_event_id`: the stream continues right after
+      // it, no gap and no event applied twice ("0": the log was empty).
+      since: session.last_event_id ?? "0",
       // Events were lost to retention: the state is loaded again.
       onGap: () => {
         getSession().then((s) => s && setItems([...s.notifications].reverse()));

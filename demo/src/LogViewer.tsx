@@ -1,44 +1,38 @@
 import { memo, useLayoutEffect, useMemo, useRef, useState } from "react";
-import { useEvents } from "@ssegate/react";
+import { useEvents, useSubscriptionStatus } from "@ssegate/react";
 import type { RealtimeError, RealtimeEvent } from "@ssegate/client";
 import type { LogLine, Session, Workflow } from "./api";
 import { continuity } from "./continuity";
 
 /** How many lines a viewer keeps. */
 const KEEP_LINES = 2000;
+/** How many earlier lines a workflow opened for the first time starts with. */
+export const HISTORY_LINES = 500;
 
 /**
- * One live viewer per workflow the user may read, all subscribed at once (one stream carries
- * them all) and kept while hidden, so switching workflows loses nothing. A workflow the user
- * may not read is subscribed only while shown: the gateway refuses it (403).
+ * The viewer of the selected workflow, and only that one: no hidden viewers. A workflow opened
+ * for the first time starts with its last `HISTORY_LINES` lines (`useEvents`' `history`: the
+ * gateway sends them, then the live ones). Its lines stay in the client's store when another
+ * workflow is shown, so switching back shows them at once and continues after the last one
+ * kept (the store subscribes again with `since`): none missing, none twice. A workflow the
+ * user may not read is refused by the gateway (403).
  */
 export function LogsPage({ session, selected }: { session: Session; selected?: Workflow }) {
-  const mounted = session.workflows.filter((w) => w.allowed || w === selected);
-  return (
-    <>
-      {mounted.map((w) => (
-        <LogViewer key={w.channel} workflow={w} user={session.name} visible={w === selected} />
-      ))}
-    </>
-  );
+  if (!selected) return null;
+  return <LogViewer key={selected.channel} workflow={selected} user={session.name} />;
 }
 
-function LogViewer({
-  workflow,
-  user,
-  visible,
-}: {
-  workflow: Workflow;
-  user: string;
-  visible: boolean;
-}) {
-  const [refused, setRefused] = useState<RealtimeError | null>(null);
+function LogViewer({ workflow, user }: { workflow: Workflow; user: string }) {
   const [gaps, setGaps] = useState(0);
   const events = useEvents<LogLine>(workflow.channel, {
     limit: KEEP_LINES,
-    onError: setRefused,
+    history: HISTORY_LINES,
     onGap: () => setGaps((n) => n + 1),
   });
+  // Whether the gateway has the channel, and why not (kept by the client, so a viewer mounted
+  // again still knows it was refused).
+  const sub = useSubscriptionStatus(workflow.channel);
+  const refused: RealtimeError | null = sub?.status === "refused" ? sub.error : null;
   const stats = useMemo(() => continuity(events.map((e) => e.data.seq)), [events]);
   const last = events[events.length - 1]?.data;
 
@@ -48,10 +42,10 @@ function LogViewer({
   useLayoutEffect(() => {
     const el = box.current;
     if (el && follow.current) el.scrollTop = el.scrollHeight;
-  }, [events, visible]);
+  }, [events]);
 
   return (
-    <section className="feed" data-channel={workflow.channel} hidden={!visible}>
+    <section className="feed" data-channel={workflow.channel} data-testid="feed" data-status={sub?.status ?? ""}>
       <div className="feed-head">
         <div>
           <h2>{workflow.name}</h2>
@@ -71,9 +65,19 @@ function LogViewer({
         </div>
       ) : (
         <>
-          <div className="feed-stats" data-testid="continuity">
+          <div
+            className="feed-stats"
+            data-testid="continuity"
+            data-count={stats.count}
+            data-first={stats.first ?? ""}
+            data-last={stats.last ?? ""}
+            data-missing={stats.missing}
+            data-duplicates={stats.duplicates}
+          >
             {stats.count === 0
-              ? "waiting for the pipeline…"
+              ? sub?.status === "subscribed"
+                ? "waiting for the pipeline…"
+                : "loading the latest lines…"
               : `${stats.count} lines, #${stats.first}–#${stats.last} · ${stats.missing} missing · ${stats.duplicates} duplicated`}
             {gaps > 0 && (
               <span className="gap-note">

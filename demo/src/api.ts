@@ -30,7 +30,10 @@ export interface Session extends DemoUser {
   /** Oldest first, as of `last_event_id`. */
   notifications: Notification[];
   last_event_id: string | null;
-  /** Resume here to replay the latest lines of the user's workflows. */
+  /**
+   * Where a stream would start to replay the latest lines of the user's workflows (unused by
+   * the app since the log viewer asks for its lines with `history`).
+   */
   history_from: string | null;
 }
 
