@@ -196,6 +196,7 @@ fn stream_schemas() -> Value {
             "user": string(),
             "channels": strings(),
             "heartbeat_ms": count(),
+            "last_event_id": with_doc(r("EventId"), "Where live delivery begins: the resume id, or the log head (`\"0\"` for an empty log). A client with no id of its own resumes from here."),
         }))),
         "GapEvent": closed(obj_opt(json!({
             "last_event_id": r("EventId"),
@@ -241,7 +242,15 @@ fn publish_schemas() -> Value {
             "add": strings(),
             "remove": strings(),
             "last_event_id": with_doc(r("EventId"), "The added channels' events after this id are delivered too (as history frames without `id:`)."),
-        }), &["add", "remove", "last_event_id"])),
+            "since": with_doc(r("EventId"), "The same as `last_event_id` (give one of them)."),
+            "history": with_doc(json!({ "type": "integer", "minimum": 0, "maximum": 1000 }), "The added channels' newest this many events (after `since` when given) come first as history frames; patterns get none. 0: none."),
+        }), &["add", "remove", "last_event_id", "since", "history"])),
+        "History": obj(json!({
+            "channel": string(),
+            "events": with_doc(array_of(r("Envelope")), "The channel's newest events (before `before`), oldest first."),
+            "more": with_doc(boolean(), "Older events were left out by `limit`: ask again with `before` = the first event's id."),
+            "last_event_id": with_doc(r("EventId"), "The answer holds every event of the channel up to here: subscribe with `since` = it to go on with no gap and no duplicate."),
+        })),
         "ChannelsNow": obj(json!({ "channels": with_doc(strings(), "All channels of the connection now.") })),
         "PollResponse": obj_opt(json!({
             "events": array_of(r("Envelope")),
@@ -526,6 +535,8 @@ fn parameters() -> Value {
         "last_event_id": param("last_event_id", "query", string(), "Resume after this event (the `Last-Event-ID` header wins)."),
         "Last-Event-ID": param("Last-Event-ID", "header", string(), "Resume after this event."),
         "access_token": param("access_token", "query", string(), "The token, when `auth.allow_query_token` (the default) allows it."),
+        "since": param("since", "query", string(), "The same as `last_event_id`."),
+        "history": param("history", "query", json!({ "type": "integer", "minimum": 0, "maximum": 1000 }), "Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`)."),
         "session_id": param("session_id", "query", json!({ "type": "string", "minLength": 1, "maxLength": 128 }), "A newer stream of the same user with the same `session_id` ends the older one (`closing` `replaced`)."),
         "node": param("node", "query", string(), "On that node (default: the node that answers)."),
     })
@@ -723,10 +734,18 @@ fn stream_params() -> Vec<Value> {
     vec![
         p("channel"),
         p("last_event_id"),
+        p("since"),
         p("Last-Event-ID"),
         p("access_token"),
         p("session_id"),
     ]
+}
+
+/// The stream's parameters with `history`.
+fn stream_params_with_history() -> Vec<Value> {
+    let mut params = stream_params();
+    params.insert(2, p("history"));
+    params
 }
 
 fn stream_events() -> Value {
@@ -746,7 +765,8 @@ fn stream_events() -> Value {
 fn paths() -> Value {
     let stream = subscribe_errors(
         Op::new("stream", "stream", "Open a Server-Sent Events stream", Auth::Subscriber)
-            .params(stream_params())
+            .params(stream_params_with_history())
+            .err(400, "invalid_history")
             .sse(
                 "The stream: `connected` first, then events (`id:`, `event:` the type, `data:` the envelope), control events without `id:`, heartbeats `: hb`. While the node drains: `retry:` and `closing` (`shutdown`).",
                 stream_events(),
@@ -760,7 +780,8 @@ fn paths() -> Value {
             "Check a stream request without opening it",
             Auth::Subscriber,
         )
-        .params(stream_params())
+        .params(stream_params_with_history())
+        .err(400, "invalid_history")
         .answer(
             200,
             "A `GET` would open the stream (no body).",
@@ -811,7 +832,7 @@ fn paths() -> Value {
     )
     .err(
         400,
-        "invalid_channel, too_many_channels, invalid_last_event_id",
+        "invalid_json, invalid_channel, too_many_channels, invalid_last_event_id, invalid_history",
     )
     .err(403, "forbidden_channel")
     .err(404, "connection_not_found")
@@ -864,6 +885,25 @@ fn paths() -> Value {
         "Channels and patterns with subscribers, merged over the nodes.",
         "ChannelList",
     )
+    .build();
+    let history = Op::new(
+        "stream",
+        "history",
+        "The newest events of a channel",
+        Auth::Subscriber,
+    )
+    .describe("Authorized like a subscription to the channel; events targeted at other users are left out. Served from the log's per-channel index.")
+    .params(vec![
+        path_param("channel", "logs:w1:f1", "The channel, percent-encoded (not a pattern)."),
+        param("limit", "query", json!({ "type": "integer", "minimum": 1, "maximum": 1000 }), "At most this many events (default 100)."),
+        param("before", "query", string(), "Only events before this id (to page back)."),
+        p("access_token"),
+    ])
+    .ok(200, "The channel's newest events, oldest first.", "History")
+    .err(400, "invalid_channel, invalid_limit, invalid_last_event_id")
+    .err(403, "forbidden_channel")
+    .err(429, "connection_rate_limited")
+    .err(503, "log_unavailable")
     .build();
     let presence = Op::new("admin", "presence", "Who is subscribed to a channel", Auth::Presence)
         .describe("Admins, or principals whose `presence` grant covers the channel. Counts connections subscribed to exactly that channel.")
@@ -1100,6 +1140,7 @@ fn paths() -> Value {
         "/v1/users/{user}/connections": { "delete": kick },
         "/v1/channels": { "get": channels },
         "/v1/channels/{channel}/presence": { "get": presence },
+        "/v1/channels/{channel}/history": { "get": history },
         "/v1/broadcast": { "post": broadcast },
         "/v1/sources/{name}/{action}": { "post": source },
         "/v1/admin/drain": { "post": drain },

@@ -229,6 +229,7 @@ pub(super) async fn stream_head(
 ) -> Result<Response, ApiError> {
     let checked = subscribe_request(&state, peer, raw.as_deref(), &headers).await?;
     session_id(&checked.query)?;
+    parse_history(checked.query.history.as_deref())?;
     Ok(event_stream(Body::empty()))
 }
 

@@ -147,6 +147,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/channels/{channel}/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The newest events of a channel
+         * @description Authorized like a subscription to the channel; events targeted at other users are left out. Served from the log's per-channel index.
+         */
+        get: operations["history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/broadcast": {
         parameters: {
             query?: never;
@@ -518,6 +538,8 @@ export interface components {
             user: string;
             channels: string[];
             heartbeat_ms: number;
+            /** @description Where live delivery begins: the resume id, or the log head (`"0"` for an empty log). A client with no id of its own resumes from here. */
+            last_event_id: components["schemas"]["EventId"];
         };
         GapEvent: {
             last_event_id: components["schemas"]["EventId"];
@@ -566,6 +588,19 @@ export interface components {
             remove?: string[];
             /** @description The added channels' events after this id are delivered too (as history frames without `id:`). */
             last_event_id?: components["schemas"]["EventId"];
+            /** @description The same as `last_event_id` (give one of them). */
+            since?: components["schemas"]["EventId"];
+            /** @description The added channels' newest this many events (after `since` when given) come first as history frames; patterns get none. 0: none. */
+            history?: number;
+        };
+        History: {
+            channel: string;
+            /** @description The channel's newest events (before `before`), oldest first. */
+            events: components["schemas"]["Envelope"][];
+            /** @description Older events were left out by `limit`: ask again with `before` = the first event's id. */
+            more: boolean;
+            /** @description The answer holds every event of the channel up to here: subscribe with `since` = it to go on with no gap and no duplicate. */
+            last_event_id: components["schemas"]["EventId"];
         };
         ChannelsNow: {
             /** @description All channels of the connection now. */
@@ -859,6 +894,10 @@ export interface components {
         "Last-Event-ID": string;
         /** @description The token, when `auth.allow_query_token` (the default) allows it. */
         access_token: string;
+        /** @description The same as `last_event_id`. */
+        since: string;
+        /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
+        history: number;
         /** @description A newer stream of the same user with the same `session_id` ends the older one (`closing` `replaced`). */
         session_id: string;
         /** @description On that node (default: the node that answers). */
@@ -877,6 +916,10 @@ export interface operations {
                 channel: components["parameters"]["channel"];
                 /** @description Resume after this event (the `Last-Event-ID` header wins). */
                 last_event_id?: components["parameters"]["last_event_id"];
+                /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
+                history?: components["parameters"]["history"];
+                /** @description The same as `last_event_id`. */
+                since?: components["parameters"]["since"];
                 /** @description The token, when `auth.allow_query_token` (the default) allows it. */
                 access_token?: components["parameters"]["access_token"];
                 /** @description A newer stream of the same user with the same `session_id` ends the older one (`closing` `replaced`). */
@@ -900,7 +943,7 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
-            /** @description `query_token_disabled`, `missing_channel`, `invalid_channel`, `too_many_channels`, `invalid_last_event_id`, `invalid_session_id` */
+            /** @description `query_token_disabled`, `invalid_history`, `missing_channel`, `invalid_channel`, `too_many_channels`, `invalid_last_event_id`, `invalid_session_id` */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -954,6 +997,10 @@ export interface operations {
                 channel: components["parameters"]["channel"];
                 /** @description Resume after this event (the `Last-Event-ID` header wins). */
                 last_event_id?: components["parameters"]["last_event_id"];
+                /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
+                history?: components["parameters"]["history"];
+                /** @description The same as `last_event_id`. */
+                since?: components["parameters"]["since"];
                 /** @description The token, when `auth.allow_query_token` (the default) allows it. */
                 access_token?: components["parameters"]["access_token"];
                 /** @description A newer stream of the same user with the same `session_id` ends the older one (`closing` `replaced`). */
@@ -977,7 +1024,7 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
-            /** @description `query_token_disabled`, `missing_channel`, `invalid_channel`, `too_many_channels`, `invalid_last_event_id`, `invalid_session_id` */
+            /** @description `query_token_disabled`, `invalid_history`, `missing_channel`, `invalid_channel`, `too_many_channels`, `invalid_last_event_id`, `invalid_session_id` */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1031,6 +1078,8 @@ export interface operations {
                 channel: components["parameters"]["channel"];
                 /** @description Resume after this event (the `Last-Event-ID` header wins). */
                 last_event_id?: components["parameters"]["last_event_id"];
+                /** @description The same as `last_event_id`. */
+                since?: components["parameters"]["since"];
                 /** @description The token, when `auth.allow_query_token` (the default) allows it. */
                 access_token?: components["parameters"]["access_token"];
                 /** @description Default 25000, at most `stream.max_poll_timeout_ms`. */
@@ -1219,7 +1268,7 @@ export interface operations {
                     "application/json": components["schemas"]["ChannelsNow"];
                 };
             };
-            /** @description `query_token_disabled`, `invalid_json`, `invalid_channel`, `too_many_channels`, `invalid_last_event_id` */
+            /** @description `query_token_disabled`, `invalid_json`, `invalid_channel`, `too_many_channels`, `invalid_last_event_id`, `invalid_history` */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1470,6 +1519,84 @@ export interface operations {
                 };
             };
             /** @description `auth_unavailable` */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    history: {
+        parameters: {
+            query?: {
+                /** @description At most this many events (default 100). */
+                limit?: number;
+                /** @description Only events before this id (to page back). */
+                before?: string;
+                /** @description The token, when `auth.allow_query_token` (the default) allows it. */
+                access_token?: components["parameters"]["access_token"];
+            };
+            header?: never;
+            path: {
+                /**
+                 * @description The channel, percent-encoded (not a pattern).
+                 * @example logs:w1:f1
+                 */
+                channel: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The channel's newest events, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["History"];
+                };
+            };
+            /** @description `query_token_disabled`, `invalid_channel`, `invalid_limit`, `invalid_last_event_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `missing_credentials`, `token_expired`, `token_not_yet_valid`, `invalid_token` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `forbidden`, `forbidden_channel` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `connection_rate_limited` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `auth_unavailable`, `log_unavailable` */
             503: {
                 headers: {
                     [name: string]: unknown;

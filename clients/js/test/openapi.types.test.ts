@@ -34,11 +34,16 @@ type Json<Op> = Op extends { content: { "application/json": infer B } } ? B : ne
 type SubscriptionsOp = paths["/v1/connections/{id}/subscriptions"]["post"];
 
 /** What the transport sends to change a stream's channels (src/transport.ts `sync`). */
-type ClientSubscriptionChange = { add?: string[]; remove?: string[] };
+type ClientSubscriptionChange = { add?: string[]; remove?: string[]; since?: string; history?: number };
 /** What it reads of the answer. */
 type ClientSubscriptionAnswer = { channels?: unknown };
 /** What it reads of a `connected` event, a `gap` and a `closing`. */
-type ClientConnected = { connection_id?: unknown; channels?: unknown; heartbeat_ms?: unknown };
+type ClientConnected = {
+  connection_id?: unknown;
+  channels?: unknown;
+  heartbeat_ms?: unknown;
+  last_event_id?: unknown;
+};
 type ClientGap = { last_event_id?: unknown; oldest_id?: unknown; channel?: unknown };
 /** What it reads of a long-poll answer. */
 type ClientPoll = { events?: unknown; last_event_id?: unknown; gap?: unknown; oldest_id?: unknown };
@@ -58,6 +63,7 @@ check(
   true as Assignable<Schemas["ConnectedEvent"], ClientConnected>,
   true as Same<Schemas["ConnectedEvent"]["connection_id"], string>,
   true as Same<Schemas["ConnectedEvent"]["heartbeat_ms"], number>,
+  true as Same<Schemas["ConnectedEvent"]["last_event_id"], string>,
   true as Assignable<Schemas["GapEvent"], ClientGap>,
   true as Same<Schemas["GapEvent"]["oldest_id"], GapInfo["oldestId"]>,
   true as Same<Schemas["GapEvent"]["channel"], GapInfo["channel"]>,
