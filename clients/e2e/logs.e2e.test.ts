@@ -1,5 +1,6 @@
 // (a) Live pipeline logs, and the gateway's access control seen from the browser.
 import { describe, expect, it } from "vitest";
+import type { Page } from "playwright-core";
 import { artifacts, expectConsecutive, pageErrors, seqs, signIn, until } from "./harness";
 import { withDemo } from "./with-demo";
 
@@ -49,13 +50,109 @@ describe("pipeline logs", () => {
     const bStreams = await ctx.demo.connections("b");
     expect(bStreams.length).toBe(1);
     expect(bStreams[0]!.channels).not.toContain(F1);
-    // And B's page still streams workflow 2.
-    const f2 = await seqs(pb, F2);
+    // Only the workflow shown is mounted: workflow 2's viewer left with the switch …
+    expect(await pb.locator(`[data-channel="${F2}"]`).count()).toBe(0);
+    // … and back on it, B's page shows its lines again and streams it on.
+    await pb.goto(`${ctx.demo.url}/#/logs/w1/f2`);
+    const f2 = await until(() => seqs(pb, F2), (s) => s.length > 0, "B's f2 lines back on workflow 2");
     await until(() => seqs(pb, F2), (s) => s.length > f2.length, "B's f2 lines after the refusal");
+    expectConsecutive(await seqs(pb, F2), "B's lines of f2 after the refusal");
 
     await pa.screenshot({ path: `${artifacts}/log-viewer.png` });
     expect(errors).toEqual([]);
     await a.close();
     await b.close();
   });
+
+  it("opens a workflow mid-run with its earlier lines, then live; switching away and back keeps them, 0 missing, 0 twice", async () => {
+    const a = await ctx.browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const errors = pageErrors(a);
+    // On workflow 2: workflow 1 is not mounted, so nothing of this page subscribes to it.
+    const page = await signIn(a, ctx.demo, "a", "/#/logs/w1/f2");
+    await until(() => seqs(page, F2), (s) => s.length >= 5, "A's lines of f2");
+    expect(await page.locator(`[data-channel="${F1}"]`).count()).toBe(0);
+    expect((await ctx.demo.connections("a")).flatMap((c) => c.channels)).not.toContain(F1);
+
+    // Workflow 1 is running meanwhile: its newest line, over the history endpoint (the
+    // session cookie authorizes it like a subscription).
+    const newest = () =>
+      page.evaluate(async (c) => {
+        const res = await fetch(`/v1/channels/${encodeURIComponent(c)}/history?limit=1`);
+        const body = (await res.json()) as { events: { data: { seq: number } }[] };
+        return body.events[0]?.data.seq ?? 0;
+      }, F1);
+    const before = await until(newest, (n) => n >= 20, "workflow 1 has written 20 lines");
+
+    // Opened for the first time: its earlier lines at once (from #1, or the start of the
+    // history window), contiguous, then live ones.
+    await page.goto(`${ctx.demo.url}/#/logs/w1/f1`);
+    const opened = await until(() => seqs(page, F1), (s) => s.length > 0 && s[s.length - 1]! >= before, "f1's earlier lines");
+    expect(opened[0]! <= before, `the first line shown (#${opened[0]}) is an earlier one (≤ #${before})`).toBe(true);
+    expect(opened[0] === 1 || opened.length >= HISTORY_LINES, `first #${opened[0]}, ${opened.length} lines`).toBe(true);
+    expectConsecutive(opened, "f1 opened mid-run");
+    const live = await until(
+      () => seqs(page, F1),
+      (s) => s[s.length - 1]! >= opened[opened.length - 1]! + 10,
+      "f1's live lines after its history",
+    );
+    expect(live.slice(0, opened.length)).toEqual(opened);
+    expectConsecutive(live, "f1: history then live");
+    await expectStats(page, F1);
+    await expectOneViewer(page, F1);
+
+    // Away to workflow 2 (f1's viewer unmounts) while workflow 1 goes on …
+    await page.goto(`${ctx.demo.url}/#/logs/w1/f2`);
+    await until(() => seqs(page, F2), (s) => s.length >= 5, "f2 again");
+    await expectOneViewer(page, F2);
+    await expectStats(page, F2);
+    const away = await newest();
+    await until(newest, (n) => n >= away + 10, "workflow 1 writes 10 lines while f2 is shown");
+
+    // … and back: the lines kept are shown again and what was written meanwhile follows.
+    await page.goto(`${ctx.demo.url}/#/logs/w1/f1`);
+    const back = await until(() => seqs(page, F1), (s) => s[s.length - 1]! >= away + 10, "f1 back, caught up");
+    expect(back[0]).toBe(live[0]);
+    expectConsecutive(back, "f1 after switching back");
+    await until(() => seqs(page, F1), (s) => s[s.length - 1]! >= back[back.length - 1]! + 5, "f1 live again");
+    expectConsecutive(await seqs(page, F1), "f1 live after switching back");
+    await expectStats(page, F1);
+    await expectOneViewer(page, F1);
+
+    // The admin page and back: the same.
+    await page.goto(`${ctx.demo.url}/#/admin`);
+    await page.getByTestId("admin-connections").waitFor();
+    expect(await page.locator("[data-channel]").count()).toBe(0);
+    await page.goto(`${ctx.demo.url}/#/logs/w1/f1`);
+    await until(() => seqs(page, F1), (s) => s.length > 0, "f1 after the admin page");
+    expectConsecutive(await seqs(page, F1), "f1 after the admin page");
+    await expectStats(page, F1);
+    await expectOneViewer(page, F1);
+
+    expect(errors).toEqual([]);
+    await a.close();
+  });
 });
+
+/** How many earlier lines the demo's viewer asks for (demo/src/LogViewer.tsx). */
+const HISTORY_LINES = 500;
+
+/** The viewer's own count of its lines: none missing, none twice. */
+async function expectStats(page: Page, channel: string): Promise<void> {
+  const stats = page.locator(`[data-channel="${channel}"] [data-testid="continuity"]`);
+  const read = async () => ({
+    missing: await stats.getAttribute("data-missing"),
+    duplicates: await stats.getAttribute("data-duplicates"),
+    text: await stats.textContent(),
+  });
+  const s = await read();
+  expect(s, `${channel}: ${s.text}`).toMatchObject({ missing: "0", duplicates: "0" });
+  expect(s.text).toMatch(/ 0 missing · 0 duplicated/);
+}
+
+/** Exactly one viewer in the DOM (the one shown), none hidden. */
+async function expectOneViewer(page: Page, channel: string): Promise<void> {
+  const channels = await page
+    .locator("[data-channel]")
+    .evaluateAll((els) => els.map((e) => `${(e as HTMLElement).dataset.channel}${(e as HTMLElement).hidden ? " (hidden)" : ""}`));
+  expect(channels).toEqual([channel]);
+}
