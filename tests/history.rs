@@ -370,3 +370,26 @@ async fn history_across_two_nodes_on_redis() {
     };
     assert!(conn.starts_with("c_"));
 }
+
+#[tokio::test]
+async fn a_streams_history_is_the_newest_thousand_events_at_most() {
+    let server = Server::start(&[("LIMITS__PUBLISH_RATE", "0")]);
+    let p = publisher();
+    let mut all = Vec::new();
+    for batch in 0..12 {
+        let body: Vec<Value> = (0..100)
+            .map(|i| {
+                let channel = ["big:1", "big:2"][i % 2];
+                json!({"channel": channel, "data": {"n": batch * 100 + i}})
+            })
+            .collect();
+        let (status, answer) = server.publish(&p, &json!(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        all.extend(published_ids(&answer));
+    }
+    let sub = token("u1", &["big:*"], &[]);
+    let url = format!("{}&history=600", server.stream_url(&["big:1", "big:2"]));
+    let (mut sse, _) = Sse::open(&url, &[bearer(&sub)]).await;
+    assert_eq!(ids(&sse.take(1000, T).await), all[200..]);
+    sse.expect_quiet(Duration::from_millis(300)).await;
+}

@@ -536,7 +536,7 @@ fn parameters() -> Value {
         "Last-Event-ID": param("Last-Event-ID", "header", string(), "Resume after this event."),
         "access_token": param("access_token", "query", string(), "The token, when `auth.allow_query_token` (the default) allows it."),
         "since": param("since", "query", string(), "The same as `last_event_id`."),
-        "history": param("history", "query", json!({ "type": "integer", "minimum": 0, "maximum": 1000 }), "Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`)."),
+        "history": param("history", "query", json!({ "type": "integer", "minimum": 0, "maximum": 1000 }), "Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids (1000 at most in all, the newest). Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`)."),
         "session_id": param("session_id", "query", json!({ "type": "string", "minLength": 1, "maxLength": 128 }), "A newer stream of the same user with the same `session_id` ends the older one (`closing` `replaced`)."),
         "node": param("node", "query", string(), "On that node (default: the node that answers)."),
     })

@@ -142,7 +142,8 @@ pub(super) async fn stream(
 }
 
 /// The newest `limit` events of each exact channel of `channels` (patterns have none) at or
-/// before `through` that pass `filter`, merged in log order.
+/// before `through` that pass `filter`, merged in log order: the newest
+/// [`MAX_HISTORY`](crate::log::MAX_HISTORY) of them at most, whatever the number of channels.
 async fn latest_events(
     state: &AppState,
     channels: &[String],
@@ -162,6 +163,8 @@ async fn latest_events(
         events.extend(history.events);
     }
     events.sort_by_key(|e| e.pos);
+    let excess = events.len().saturating_sub(crate::log::MAX_HISTORY);
+    events.drain(..excess);
     Ok(events)
 }
 

@@ -896,7 +896,7 @@ export interface components {
         access_token: string;
         /** @description The same as `last_event_id`. */
         since: string;
-        /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
+        /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids (1000 at most in all, the newest). Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
         history: number;
         /** @description A newer stream of the same user with the same `session_id` ends the older one (`closing` `replaced`). */
         session_id: string;
@@ -916,7 +916,7 @@ export interface operations {
                 channel: components["parameters"]["channel"];
                 /** @description Resume after this event (the `Last-Event-ID` header wins). */
                 last_event_id?: components["parameters"]["last_event_id"];
-                /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
+                /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids (1000 at most in all, the newest). Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
                 history?: components["parameters"]["history"];
                 /** @description The same as `last_event_id`. */
                 since?: components["parameters"]["since"];
@@ -997,7 +997,7 @@ export interface operations {
                 channel: components["parameters"]["channel"];
                 /** @description Resume after this event (the `Last-Event-ID` header wins). */
                 last_event_id?: components["parameters"]["last_event_id"];
-                /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids. Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
+                /** @description Before live delivery, the newest this many events of each channel of the stream that is not a pattern, in log order, with their ids (1000 at most in all, the newest). Ignored when the stream resumes (`Last-Event-ID`, `last_event_id`, `since`). */
                 history?: components["parameters"]["history"];
                 /** @description The same as `last_event_id`. */
                 since?: components["parameters"]["since"];
