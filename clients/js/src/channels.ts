@@ -41,3 +41,26 @@ export function subscriptionMatches(subscription: string, channel: string): bool
   }
   return pattern.length === parts.length;
 }
+
+/** A part of an id as a number string without leading zeros (compared by length, then text). */
+function digits(part: string): string {
+  const s = part.replace(/^0+/, "");
+  return s === "" ? "0" : s;
+}
+
+/**
+ * Compares two event ids as log positions: `"N"` (memory and file logs) or `"hi-lo"` (Redis,
+ * NATS), numerically part by part (a missing part is 0). Negative when `a` is before `b`, 0 when
+ * equal, positive when after. Ids of one log only: ids of different logs do not compare.
+ */
+export function comparePositions(a: string, b: string): number {
+  const pa = a.split("-");
+  const pb = b.split("-");
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const x = digits(pa[i] ?? "0");
+    const y = digits(pb[i] ?? "0");
+    if (x.length !== y.length) return x.length - y.length;
+    if (x !== y) return x < y ? -1 : 1;
+  }
+  return 0;
+}

@@ -9,8 +9,8 @@
  * StrictMode renders twice) costs nothing.
  */
 
-import { subscriptionMatches, subscriptionProblem } from "./channels.js";
-import { RealtimeError } from "./errors.js";
+import { comparePositions, subscriptionMatches, subscriptionProblem } from "./channels.js";
+import { RealtimeError, readError } from "./errors.js";
 import { WorkerUpstream } from "./shared.js";
 import { TabsUpstream } from "./tabs.js";
 import type { TransportConfig } from "./transport.js";
@@ -21,6 +21,8 @@ import type {
   ConnectionState,
   Environment,
   GapInfo,
+  HistoryOptions,
+  HistoryPage,
   LocksLike,
   RealtimeClient,
   RealtimeEvent,
@@ -32,16 +34,34 @@ import type {
   SubscriptionState,
   Unsubscribe,
 } from "./types.js";
-import { LocalUpstream, type Downstream, type Starts, type Upstream } from "./upstream.js";
+import { LocalUpstream, sameStart, type Downstream, type Starts, type Upstream } from "./upstream.js";
 
 /** How many recent event ids the duplicate filter remembers. */
 const RECENT_IDS = 2048;
+
+/** The most events a subscription's `since` loads over REST (then a gap). */
+const MAX_CATCH_UP = 1000;
 
 interface Subscription {
   channel: string;
   handler: (event: RealtimeEvent<any>) => void;
   options: SubscribeOptions | undefined;
+  /** Its own `since`/`history`, normalized. */
+  start: StartOptions | undefined;
   active: boolean;
+  /**
+   * Catching up: the events for it are held here, in arrival order, until its history is
+   * delivered. `await`: the stream's holder has not said yet whether the start was used;
+   * `live`: waiting for the channel to be on the connection before loading over REST;
+   * `fetch`: loading over REST.
+   */
+  held: RealtimeEvent[] | null;
+  phase: "await" | "live" | "fetch" | null;
+  /**
+   * After a catch-up (or with `since`): the last position delivered to it; events at or
+   * before it are not delivered again (REST and the stream overlap).
+   */
+  floor: string | null;
 }
 
 /** The subscribers of one channel (or pattern), from its first subscriber to its last. */
@@ -57,7 +77,23 @@ interface Group {
    * new leader tab must resume the channel, not start it again).
    */
   startUsed: boolean;
+  /**
+   * The stream is held elsewhere (a leader tab, a SharedWorker) and has not said yet whether
+   * `start` was used: the subscribers with that start hold their events meanwhile.
+   */
+  awaiting: boolean;
   state: SubscriptionState;
+}
+
+/** The `since`/`history` of subscribe options, normalized; undefined when none. */
+function startOf(options: SubscribeOptions | undefined): StartOptions | undefined {
+  if (options?.since === undefined && options?.history === undefined) return undefined;
+  const start: StartOptions = {};
+  if (typeof options.since === "string" && options.since !== "") start.since = options.since;
+  if (typeof options.history === "number" && options.history > 0) {
+    start.history = Math.min(1000, Math.floor(options.history));
+  }
+  return start.since === undefined && start.history === undefined ? undefined : start;
 }
 
 export function createClient(options: ClientOptions): RealtimeClient {
@@ -189,6 +225,10 @@ class Client implements RealtimeClient {
         for (const l of [...this.broadcastListeners]) this.call(l, b);
       },
       channelError: (channels, error) => this.channelError(channels, error),
+      startVerdict: (channel, used) => {
+        const g = this.subs.get(channel);
+        if (g?.awaiting) this.resolveStart(g, used);
+      },
       unexpected: (e) => this.unexpected(e),
     };
   }
@@ -251,25 +291,31 @@ class Client implements RealtimeClient {
       queueMicrotask(() => options?.onError && this.call(options.onError, error));
       return () => {};
     }
-    const sub: Subscription = { channel, handler, options, active: true };
+    this.start();
+    const start = startOf(options);
+    const sub: Subscription = {
+      channel,
+      handler,
+      options,
+      start,
+      active: true,
+      held: null,
+      phase: null,
+      floor: null,
+    };
     let group = this.subs.get(channel);
+    let created = false;
     if (!group) {
-      let start: StartOptions | undefined;
-      if (options?.since !== undefined || options?.history !== undefined) {
-        start = {};
-        if (typeof options.since === "string" && options.since !== "") start.since = options.since;
-        if (typeof options.history === "number" && options.history > 0) {
-          start.history = Math.min(1000, Math.floor(options.history));
-        }
-        if (start.since === undefined && start.history === undefined) start = undefined;
-      }
+      created = true;
       group = {
         channel,
         subs: new Set(),
         serial: ++groupSerial,
         start,
-        // A channel the connection still has (unsubscribed and subscribed again in one task).
+        // A channel the connection already has (another tab streams it, or it was
+        // unsubscribed and subscribed again in one task): its history comes over REST.
         startUsed: this.live.has(channel),
+        awaiting: false,
         state: { status: this.live.has(channel) ? "subscribed" : "pending", error: null },
       };
       this.subs.set(channel, group);
@@ -278,12 +324,25 @@ class Client implements RealtimeClient {
     }
     group.subs.add(sub);
     const g = group;
+    if (start && g.state.status !== "refused") {
+      if (!g.startUsed && (created || sameStart(g.start, start))) {
+        // The stream delivers this start. Held elsewhere: hold the events until the holder
+        // says whether it used it (another tab may have had the channel already).
+        if (created && !this.upstream?.isLeader) g.awaiting = true;
+        if (g.awaiting) {
+          sub.held = [];
+          sub.phase = "await";
+        }
+      } else {
+        // The channel is (or will be) on the connection with other options: over REST.
+        this.catchUp(sub);
+      }
+    }
     if (g.state.status === "refused") {
       queueMicrotask(() => {
         if (sub.active && options?.onError && g.state.error) this.call(options.onError, g.state.error);
       });
     }
-    this.start();
     return () => {
       if (!sub.active) return;
       sub.active = false;
@@ -294,6 +353,57 @@ class Client implements RealtimeClient {
         this.scheduleFlush();
         this.emitSubState(channel, null);
       }
+    };
+  }
+
+  async history<T = unknown>(channel: string, options: HistoryOptions = {}): Promise<HistoryPage<T>> {
+    const problem = subscriptionProblem(channel) ?? (channel.includes("*") ? "a pattern has no history" : null);
+    if (problem !== null) {
+      throw new RealtimeError("invalid_channel", `invalid channel ${JSON.stringify(channel)}: ${problem}`, 0, [channel]);
+    }
+    const cfg = this.config();
+    const params = new URLSearchParams();
+    if (options.limit !== undefined) params.set("limit", String(options.limit));
+    if (options.before !== undefined) params.set("before", options.before);
+    const query = params.toString();
+    const url =
+      cfg.url.replace(/\/+$/, "") +
+      `/v1/channels/${encodeURIComponent(channel)}/history` +
+      (query ? "?" + query : "");
+    const get = async (reason: "connect" | "unauthorized"): Promise<Response> => {
+      let token: string | null = null;
+      try {
+        token = cfg.getToken ? ((await cfg.getToken(reason)) ?? null) : null;
+      } catch (e) {
+        throw new RealtimeError("token_error", e instanceof Error ? e.message : String(e), 0);
+      }
+      const headers: Record<string, string> = { ...cfg.headers, Accept: "application/json" };
+      if (token) headers["Authorization"] = "Bearer " + token;
+      try {
+        return await cfg.fetch(url, { method: "GET", headers, credentials: cfg.credentials, cache: "no-store" });
+      } catch (e) {
+        throw new RealtimeError("network", e instanceof Error ? e.message : String(e), 0);
+      }
+    };
+    let response = await get("connect");
+    // Like the stream: a 401 gets one fresh token and one more try.
+    if (response.status === 401 && cfg.getToken) response = await get("unauthorized");
+    if (!response.ok) throw await readError(response);
+    const body = (await response.json().catch(() => null)) as {
+      events?: unknown;
+      more?: unknown;
+      last_event_id?: unknown;
+    } | null;
+    if (!body || !Array.isArray(body.events)) {
+      throw new RealtimeError("bad_response", "history: not a history answer", response.status);
+    }
+    const events = (body.events as RealtimeEvent<T>[]).filter(
+      (e) => e && typeof e.id === "string" && typeof e.channel === "string",
+    );
+    return {
+      events,
+      more: body.more === true,
+      lastEventId: typeof body.last_event_id === "string" ? body.last_event_id : "",
     };
   }
 
@@ -358,21 +468,7 @@ class Client implements RealtimeClient {
   private start(): void {
     if (this.upstream || this.isClosed) return;
     const o = this.options;
-    this.cfg ??= {
-      url: o.url,
-      fetch: o.fetch ?? ((input, init) => globalThis.fetch(input, init)),
-      getToken: o.getToken,
-      credentials: (o.withCredentials ?? !o.getToken) ? "include" : "same-origin",
-      headers: o.headers ?? {},
-      random: o.random ?? Math.random,
-      minRetryMs: o.minRetryMs ?? 1000,
-      maxRetryMs: o.maxRetryMs ?? 30_000,
-      pollFallbackAfterMs: o.pollFallbackAfterMs ?? 5000,
-      streamRetryAfterMs: o.streamRetryAfterMs ?? 60_000,
-      pollTimeoutMs: o.pollTimeoutMs ?? 25_000,
-      sessionId: randomId(),
-    };
-    const upstream = this.createUpstream(this.cfg);
+    const upstream = this.createUpstream(this.config());
     this.upstream = upstream;
     this.updateSharing();
     if (upstream.leave) {
@@ -390,6 +486,26 @@ class Client implements RealtimeClient {
         check();
       }
     }
+  }
+
+  /** The connection settings, made once. */
+  private config(): TransportConfig {
+    const o = this.options;
+    this.cfg ??= {
+      url: o.url,
+      fetch: o.fetch ?? ((input, init) => globalThis.fetch(input, init)),
+      getToken: o.getToken,
+      credentials: (o.withCredentials ?? !o.getToken) ? "include" : "same-origin",
+      headers: o.headers ?? {},
+      random: o.random ?? Math.random,
+      minRetryMs: o.minRetryMs ?? 1000,
+      maxRetryMs: o.maxRetryMs ?? 30_000,
+      pollFallbackAfterMs: o.pollFallbackAfterMs ?? 5000,
+      streamRetryAfterMs: o.streamRetryAfterMs ?? 60_000,
+      pollTimeoutMs: o.pollTimeoutMs ?? 25_000,
+      sessionId: randomId(),
+    };
+    return this.cfg;
   }
 
   /** The upstream of the sharing mode, falling back to the next one where unsupported. */
@@ -504,14 +620,148 @@ class Client implements RealtimeClient {
     }
     if (history && targets.length === 0) return;
     this.recent.add(event.id, targets.map((g) => g.serial));
-    for (const g of targets) for (const s of [...g.subs]) if (s.active) this.call(s.handler, event);
+    for (const g of targets) for (const s of [...g.subs]) this.deliver(s, event);
+  }
+
+  /** One event to one subscription: held while it catches up, never at or before its floor. */
+  private deliver(sub: Subscription, event: RealtimeEvent): void {
+    if (!sub.active) return;
+    if (sub.held) {
+      sub.held.push(event);
+      return;
+    }
+    if (sub.floor !== null) {
+      if (comparePositions(event.id, sub.floor) <= 0) return;
+      sub.floor = event.id;
+    }
+    this.call(sub.handler, event);
+  }
+
+  // ---- a subscription's history when the stream cannot give it --------------------------------
+
+  /** The holder of the stream said whether a group's start was used. */
+  private resolveStart(g: Group, used: boolean): void {
+    g.awaiting = false;
+    if (!g.startUsed) {
+      g.startUsed = true;
+      this.scheduleFlush(); // stop announcing it
+    }
+    for (const s of [...g.subs]) {
+      if (s.phase !== "await") continue;
+      if (used) this.release(s, []);
+      else this.catchUp(s);
+    }
+  }
+
+  /**
+   * Loads a subscription's `since`/`history` over REST and delivers it to that subscription
+   * only, before the live events held for it meanwhile (once the channel is on the connection).
+   */
+  private catchUp(sub: Subscription): void {
+    const start = sub.start!;
+    sub.held ??= [];
+    if (start.since !== undefined) sub.floor = start.since;
+    if (sub.channel.includes("*")) {
+      // A pattern has no history (like the gateway's); a `since` on one cannot be honoured.
+      if (start.since !== undefined) {
+        this.subGap(sub, { lastEventId: start.since, oldestId: null, channel: sub.channel });
+      }
+      this.release(sub, []);
+      return;
+    }
+    if (!this.live.has(sub.channel)) {
+      // Loaded once the channel is on the connection: events published between the answer and
+      // the channel's arrival would be missed otherwise.
+      sub.phase = "live";
+      return;
+    }
+    sub.phase = "fetch";
+    this.load(sub.channel, start).then(
+      ({ events, gap }) => {
+        if (!sub.active || sub.phase !== "fetch") return;
+        if (gap) this.subGap(sub, gap);
+        this.release(sub, events);
+      },
+      (error: unknown) => {
+        if (!sub.active || sub.phase !== "fetch") return;
+        const err =
+          error instanceof RealtimeError
+            ? error
+            : new RealtimeError("internal", error instanceof Error ? error.message : String(error), 0);
+        // Live only: say why, and that the history is missing (refetch).
+        if (sub.options?.onError) this.call(sub.options.onError, err);
+        this.subGap(sub, { lastEventId: start.since ?? "", oldestId: null, channel: sub.channel });
+        this.release(sub, []);
+      },
+    );
+  }
+
+  /**
+   * A channel's events after `since` (at most `history`, else at most `MAX_CATCH_UP` and a gap
+   * when more are left), or its last `history`, oldest first.
+   */
+  private async load(channel: string, start: StartOptions): Promise<{ events: RealtimeEvent[]; gap?: GapInfo }> {
+    const since = start.since;
+    const cap = start.history ?? MAX_CATCH_UP;
+    if (since === undefined) return { events: (await this.history(channel, { limit: cap })).events };
+    let out: RealtimeEvent[] = [];
+    let before: string | undefined;
+    let reached = false;
+    for (;;) {
+      const page = await this.history(channel, { limit: Math.min(cap, 1000), before });
+      const after = page.events.filter((e) => comparePositions(e.id, since) > 0);
+      out = after.concat(out);
+      if (after.length < page.events.length || !page.more || page.events.length === 0) {
+        reached = true;
+        break;
+      }
+      if (out.length >= cap) break;
+      before = page.events[0]!.id;
+    }
+    const trimmed = out.length > cap;
+    if (trimmed) out = out.slice(out.length - cap);
+    if (!reached && !trimmed && out.length > 0 && start.history === undefined) {
+      // Exactly `cap` after since: is the next older one at or before it?
+      const probe = await this.history(channel, { limit: 1, before: out[0]!.id });
+      reached = probe.events.length === 0 || comparePositions(probe.events[0]!.id, since) <= 0;
+    }
+    const gap =
+      start.history === undefined && (trimmed || !reached)
+        ? { lastEventId: since, oldestId: out[0]?.id ?? null, channel }
+        : undefined;
+    return { events: out, gap };
+  }
+
+  /**
+   * Delivers a subscription's history, then what was held for it: the history events older
+   * than the first held one, then the held ones (the floor drops what both have).
+   */
+  private release(sub: Subscription, history: RealtimeEvent[]): void {
+    const held = sub.held ?? [];
+    sub.held = null;
+    sub.phase = null;
+    const first = held[0];
+    const older = first ? history.filter((e) => comparePositions(e.id, first.id) < 0) : history;
+    if (older.length > 0 || held.length > 0) sub.floor ??= "0";
+    // With nothing held, every history event goes: the floor then keeps the stream from
+    // repeating those it has not brought yet.
+    for (const e of older) this.deliver(sub, e);
+    for (const e of held) this.deliver(sub, e);
+  }
+
+  private subGap(sub: Subscription, gap: GapInfo): void {
+    if (sub.active && sub.options?.onGap) this.call(sub.options.onGap, gap);
   }
 
   private gap(gap: GapInfo): void {
     for (const l of [...this.gapListeners]) this.call(l, gap);
     for (const [channel, g] of this.subs) {
       if (gap.channel !== undefined && gap.channel !== channel) continue;
-      for (const s of [...g.subs]) if (s.active && s.options?.onGap) this.call(s.options.onGap, gap);
+      for (const s of [...g.subs]) {
+        // Positions may start over (a log that lost its data): no floor across a gap.
+        if (gap.channel === undefined) s.floor = null;
+        if (s.active && s.options?.onGap) this.call(s.options.onGap, gap);
+      }
     }
   }
 
@@ -520,7 +770,15 @@ class Client implements RealtimeClient {
     for (const channel of names) {
       const g = this.subs.get(channel);
       if (!g) continue;
-      if (channels !== null) this.setSubState(g, { status: "refused", error });
+      if (channels !== null) {
+        this.setSubState(g, { status: "refused", error });
+        // Nothing comes for a refused channel: no history to wait for.
+        g.awaiting = false;
+        for (const s of g.subs) {
+          s.held = null;
+          s.phase = null;
+        }
+      }
       else if (g.state.status !== "refused") this.setSubState(g, { status: g.state.status, error });
       for (const s of [...g.subs]) if (s.active && s.options?.onError) this.call(s.options.onError, error);
     }
@@ -532,9 +790,15 @@ class Client implements RealtimeClient {
       if (g.state.status === "refused") continue;
       if (this.live.has(g.channel)) {
         if (g.start && !g.startUsed) {
-          g.startUsed = true;
-          this.scheduleFlush(); // tell whoever holds the stream that the start is used
+          if (!g.awaiting) {
+            g.startUsed = true;
+            this.scheduleFlush(); // tell whoever holds the stream that the start is used
+          } else if (this.upstream?.isLeader) {
+            this.resolveStart(g, true); // this tab's own stream used it
+          }
+          // Otherwise the holder says whether it used this tab's start (startVerdict).
         }
+        for (const s of [...g.subs]) if (s.phase === "live") this.catchUp(s);
         this.setSubState(g, { status: "subscribed", error: null });
       } else this.setSubState(g, { status: "pending", error: g.state.error });
     }

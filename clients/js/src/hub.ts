@@ -23,11 +23,13 @@ import { subscriptionMatches } from "./channels.js";
 import { Transport, type TransportConfig } from "./transport.js";
 import type { LocksLike, MessagePortLike, TokenReason } from "./types.js";
 import {
+  alreadyStarted,
   errorToJson,
   pauseWanted,
   startOf,
   startsFromWire,
   unionOf,
+  verdicts,
   type Member,
   type Relay,
   type Starts,
@@ -63,6 +65,8 @@ export type ToWorker = { v: 1 } & (
 export type ToTab = { v: 1 } & (
   | Relay
   | { t: "token"; req: number; reason: TokenReason }
+  /** Whether the tab's since/history for channel `c` was used (else it loads it over REST). */
+  | { t: "st"; c: string; ok: boolean }
   /** The worker does not know this port (forgotten, or the worker restarted): say `hello`. */
   | { t: "who" }
 );
@@ -179,6 +183,7 @@ export class WorkerHub {
         tab.channels = Array.isArray(m.channels) ? m.channels.filter((c) => typeof c === "string") : [];
         tab.paused = !!m.paused;
         tab.starts = startsFromWire(m.o);
+        alreadyStarted(tab, (c) => g.transport.hasStarted(c), (c) => this.post(tab, { t: "st", c, ok: false }));
         g.update();
         return;
       case "off":
@@ -301,6 +306,8 @@ class Group {
         this.live = c;
         this.all({ t: "live", c });
       },
+      started: (channels, start) =>
+        verdicts(this.tabs, channels, start, (t, c, ok) => this.hub.post(t as Tab, { t: "st", c, ok })),
       event: (e, id, history) => {
         for (const t of this.tabs) {
           if (!t.channels.some((c) => subscriptionMatches(c, e.channel))) continue;

@@ -14,7 +14,7 @@ export { createClient } from "./client.js";
 export { RealtimeError } from "./errors.js";
 export { EventStreamParser, type SseMessage } from "./parser.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
-export { subscriptionMatches, subscriptionProblem } from "./channels.js";
+export { comparePositions, subscriptionMatches, subscriptionProblem } from "./channels.js";
 export { WorkerHub, serveSharedWorker, type HubOptions, type SharedWorkerScope } from "./hub.js";
 export type {
   BroadcastChannelLike,
@@ -25,6 +25,8 @@ export type {
   Environment,
   GapInfo,
   HiddenTabPolicy,
+  HistoryOptions,
+  HistoryPage,
   LocksLike,
   MessagePortLike,
   RealtimeClient,

@@ -170,6 +170,9 @@ export class WorkerUpstream implements Upstream {
       case "token":
         void this.token(m.req, m.reason);
         return;
+      case "st":
+        if (typeof m.c === "string") this.down.startVerdict?.(m.c, m.ok === true);
+        return;
       case "who":
         this.hello();
         return;

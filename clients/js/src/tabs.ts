@@ -19,12 +19,14 @@
 import { Transport, type TransportConfig } from "./transport.js";
 import type { BroadcastChannelLike, ConnectionState, LocksLike } from "./types.js";
 import {
+  alreadyStarted,
   errorToJson,
   pauseWanted,
   relayAsIs,
   startOf,
   startsFromWire,
   unionOf,
+  verdicts,
   type Starts,
   type Downstream,
   type Member,
@@ -41,6 +43,8 @@ export type TabMessage = { v: 1; from: string } & (
   | { t: "sub"; channels: string[]; paused: boolean; o?: Starts }
   | { t: "bye" }
   | { t: "lead" }
+  /** To one tab: whether its since/history for channel `c` was used (else it loads it over REST). */
+  | { t: "st"; to: string; c: string; ok: boolean }
   | Relay
   | { t: "ctl"; op: "reconnect" }
 );
@@ -189,15 +193,21 @@ export class TabsUpstream implements Upstream {
           if (this.live.length > 0) this.post({ t: "live", c: this.live });
         }
         return;
-      case "sub":
-        this.tabs.set(m.from, {
+      case "sub": {
+        const info: TabInfo = {
           channels: Array.isArray(m.channels) ? m.channels : [],
           paused: !!m.paused,
           starts: startsFromWire(m.o),
           confirmed: true,
-        });
-        if (this.transport) this.leaderUpdate();
+        };
+        this.tabs.set(m.from, info);
+        const t = this.transport;
+        if (t) {
+          alreadyStarted(info, (c) => t.hasStarted(c), (c) => this.post({ t: "st", to: m.from, c, ok: false }));
+          this.leaderUpdate();
+        }
         return;
+      }
       case "bye":
         this.tabs.delete(m.from);
         if (this.transport) this.leaderUpdate();
@@ -222,6 +232,11 @@ export class TabsUpstream implements Upstream {
         return;
       case "ctl":
         if (this.transport && m.op === "reconnect") this.transport.reconnect();
+        return;
+      case "st":
+        if (!this.transport && m.to === this.tabId && typeof m.c === "string") {
+          this.down.startVerdict?.(m.c, m.ok === true);
+        }
         return;
     }
     // Leader-only messages from here on.
@@ -290,6 +305,12 @@ export class TabsUpstream implements Upstream {
         this.live = c;
         this.post({ t: "live", c });
         this.down.live(c);
+      },
+      started: (channels, start) => {
+        for (const [id, t] of this.tabs) {
+          verdicts([t], channels, start, (_, c, ok) => this.post({ t: "st", to: id, c, ok }));
+        }
+        verdicts([this.members()[0]!], channels, start, (_, c, ok) => this.down.startVerdict?.(c, ok));
       },
       event: (e, id, history) => {
         this.lastEventId = id;

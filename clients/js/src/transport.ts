@@ -49,6 +49,13 @@ export interface TransportSink {
   /** The channels of the live connection, whenever they change (empty: none). */
   live(channels: string[]): void;
   /**
+   * These channels joined the connection for the first time since they became wanted, with
+   * these start options (`undefined`: none; a long-poll or a refused `since` reports the start
+   * it answered with a gap). Lets the holder of a shared stream tell each tab whether its own
+   * `since`/`history` was used (otherwise the tab loads its history over REST).
+   */
+  started?(channels: string[], start: StartOptions | undefined): void;
+  /**
    * An event; `lastEventId` is the resume position once it is handled. `history`: a history
    * frame (no `id:` line) of a channel added with `since`/`history`.
    */
@@ -118,7 +125,7 @@ export class Transport {
   private liveKey = "";
   private token: string | null = null;
   /** The `since` of the stream request in flight and its channels (a refused id is theirs). */
-  private urlSince: { since: string; channels: string[] } | null = null;
+  private urlSince: { since: string; channels: string[]; start: StartOptions } | null = null;
   private tokenReason: TokenReason = "connect";
   /** A 401 gets one fresh token and one more try; the second 401 stops. */
   private authRetried = false;
@@ -147,6 +154,18 @@ export class Transport {
       .channels()
       .filter((c) => !this.rejected.has(c))
       .sort();
+  }
+
+  /** Whether a wanted channel has been on the connection (its start options, if any, were used). */
+  hasStarted(channel: string): boolean {
+    return this.started.has(channel);
+  }
+
+  /** Marks channels started and reports those that were not. */
+  private markStarted(channels: string[], start: StartOptions | undefined): void {
+    const fresh = channels.filter((c) => !this.started.has(c));
+    for (const c of fresh) this.started.add(c);
+    if (fresh.length > 0) this.sink.started?.(fresh, start);
   }
 
   /** The start options of a channel not yet started, if it has any. */
@@ -392,7 +411,7 @@ export class Transport {
       case 400:
         if (error.code === "invalid_last_event_id" && this.urlSince) {
           // A `since` from another log: these channels start from now, with a gap each.
-          this.sinceRefused(this.urlSince.channels, this.urlSince.since);
+          this.sinceRefused(this.urlSince.channels, this.urlSince.start);
           if (this.lastEventId !== "") {
             // Every channel was new: an older position is nobody's.
             this.lastEventId = "";
@@ -455,7 +474,7 @@ export class Transport {
     const extra: Record<string, string> = { Accept: "text/event-stream" };
     const resume = start ? (start.since ?? "") : this.lastEventId;
     if (resume && !start) extra["Last-Event-ID"] = resume;
-    this.urlSince = start?.since !== undefined ? { since: start.since, channels } : null;
+    this.urlSince = start?.since !== undefined ? { since: start.since, channels, start } : null;
 
     const ctrl = new AbortController();
     this.ctrl = ctrl;
@@ -483,7 +502,7 @@ export class Transport {
           | undefined;
         this.connectionId = typeof info?.connection_id === "string" ? info.connection_id : null;
         this.server = new Set(Array.isArray(info?.channels) ? (info.channels as string[]) : channels);
-        for (const c of channels) this.started.add(c);
+        this.markStarted(channels, start);
         if (resume === "" && typeof info?.last_event_id === "string") {
           // Nothing to resume from: the stream's start is the resume position, so a reconnect
           // before the first event loses nothing.
@@ -696,7 +715,7 @@ export class Transport {
         for (const c of add) now.add(c);
         for (const c of remove) now.delete(c);
         this.server = now;
-        for (const c of add) this.started.add(c);
+        this.markStarted(add, start);
         this.setLive([...now]);
         return;
       }
@@ -704,7 +723,7 @@ export class Transport {
       if (stale()) return;
       if (response.status === 400 && error.code === "invalid_last_event_id" && start?.since !== undefined) {
         // A `since` from another log: the channels are added from now, with a gap each.
-        this.sinceRefused(add, start.since);
+        this.sinceRefused(add, start);
       } else if (response.status === 403 && error.channels?.length) {
         // A refused request changes nothing: the other channels go in the next request.
         for (const c of error.channels) this.rejected.set(c, error);
@@ -726,10 +745,10 @@ export class Transport {
   }
 
   /** The gateway does not know a channel's `since`: it starts without, and says so. */
-  private sinceRefused(channels: string[], since: string): void {
+  private sinceRefused(channels: string[], start: StartOptions): void {
+    this.markStarted(channels, start);
     for (const c of channels) {
-      this.started.add(c);
-      this.sink.gap({ lastEventId: since, oldestId: null, channel: c });
+      this.sink.gap({ lastEventId: start.since ?? "", oldestId: null, channel: c });
     }
   }
 
@@ -767,7 +786,7 @@ export class Transport {
     const groups = [...this.byStart(channels).values()];
     const only = groups.length === 1 ? groups[0]!.start : undefined;
     const pollSince = only?.since !== undefined && only.history === undefined ? only.since : undefined;
-    this.urlSince = pollSince !== undefined ? { since: pollSince, channels } : null;
+    this.urlSince = pollSince !== undefined ? { since: pollSince, channels, start: only! } : null;
     this.pollKey = channels.join("\n");
     this.pollRestart = false;
     // Until a poll succeeded, answer at once (timeout 0): the UI shows `connected` without
@@ -816,7 +835,7 @@ export class Transport {
     // gap naming the channel (refetch), and the channel joins from the poll's position.
     for (const c of channels) {
       const start = this.pendingStart(c);
-      this.started.add(c);
+      this.markStarted([c], start);
       if (start && pollSince === undefined) {
         this.sink.gap({ lastEventId: start.since ?? "", oldestId: null, channel: c });
       }

@@ -210,16 +210,41 @@ export interface SubscribeOptions {
   onGap?: (gap: GapInfo) => void;
   /**
    * Start right after this event id (e.g. the `last_event_id` of the state the app loaded over
-   * REST): the channel's events after it are delivered first, then live — no gap between
-   * loading and streaming. Applies when the channel joins the connection (the first subscriber
-   * of the channel; not again after a reconnect, which resumes by `Last-Event-ID`).
+   * REST): the channel's events after it are delivered to this subscription first, then live —
+   * no gap between loading and streaming. When the channel joins the connection the gateway
+   * sends them; when it is already there (another subscriber, another tab) the client loads
+   * them over REST (at most 1000, else a gap) and delivers them to this subscription before its
+   * live events. Not again after a reconnect (which resumes by `Last-Event-ID`).
    */
   since?: string;
   /**
-   * Deliver the channel's last `history` events (0–1000; after `since` if given) first, then
-   * live. Exact channels only (a pattern gets none). Applies like `since`.
+   * Deliver the channel's last `history` events (0–1000; after `since` if given) to this
+   * subscription first, then live. Exact channels only (a pattern gets none). Applies like
+   * `since`.
    */
   history?: number;
+}
+
+/** `client.history(channel, options)`: which page of a channel's history. */
+export interface HistoryOptions {
+  /** How many events (1–1000; the gateway's default is 100). */
+  limit?: number;
+  /** Only events before this id (the first event's id of the previous page, to page back). */
+  before?: string;
+}
+
+/** One page of a channel's history (`GET /v1/channels/{channel}/history`). */
+export interface HistoryPage<T = unknown> {
+  /** Oldest first. */
+  events: RealtimeEvent<T>[];
+  /** Older events of the channel were left out by `limit`. */
+  more: boolean;
+  /**
+   * The answer holds every event of the channel up to this position (the log head when the
+   * read began; with `before`, just before it): subscribe with `since` = it to continue with no
+   * gap and no duplicate.
+   */
+  lastEventId: string;
 }
 
 /** Where a channel starts when it joins the connection (`since` / `history` of `subscribe`). */
@@ -265,6 +290,12 @@ export interface RealtimeClient {
     handler: (event: RealtimeEvent<T>) => void,
     options?: SubscribeOptions,
   ): Unsubscribe;
+  /**
+   * A page of a channel's history over REST (`GET /v1/channels/{channel}/history`), with this
+   * client's credentials (`getToken`, cookies per `withCredentials`, `headers`, `fetch`).
+   * Rejects with a `RealtimeError` (the gateway's code; `network` when no answer came).
+   */
+  history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryPage<T>>;
   /** The current connection state (a new object on each change). */
   readonly state: ConnectionState;
   /** Listen to state changes; returns a function that stops listening. */

@@ -28,6 +28,12 @@ export interface Downstream {
   live(channels: string[]): void;
   /** This tab took or lost the stream (leader mode). */
   leader?(isLeader: boolean): void;
+  /**
+   * Whoever holds the shared stream says whether this tab's `since`/`history` for a channel was
+   * used (`true`: the history comes from the stream) or not (`false`: the channel was already on
+   * the connection, or joined with another tab's options: load it over REST).
+   */
+  startVerdict?(channel: string, used: boolean): void;
   position(lastEventId: string): void;
   state(state: ConnectionState): void;
   gap(gap: GapInfo): void;
@@ -179,6 +185,43 @@ export function startsFromWire(value: unknown): Starts {
     if (s.since !== undefined || s.history !== undefined) out[c] = s;
   }
   return out;
+}
+
+/** Whether two sets of start options are the same. */
+export function sameStart(a: StartOptions | undefined, b: StartOptions | undefined): boolean {
+  return a?.since === b?.since && a?.history === b?.history;
+}
+
+/**
+ * What the holder of a shared stream tells each member wanting these channels with options of
+ * its own, once they joined the connection with `start`: whether its options were used.
+ */
+export function verdicts(
+  members: Iterable<Member>,
+  channels: string[],
+  start: StartOptions | undefined,
+  tell: (member: Member, channel: string, used: boolean) => void,
+): void {
+  for (const m of members) {
+    for (const c of channels) {
+      const own = m.starts?.[c];
+      if (own && m.channels.includes(c)) tell(m, c, sameStart(own, start));
+    }
+  }
+}
+
+/**
+ * A member announced options for channels already on the connection: they cannot be used
+ * (`tell(channel)`: the member loads them over REST).
+ */
+export function alreadyStarted(
+  member: Member,
+  hasStarted: (channel: string) => boolean,
+  tell: (channel: string) => void,
+): void {
+  for (const c of Object.keys(member.starts ?? {})) {
+    if (member.channels.includes(c) && hasStarted(c)) tell(c);
+  }
 }
 
 /** Every channel some member wants, paused or not (a paused tab keeps its place). */
