@@ -187,6 +187,8 @@ export class FakeServer {
   readonly streamReplies: Reply[] = [];
   readonly pollReplies: Reply[] = [];
   readonly subscriptionReplies: Reply[] = [];
+  /** Replies for the next history requests; then the log's answer (`historyAnswer`). */
+  readonly historyReplies: Reply[] = [];
   /**
    * Auto mode: each stream gets `connected`, the replay after its Last-Event-ID and live
    * events from `publish`; subscription changes apply to the connection. Otherwise streams
@@ -216,6 +218,10 @@ export class FakeServer {
 
   pollCalls(): Call[] {
     return this.calls.filter((c) => c.url.pathname === "/v1/poll");
+  }
+
+  historyCalls(): Call[] {
+    return this.calls.filter((c) => /^\/v1\/channels\/[^/]+\/history$/.test(c.url.pathname));
   }
 
   subscriptionCalls(): Call[] {
@@ -260,6 +266,8 @@ export class FakeServer {
     else if (url.pathname === "/v1/poll") reply = this.pollReplies.shift() ?? "hang";
     else if (url.pathname.endsWith("/subscriptions")) {
       reply = this.subscriptionReplies.shift() ?? ((c) => this.changeSubscriptions(c));
+    } else if (/^\/v1\/channels\/[^/]+\/history$/.test(url.pathname)) {
+      reply = this.historyReplies.shift() ?? ((c) => this.historyAnswer(c));
     } else reply = response(404, { error: { code: "not_found", message: "no route" } });
     if (typeof reply === "function") reply = await reply(call);
     if (reply === "hang") return this.hang(call);
@@ -317,6 +325,25 @@ export class FakeServer {
       out.push(...(n === null ? of : of.slice(Math.max(0, of.length - n))));
     }
     return out.sort((a, b) => Number(a.id) - Number(b.id));
+  }
+
+  /**
+   * `GET /v1/channels/{channel}/history?limit=&before=` from the log, like the gateway: the
+   * newest `limit` (default 100) events of the channel before `before`, oldest first.
+   */
+  historyAnswer(call: Call): FakeResponse {
+    const channel = decodeURIComponent(call.url.pathname.split("/")[3] ?? "");
+    const limit = Number(call.url.searchParams.get("limit") ?? "100");
+    const before = call.url.searchParams.get("before");
+    const bound = before === null ? this.log.length : Number(before) - 1;
+    const of = this.log.filter((e) => e.channel === channel && Number(e.id) <= bound);
+    const events = of.slice(Math.max(0, of.length - limit));
+    return response(200, {
+      channel,
+      events,
+      more: of.length > events.length,
+      last_event_id: String(Math.max(0, bound)),
+    });
   }
 
   /**

@@ -464,7 +464,9 @@ describe("since / history and a new leader tab", () => {
     await settle();
     expect(server.streamCalls()[0]!.url.searchParams.get("history")).toBe("2");
     expect(ax).toEqual(["4", "5"]);
-    expect(bx).toEqual([]); // B joined a channel A already streamed: live only
+    // B joined a channel A already streamed: its history over REST (B's own request).
+    expect(bx).toEqual(["4", "5"]);
+    expect(server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
     server.publish("x");
     await settle();
     a.close();
@@ -476,6 +478,6 @@ describe("since / history and a new leader tab", () => {
     expect(taken.url.searchParams.get("history")).toBeNull();
     expect(taken.headers.get("last-event-id")).toBe("6");
     expect(server.subscriptionCalls()).toHaveLength(0);
-    expect(bx).toEqual(["6", "7"]);
+    expect(bx).toEqual(["4", "5", "6", "7"]);
   });
 });

@@ -1,0 +1,416 @@
+// A subscription with since/history that joins a channel already on the connection: its history
+// comes over REST (client.history), to it alone, before its live events, once each, in order.
+import { MessageChannel, type MessagePort } from "node:worker_threads";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { comparePositions } from "../src/channels.js";
+import { createClient } from "../src/client.js";
+import { RealtimeError } from "../src/errors.js";
+import { WorkerHub } from "../src/hub.js";
+import type {
+  ClientOptions,
+  GapInfo,
+  MessagePortLike,
+  RealtimeClient,
+  SharedWorkerLike,
+} from "../src/types.js";
+import {
+  FakeBus,
+  FakeLocks,
+  FakeServer,
+  apiError,
+  response,
+  settle,
+  useFakeTime,
+  type Call,
+  type FakeResponse,
+} from "./fakes.js";
+
+let server: FakeServer;
+let clients: RealtimeClient[];
+let ports: MessagePort[];
+
+beforeEach(() => {
+  useFakeTime();
+  server = new FakeServer();
+  server.auto = true;
+  clients = [];
+  ports = [];
+});
+
+afterEach(() => {
+  for (const c of clients) c.close();
+  for (const p of ports) p.close();
+  vi.useRealTimers();
+});
+
+function client(options: Partial<ClientOptions> = {}): RealtimeClient {
+  const c = createClient({
+    url: "http://gw.test",
+    fetch: server.fetch,
+    random: () => 0.5,
+    environment: null,
+    shareAcrossTabs: false,
+    ...options,
+  });
+  clients.push(c);
+  return c;
+}
+
+function collect(
+  c: RealtimeClient,
+  channel: string,
+  options?: { since?: string; history?: number; onGap?: (g: GapInfo) => void; onError?: (e: RealtimeError) => void },
+): string[] {
+  const ids: string[] = [];
+  c.subscribe(channel, (e) => ids.push(e.id), options);
+  return ids;
+}
+
+function publish(channel: string, n: number): void {
+  for (let i = 0; i < n; i++) server.publish(channel);
+}
+
+/** A history reply the test releases: the answer is read from the log when released. */
+function gatedHistory(): { reply: (call: Call) => Promise<FakeResponse>; open(): void } {
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  return { reply: (call) => gate.then(() => server.historyAnswer(call)), open: () => open() };
+}
+
+describe("comparePositions", () => {
+  it("compares ids as log positions, numerically per part", () => {
+    expect(comparePositions("9", "10")).toBeLessThan(0);
+    expect(comparePositions("10", "10")).toBe(0);
+    expect(comparePositions("1732500000123-1", "1732500000123-0")).toBeGreaterThan(0);
+    expect(comparePositions("7-1", "8-0")).toBeLessThan(0);
+    expect(comparePositions("99999999999999999999", "100000000000000000000")).toBeLessThan(0);
+  });
+});
+
+describe("client.history", () => {
+  it("GET /v1/channels/{channel}/history with limit/before and the client's credentials", async () => {
+    server.auto = false;
+    const reasons: string[] = [];
+    const c = client({
+      getToken: (r) => {
+        reasons.push(r);
+        return "tok";
+      },
+      headers: { "X-App": "1" },
+    });
+    server.historyReplies.push(
+      response(200, { channel: "logs:w1:f1", events: [{ id: "4", channel: "logs:w1:f1", type: "t", time: "", data: 1 }], more: true, last_event_id: "9" }),
+    );
+    const page = await c.history("logs:w1:f1", { limit: 5, before: "10" });
+    expect(page).toEqual({
+      events: [{ id: "4", channel: "logs:w1:f1", type: "t", time: "", data: 1 }],
+      more: true,
+      lastEventId: "9",
+    });
+    const call = server.historyCalls()[0]!;
+    expect(call.url.pathname).toBe("/v1/channels/logs%3Aw1%3Af1/history");
+    expect(call.url.searchParams.get("limit")).toBe("5");
+    expect(call.url.searchParams.get("before")).toBe("10");
+    expect(call.headers.get("authorization")).toBe("Bearer tok");
+    expect(call.headers.get("x-app")).toBe("1");
+    expect(call.credentials).toBe("same-origin");
+    expect(reasons).toEqual(["connect"]);
+    // Nothing subscribed: no stream was opened for it.
+    expect(server.streamCalls()).toHaveLength(0);
+  });
+
+  it("cookies with no getToken; a 401 gets a fresh token and one more try; errors are RealtimeErrors", async () => {
+    server.auto = false;
+    const cookie = client();
+    server.historyReplies.push(response(200, { events: [], more: false, last_event_id: "0" }));
+    await cookie.history("a");
+    expect(server.historyCalls()[0]!.credentials).toBe("include");
+    expect(server.historyCalls()[0]!.headers.get("authorization")).toBeNull();
+
+    const reasons: string[] = [];
+    const c = client({ getToken: (r) => (reasons.push(r), r) });
+    server.historyReplies.push(apiError(401, "token_expired"), response(200, { events: [], more: false, last_event_id: "3" }));
+    expect((await c.history("a")).lastEventId).toBe("3");
+    expect(reasons).toEqual(["connect", "unauthorized"]);
+    expect(server.historyCalls()[2]!.headers.get("authorization")).toBe("Bearer unauthorized");
+
+    server.historyReplies.push(apiError(403, "forbidden_channel", { channels: ["a"] }));
+    const refused = await c.history("a").catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(RealtimeError);
+    expect((refused as RealtimeError).code).toBe("forbidden_channel");
+    expect((refused as RealtimeError).status).toBe(403);
+
+    server.historyReplies.push("network");
+    expect(((await c.history("a").catch((e: unknown) => e)) as RealtimeError).code).toBe("network");
+    expect(((await c.history("logs:*").catch((e: unknown) => e)) as RealtimeError).code).toBe("invalid_channel");
+  });
+});
+
+describe("a second subscriber in the same tab", () => {
+  it("gets the channel's last N over REST, alone, then live; the first subscriber is untouched", async () => {
+    const c = client();
+    const first = collect(c, "x");
+    await settle();
+    publish("x", 5);
+    await settle();
+    expect(first).toEqual(["1", "2", "3", "4", "5"]);
+    const second = collect(c, "x", { history: 3 });
+    await settle();
+    expect(server.historyCalls().map((x) => x.url.search)).toEqual(["?limit=3"]);
+    expect(second).toEqual(["3", "4", "5"]);
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual(["3", "4", "5", "6"]);
+    expect(first).toEqual(["1", "2", "3", "4", "5", "6"]);
+    expect(server.subscriptionCalls()).toHaveLength(0);
+  });
+
+  it("live events arriving while REST is out are held, then delivered after the history, once", async () => {
+    const c = client();
+    collect(c, "x");
+    await settle();
+    publish("x", 4);
+    await settle();
+    // The answer is read at the request (ends at 4), live 5 and 6 arrive before it.
+    let answer!: () => void;
+    server.historyReplies.push((call) => {
+      const r = server.historyAnswer(call);
+      return new Promise<FakeResponse>((res) => (answer = () => res(r)));
+    });
+    const second = collect(c, "x", { history: 2 });
+    await settle();
+    publish("x", 2);
+    await settle();
+    expect(second).toEqual([]);
+    answer();
+    await settle();
+    expect(second).toEqual(["3", "4", "5", "6"]);
+  });
+
+  it("an answer that overlaps the held live events: no duplicate, none missing", async () => {
+    const c = client();
+    collect(c, "x");
+    await settle();
+    publish("x", 4);
+    await settle();
+    const gate = gatedHistory();
+    server.historyReplies.push(gate.reply);
+    const second = collect(c, "x", { history: 3 });
+    await settle();
+    publish("x", 2); // 5, 6: held, and in the answer (read after them)
+    await settle();
+    gate.open();
+    await settle();
+    expect(second).toEqual(["4", "5", "6"]);
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual(["4", "5", "6", "7"]);
+  });
+
+  it("REST ahead of the stream: events the stream brings later are not repeated", async () => {
+    const c = client();
+    collect(c, "x");
+    await settle();
+    publish("x", 3);
+    await settle();
+    const s = server.lastStream();
+    // 4 reaches the log (and REST) before the stream delivers it.
+    const streamClosed = s.channels;
+    s.channels = new Set();
+    const e4 = server.publish("x");
+    s.channels = streamClosed;
+    const second = collect(c, "x", { history: 2 });
+    await settle();
+    expect(second).toEqual(["3", "4"]);
+    s.deliver(e4);
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual(["3", "4", "5"]);
+  });
+
+  it("since: the events after it, over REST; more than 1000 → the newest 1000 and a gap", async () => {
+    const c = client();
+    collect(c, "x");
+    await settle();
+    publish("x", 6);
+    await settle();
+    const gaps: GapInfo[] = [];
+    const after = collect(c, "x", { since: "4", onGap: (g) => gaps.push(g) });
+    await settle();
+    expect(after).toEqual(["5", "6"]);
+    expect(gaps).toEqual([]);
+
+    publish("x", 1000); // 7..1006
+    await settle();
+    const all = collect(c, "x", { since: "3", onGap: (g) => gaps.push(g) });
+    await settle();
+    expect(all.length).toBe(1000);
+    expect(all[0]).toBe("7");
+    expect(all[999]).toBe("1006");
+    expect(gaps).toEqual([{ lastEventId: "3", oldestId: "7", channel: "x" }]);
+
+    // Exactly 1000 after since: no gap (the next older one is since itself).
+    const exact: GapInfo[] = [];
+    const fromSix = collect(c, "x", { since: "6", onGap: (g) => exact.push(g) });
+    await settle();
+    expect(fromSix.length).toBe(1000);
+    expect(exact).toEqual([]);
+  });
+
+  it("REST fails: live only, onError with the cause and a gap naming the channel", async () => {
+    const c = client();
+    collect(c, "x");
+    await settle();
+    publish("x", 3);
+    await settle();
+    server.historyReplies.push(apiError(503, "log_unavailable"));
+    const errors: string[] = [];
+    const gaps: GapInfo[] = [];
+    const second = collect(c, "x", {
+      history: 5,
+      onError: (e) => errors.push(e.code),
+      onGap: (g) => gaps.push(g),
+    });
+    await settle();
+    publish("x", 1);
+    await settle();
+    expect(errors).toEqual(["log_unavailable"]);
+    expect(gaps).toEqual([{ lastEventId: "", oldestId: null, channel: "x" }]);
+    expect(second).toEqual(["4"]);
+    expect(c.subscriptionState("x")!.status).toBe("subscribed");
+  });
+
+  it("joining a channel still being added with other options: REST once it is on the connection", async () => {
+    const c = client();
+    collect(c, "other");
+    await settle();
+    publish("x", 5);
+    const first = collect(c, "x", { history: 1 });
+    const second = collect(c, "x", { history: 4 });
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 1 }]);
+    expect(first).toEqual(["5"]);
+    expect(second).toEqual(["2", "3", "4", "5"]);
+    publish("x", 1);
+    await settle();
+    expect(first).toEqual(["5", "6"]);
+    expect(second).toEqual(["2", "3", "4", "5", "6"]);
+  });
+});
+
+describe("tabs sharing one stream", () => {
+  let locks: FakeLocks;
+  let bus: FakeBus;
+  beforeEach(() => {
+    locks = new FakeLocks();
+    bus = new FakeBus();
+  });
+
+  function tab(label: string): RealtimeClient {
+    return client({
+      shareAcrossTabs: undefined,
+      fetch: server.fetchFor(label),
+      locks: locks.for(label),
+      broadcastChannel: bus.factory(label),
+    });
+  }
+
+  it("a follower tab opening a channel the leader streams gets its history over REST (its own fetch)", async () => {
+    const a = tab("A");
+    const b = tab("B");
+    const ax = collect(a, "x");
+    await settle();
+    publish("x", 5);
+    await settle();
+    // B's first subscription: B had not heard which channels the leader streams.
+    const bx = collect(b, "x", { history: 3 });
+    await settle();
+    expect(bx).toEqual(["3", "4", "5"]);
+    expect(server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
+    expect(server.subscriptionCalls()).toHaveLength(0);
+    // The leader told B its start could not be used (x was on the connection already).
+    expect(bus.posted.filter((p) => p.message.t === "st").map((p) => [p.tab, p.message.c, p.message.ok])).toEqual([
+      ["A", "x", false],
+    ]);
+    // B now knows x is streamed: another subscriber goes to REST at once.
+    const again = collect(b, "x", { history: 1 });
+    await settle();
+    expect(again).toEqual(["5"]);
+    publish("x", 1);
+    await settle();
+    expect(bx).toEqual(["3", "4", "5", "6"]);
+    expect(again).toEqual(["5", "6"]);
+    expect(ax).toEqual(["1", "2", "3", "4", "5", "6"]);
+    // B's start is used: a new leader does not start the channel again.
+    a.close();
+    await settle();
+    publish("x", 1);
+    await settle();
+    expect(server.streamCalls()[1]!.url.searchParams.get("history")).toBeNull();
+    expect(bx).toEqual(["3", "4", "5", "6", "7"]);
+  });
+
+  it("a follower's history the leader did use comes from the stream, not REST", async () => {
+    const a = tab("A");
+    const b = tab("B");
+    collect(a, "other");
+    await settle();
+    publish("x", 4);
+    const bx = collect(b, "x", { history: 2 });
+    await settle();
+    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 2 }]);
+    expect(bx).toEqual(["3", "4"]);
+    expect(server.historyCalls()).toHaveLength(0);
+  });
+
+  it("the leader tab subscribing with history to a channel a follower brought: REST", async () => {
+    const a = tab("A");
+    const b = tab("B");
+    collect(a, "other");
+    await settle();
+    collect(b, "x");
+    await settle();
+    publish("x", 3);
+    await settle();
+    const ax = collect(a, "x", { history: 2 });
+    await settle();
+    expect(ax).toEqual(["2", "3"]);
+    expect(server.historyCalls().map((x) => x.tab)).toEqual(["A"]);
+  });
+});
+
+describe("the SharedWorker", () => {
+  function tab(label: string, hub: WorkerHub): RealtimeClient {
+    const { port1, port2 } = new MessageChannel();
+    ports.push(port1, port2);
+    hub.connect(port2 as unknown as MessagePortLike);
+    const worker: SharedWorkerLike = { port: port1 as unknown as MessagePortLike };
+    return client({ sharing: "sharedworker", sharedWorker: () => worker, fetch: server.fetchFor(label) });
+  }
+
+  async function flush(): Promise<void> {
+    for (let i = 0; i < 4; i++) {
+      await settle();
+      await new Promise<void>((r) => setImmediate(r));
+    }
+  }
+
+  it("a tab opening a channel the worker already streams gets its history over REST, alone", async () => {
+    const hub = new WorkerHub({ fetch: server.fetchFor("worker"), random: () => 0.5 });
+    const a = tab("A", hub);
+    const b = tab("B", hub);
+    const ax = collect(a, "x");
+    await flush();
+    publish("x", 4);
+    await flush();
+    const bx = collect(b, "x", { history: 2 });
+    await flush();
+    expect(bx).toEqual(["3", "4"]);
+    expect(server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
+    publish("x", 1);
+    await flush();
+    expect(bx).toEqual(["3", "4", "5"]);
+    expect(ax).toEqual(["1", "2", "3", "4", "5"]);
+    expect(server.subscriptionCalls()).toHaveLength(0);
+  });
+});
