@@ -673,7 +673,8 @@ export class Transport {
     if (this.mode !== "stream" || id === null || server === null) return;
     const wanted = this.channels();
     const wantedSet = new Set(wanted);
-    for (const c of wanted) if (server.has(c)) this.started.add(c); // never left the connection
+    // Never left the connection: a start asked for them meanwhile cannot be used.
+    this.markStarted(wanted.filter((c) => server.has(c)), undefined);
     const missing = wanted.filter((c) => !server.has(c));
     const remove = [...server].filter((c) => !wantedSet.has(c)).sort();
     if (missing.length === 0 && remove.length === 0) return;

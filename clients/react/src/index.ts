@@ -135,9 +135,12 @@ export interface UseChannelOptions {
   onError?: (error: RealtimeError) => void;
   /** Events of this subscription were lost to retention: refetch. */
   onGap?: (gap: GapInfo) => void;
-  /** Start after this event id when the channel joins the connection (see the client). */
+  /**
+   * Start after this event id: the events after it first, then live (from the stream when the
+   * channel joins the connection, else over REST; see the client).
+   */
   since?: string;
-  /** The channel's last N events first when it joins the connection (see the client). */
+  /** The channel's last N events first, then live (like `since`; see the client). */
   history?: number;
 }
 

@@ -5,6 +5,7 @@ import { createClient, type RealtimeClient } from "@ssegate/client";
 import {
   RealtimeProvider,
   keptChannels,
+  useChannel,
   useEvents,
   useRealtime,
   useSharing,
@@ -127,6 +128,44 @@ describe("useEvents: the shared store", () => {
     );
     await flush();
     expect(server.streamCalls()[0]!.url.searchParams.get("history")).toBe("30");
+  });
+
+  it("history on a channel another component already streams: loaded over REST for the store", async () => {
+    server.auto = true;
+    function Toasts() {
+      useChannel("a", () => {});
+      return null;
+    }
+    function App({ list }: { list: boolean }) {
+      return (
+        <RealtimeProvider client={client}>
+          <Toasts />
+          {list && <List channel="a" history={3} />}
+        </RealtimeProvider>
+      );
+    }
+    const { rerender } = render(<App list={false} />);
+    await flush();
+    for (let i = 0; i < 5; i++) server.publish("a");
+    await flush();
+    rerender(<App list />);
+    await flush();
+    expect(screen.getByTestId("list").textContent).toBe("3,4,5");
+    expect(server.historyCalls().map((c) => c.url.search)).toEqual(["?limit=3"]);
+    // Unmounted while the channel stays streamed (Toasts), mounted again: the store continues
+    // after its last event with `since`, over REST, so what was published meanwhile is there.
+    rerender(<App list={false} />);
+    await flush();
+    server.publish("a");
+    server.publish("a");
+    await flush();
+    rerender(<App list />);
+    await flush();
+    expect(screen.getByTestId("list").textContent).toBe("3,4,5,6,7");
+    server.publish("a");
+    await flush();
+    expect(screen.getByTestId("list").textContent).toBe("3,4,5,6,7,8");
+    expect(server.subscriptionCalls()).toHaveLength(0);
   });
 
   it("initial: shown at once; the stream starts right after its last event", async () => {
