@@ -113,7 +113,8 @@ async fn rest_history_pages_back_through_one_channel_and_refuses_bad_input() {
     assert!(first["data"]["n"].is_u64());
 
     // Page back with `before`, down to the first event.
-    let before = page["events"][0]["id"].as_str().unwrap();
+    assert_eq!(page["next_before"], page["events"][0]["id"]);
+    let before = page["next_before"].as_str().unwrap();
     let (status, older) = history(
         &server,
         "logs:a",
@@ -128,6 +129,10 @@ async fn rest_history_pages_back_through_one_channel_and_refuses_bad_input() {
     let (_, oldest) = history(&server, "logs:a", &format!("before={before}"), &sub).await;
     assert_eq!(ids_of(&oldest["events"]), a[..5]);
     assert_eq!(oldest["more"], false);
+    assert!(oldest.get("next_before").is_none(), "{oldest}");
+    // `before` past the head: complete up to the head only.
+    let (_, ahead) = history(&server, "logs:a", "limit=1&before=999999", &sub).await;
+    assert_eq!(ahead["last_event_id"], head);
 
     // The default limit (100) takes the whole channel; u2 sees its own event.
     let (_, all) = history(&server, "logs:a", "", &sub).await;
@@ -391,5 +396,47 @@ async fn a_streams_history_is_the_newest_thousand_events_at_most() {
     let url = format!("{}&history=600", server.stream_url(&["big:1", "big:2"]));
     let (mut sse, _) = Sse::open(&url, &[bearer(&sub)]).await;
     assert_eq!(ids(&sse.take(1000, T).await), all[200..]);
+    sse.expect_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn one_answer_looks_at_ten_thousand_events_at_most_and_pages_on() {
+    let server = Server::start(&[("LIMITS__PUBLISH_RATE", "0")]);
+    let p = publisher();
+    let public = publish_on(&server, &["crowd"; 5], 0).await;
+    for _ in 0..11 {
+        let body: Vec<Value> = (0..1000)
+            .map(|i| json!({"channel": "crowd", "data": {"i": i}, "users": ["u2"]}))
+            .collect();
+        let (status, answer) = server.publish(&p, &json!(body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let sub = token("u1", &["crowd"], &[]);
+    let (status, first) = history(&server, "crowd", "limit=10", &sub).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["events"], json!([]));
+    assert_eq!(first["more"], true);
+    let next = first["next_before"]
+        .as_str()
+        .expect("next_before")
+        .to_owned();
+    let (_, second) = history(&server, "crowd", &format!("limit=10&before={next}"), &sub).await;
+    assert_eq!(ids_of(&second["events"]), public);
+    assert_eq!(second["more"], false);
+}
+
+#[tokio::test]
+async fn a_channel_a_pattern_already_covers_gets_no_history_twice() {
+    let server = Server::start(&[("LIMITS__PUBLISH_RATE", "0")]);
+    spread(&server, &["p:1", "p:2"], 10).await;
+    let sub = token("u1", &["p:*"], &[]);
+    let (mut sse, connected) = Sse::open(&server.stream_url(&["p:*"]), &[bearer(&sub)]).await;
+    let conn = connected["connection_id"].as_str().unwrap().to_owned();
+    let (status, body) = change(&server, &conn, &sub, &json!({"add": ["p:1"], "history": 3})).await;
+    assert_eq!(status, 200, "{body}");
+    let e = sse.next_event(T).await;
+    assert_eq!(e.event, "subscribed");
+    let live = publish_on(&server, &["p:1"], 100).await;
+    assert_eq!(ids(&sse.take(1, T).await), live);
     sse.expect_quiet(Duration::from_millis(300)).await;
 }

@@ -99,6 +99,11 @@ pub enum Action {
         /// The added channels' newest this many events first (`history`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<usize>,
+        /// `since` is the client's (else it is the head the asking node read): with
+        /// `history`, history then reaches back to the oldest retained event. A node of an
+        /// older version ignores both and gives no history (never more than asked).
+        #[serde(default)]
+        explicit_since: bool,
     },
     /// The connections subscribed to a channel: `[{"user", "connection_id"}]`.
     Presence { channel: String },

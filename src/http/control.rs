@@ -160,6 +160,7 @@ impl AppState {
                 remove,
                 since,
                 history,
+                explicit_since,
             } => {
                 // Checked again here (the grants were checked by the node that took the
                 // request; see docs/cluster.md on who may publish on the control path).
@@ -183,6 +184,7 @@ impl AppState {
                             remove: &remove,
                             since,
                             history: history.map(|n| n.min(crate::log::MAX_HISTORY)),
+                            explicit_since,
                         },
                         self.cfg.limits.max_channels_per_connection,
                     )

@@ -23,9 +23,12 @@ pub(super) struct HistoryResponse {
     channel: String,
     /// Envelopes `{id, channel, type, time, data}`, oldest first.
     events: Vec<Box<RawValue>>,
-    /// Older events of the channel were left out by `limit`: ask again with `before` = the
-    /// first event's id.
+    /// Older events of the channel may have been left out: ask again with `before` =
+    /// `next_before`.
     more: bool,
+    /// With `more`: where to page back from (the oldest event looked at).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<Position>,
     /// The answer holds every event of the channel up to this position: subscribe with
     /// `since` = it for what comes next, with no gap and no duplicate.
     last_event_id: Position,
@@ -82,12 +85,13 @@ pub(super) async fn history(
     }
     check_channels(&state, &principal, std::slice::from_ref(&channel))?;
     let log = state.hub.log();
+    let head = log.bounds().await?.head;
     let through = match before {
-        Some(b) => b.predecessor(),
-        None => log.bounds().await?.head,
+        Some(b) => log.position_before(b).min(head),
+        None => head,
     };
     let user = principal.user.as_str();
-    let targets = |e: &Event| e.targets(user);
+    let targets = |e: &Event| e.event.channel == channel && e.targets(user);
     let q = HistoryQuery {
         channel: &channel,
         after: Position::ZERO,
@@ -98,6 +102,7 @@ pub(super) async fn history(
     Ok(Json(HistoryResponse {
         events: found.events.iter().map(|e| envelope(e)).collect(),
         more: found.more,
+        next_before: found.looked_back_to.filter(|_| found.more),
         last_event_id: through,
         channel,
     }))

@@ -201,7 +201,7 @@ fn stream_schemas() -> Value {
         "GapEvent": closed(obj_opt(json!({
             "last_event_id": r("EventId"),
             "oldest_id": nullable_string(),
-            "reason": one_of_strings(&["retention", "damaged"]),
+            "reason": one_of_strings(&["retention", "damaged", "unavailable"]),
             "channel": with_doc(string(), "When only the history of one added channel is concerned."),
         }), &["reason", "channel"])),
         "SubscriptionEvent": closed(obj(json!({ "channels": strings() }))),
@@ -245,12 +245,13 @@ fn publish_schemas() -> Value {
             "since": with_doc(r("EventId"), "The same as `last_event_id` (give one of them)."),
             "history": with_doc(json!({ "type": "integer", "minimum": 0, "maximum": 1000 }), "The added channels' newest this many events (after `since` when given) come first as history frames; patterns get none. 0: none."),
         }), &["add", "remove", "last_event_id", "since", "history"])),
-        "History": obj(json!({
+        "History": obj_opt(json!({
             "channel": string(),
             "events": with_doc(array_of(r("Envelope")), "The channel's newest events (before `before`), oldest first."),
-            "more": with_doc(boolean(), "Older events were left out by `limit`: ask again with `before` = the first event's id."),
+            "more": with_doc(boolean(), "Older events may have been left out (by `limit`, or because one answer looks at 10,000 events at most): ask again with `before` = `next_before`."),
+            "next_before": with_doc(r("EventId"), "With `more`: the `before` of the next page."),
             "last_event_id": with_doc(r("EventId"), "The answer holds every event of the channel up to here: subscribe with `since` = it to go on with no gap and no duplicate."),
-        })),
+        }), &["next_before"]),
         "ChannelsNow": obj(json!({ "channels": with_doc(strings(), "All channels of the connection now.") })),
         "PollResponse": obj_opt(json!({
             "events": array_of(r("Envelope")),

@@ -81,14 +81,21 @@ pub(super) async fn stream(
         ));
     }
     let bounds = state.hub.log().bounds().await.map_err(ApiError::from)?;
-    // A resumed stream has its state: history is for a fresh one.
-    let history = match (history, resume) {
+    // A resumed stream has its state: history is for a fresh one. History the log cannot
+    // give now is told with a `gap` (reason `unavailable`) rather than refusing the stream.
+    let (history, history_gap) = match (history, resume) {
         (Some(limit), None) => {
             let user = principal.user.clone();
             let targets = move |e: &crate::log::Event| e.targets(&user);
-            latest_events(&state, &channels, bounds.head, limit, &targets).await?
+            match latest_events(&state, &channels, bounds.head, limit, &targets).await {
+                Ok(events) => (events, false),
+                Err(e) => {
+                    tracing::warn!(conn = %conn.id, error = %e, "stream opened without its history: the log cannot give it now");
+                    (Vec::new(), true)
+                }
+            }
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), false),
     };
     let mut preamble = BytesMut::new();
     preamble.extend_from_slice(b": ok\n\n");
@@ -106,6 +113,17 @@ pub(super) async fn stream(
             }.to_string(),
         }),
     ));
+    if history_gap {
+        state
+            .hub
+            .stats
+            .gaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        preamble.extend_from_slice(&frame::control_frame(
+            "gap",
+            &json!({ "last_event_id": "0", "oldest_id": null, "reason": "unavailable" }),
+        ));
+    }
     if resume.is_some() {
         state
             .hub
@@ -143,28 +161,35 @@ pub(super) async fn stream(
 
 /// The newest `limit` events of each exact channel of `channels` (patterns have none) at or
 /// before `through` that pass `filter`, merged in log order: the newest
-/// [`MAX_HISTORY`](crate::log::MAX_HISTORY) of them at most, whatever the number of channels.
+/// [`MAX_HISTORY`](crate::log::MAX_HISTORY) of them at most, whatever the number of channels
+/// (each channel is asked only for events newer than the ones kept so far can displace).
 async fn latest_events(
     state: &AppState,
     channels: &[String],
     through: crate::log::Position,
     limit: usize,
     filter: crate::log::Filter<'_>,
-) -> Result<Vec<Arc<crate::log::Event>>, ApiError> {
-    let mut events = Vec::new();
+) -> Result<Vec<Arc<crate::log::Event>>, crate::log::LogError> {
+    let max = crate::log::MAX_HISTORY;
+    let mut events: Vec<Arc<crate::log::Event>> = Vec::new();
     for channel in channels.iter().filter(|c| !crate::channel::is_pattern(c)) {
+        let after = match events.len() >= max {
+            true => events[events.len() - max].pos,
+            false => crate::log::Position::ZERO,
+        };
         let q = crate::log::HistoryQuery {
             channel,
-            after: crate::log::Position::ZERO,
+            after,
             through,
             limit,
         };
-        let history = state.hub.log().history(q, filter).await?;
+        let ours = |e: &crate::log::Event| e.event.channel == **channel && filter(e);
+        let history = state.hub.log().history(q, &ours).await?;
         events.extend(history.events);
+        events.sort_by_key(|e| e.pos);
+        let excess = events.len().saturating_sub(max);
+        events.drain(..excess);
     }
-    events.sort_by_key(|e| e.pos);
-    let excess = events.len().saturating_sub(crate::log::MAX_HISTORY);
-    events.drain(..excess);
     Ok(events)
 }
 
@@ -366,11 +391,12 @@ pub(super) async fn subscriptions(
         Some(_) => parse_history(Some("not a number"))?,
     };
     let given = change.last_event_id.as_deref().or(change.since.as_deref());
-    let since = match given.map(str::trim) {
-        Some(id) if !id.is_empty() => parse_event_id(id)?,
-        // History without `since`: the newest events of the whole retained log.
-        _ if history.is_some() => crate::log::Position::ZERO,
-        _ => state.hub.log().bounds().await.map_err(ApiError::from)?.head,
+    let (since, explicit_since) = match given.map(str::trim) {
+        Some(id) if !id.is_empty() => (parse_event_id(id)?, true),
+        _ => (
+            state.hub.log().bounds().await.map_err(ApiError::from)?.head,
+            false,
+        ),
     };
     // Carried out by the node holding the stream, whichever node this is.
     let action = crate::cluster::Action::Subscriptions {
@@ -380,6 +406,7 @@ pub(super) async fn subscriptions(
         remove: change.remove,
         since: since.to_string(),
         history,
+        explicit_since,
     };
     super::admin::asked(state.cluster.ask(&*state, tag, action).await, not_found).map(Json)
 }

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{frame, lock, Control, Frame, Hub, Registration};
-use crate::log::{Event, History, HistoryQuery, Position};
+use crate::log::{Event, HistoryQuery, Position};
 
 /// Bytes gathered into one chunk at most before handing it to the connection.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -284,7 +284,19 @@ impl Cursor {
         let (channel, after, through, limit) = self.backfill.clone()?;
         let conn = self.reg.conn.clone();
         let filter = |e: &Event| e.pos <= through && conn.wants_as_history(e, &channel);
-        let (events, gap, next) = match limit {
+        let mut buf = BytesMut::new();
+        let gap_frame = |oldest: Option<Position>, reason: &str| {
+            frame::control_frame(
+                "gap",
+                &serde_json::json!({
+                    "channel": &*channel,
+                    "last_event_id": after.to_string(),
+                    "oldest_id": oldest.map(|p| p.to_string()),
+                    "reason": reason,
+                }),
+            )
+        };
+        let (events, next) = match limit {
             Some(limit) => {
                 let q = HistoryQuery {
                     channel: &channel,
@@ -292,35 +304,41 @@ impl Cursor {
                     through,
                     limit,
                 };
-                let history = self.history_or_pause(q, &filter).await?;
-                // Fewer than asked for after a `since` retention passed: say what is missing.
-                let gap = match (history.more, after) {
-                    (false, a) if a != Position::ZERO => {
-                        self.read_or_pause(after, &|_: &Event| false).await?.gap
+                match self.hub.log().history(q, &filter).await {
+                    Ok(history) => {
+                        // Fewer than asked for after a `since` retention passed: say what
+                        // is missing (one event read tells).
+                        if !history.more && after != Position::ZERO {
+                            let accept = |_: &Event| true;
+                            let read = self.hub.log().read(after, 1, &accept, None).await;
+                            if let Some(gap) = read.ok().and_then(|b| b.gap) {
+                                self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                                buf.extend_from_slice(&gap_frame(gap.oldest, gap.reason()));
+                            }
+                        }
+                        (history.events, through)
                     }
-                    _ => None,
-                };
-                (history.events, gap, through)
+                    Err(e) => {
+                        // The stream goes on live; the client is told its history is missing.
+                        if let Some(suppressed) = self.hub.read_errors.allow() {
+                            tracing::warn!(error = %e, suppressed, "a channel's history cannot be read; sent a gap instead");
+                        }
+                        self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                        buf.extend_from_slice(&gap_frame(None, "unavailable"));
+                        (Vec::new(), through)
+                    }
+                }
             }
             None => {
                 let batch = self.read_or_pause(after, &filter).await?;
+                if let Some(gap) = batch.gap {
+                    self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                    buf.extend_from_slice(&gap_frame(gap.oldest, gap.reason()));
+                }
                 let next = if batch.at_head { through } else { batch.next };
-                (batch.events, batch.gap, next)
+                (batch.events, next)
             }
         };
-        let mut buf = BytesMut::new();
-        if let Some(gap) = gap {
-            self.hub.stats.gaps.fetch_add(1, Ordering::Relaxed);
-            buf.extend_from_slice(&frame::control_frame(
-                "gap",
-                &serde_json::json!({
-                    "channel": &*channel,
-                    "last_event_id": after.to_string(),
-                    "oldest_id": gap.oldest.map(|p| p.to_string()),
-                    "reason": gap.reason(),
-                }),
-            ));
-        }
         // A channel removed meanwhile gets no more of its history.
         let still_subscribed = conn.channels().iter().any(|c| **c == *channel);
         if still_subscribed {
@@ -332,22 +350,6 @@ impl Cursor {
         self.backfill =
             (still_subscribed && next < through).then_some((channel, next, through, None));
         (!buf.is_empty()).then(|| buf.freeze())
-    }
-
-    /// A channel's history from the log; on failure, logs, pauses a moment and returns
-    /// `None` (the caller tries again).
-    async fn history_or_pause(
-        &self,
-        q: HistoryQuery<'_>,
-        filter: crate::log::Filter<'_>,
-    ) -> Option<History> {
-        match self.hub.log().history(q, filter).await {
-            Ok(history) => Some(history),
-            Err(e) => {
-                self.log_error_and_pause(&e).await;
-                None
-            }
-        }
     }
 
     /// Reads the log after `after`; on failure, logs, pauses a moment and returns `None`.

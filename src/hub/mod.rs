@@ -428,12 +428,14 @@ pub struct ChannelChange<'a> {
     pub add: &'a [String],
     pub remove: &'a [String],
     /// Added channels deliver their events after this position: the log head read before
-    /// the change, or the client's `last_event_id` / `since` (`ZERO` with `history` and no
-    /// `since`: the whole retained log, limited to `history`).
+    /// the change, or the client's `last_event_id` / `since`.
     pub since: Position,
     /// The added exact channels deliver only their newest this many events up to the change
-    /// as history (patterns get none beyond `since`).
+    /// as history (after `since` when `explicit_since`, else from the oldest retained);
+    /// patterns get none beyond `since`, and nor does a channel a pattern of the connection
+    /// already covers (its events are delivered already).
     pub history: Option<usize>,
+    pub explicit_since: bool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -803,14 +805,18 @@ impl Hub {
         self.forget_counts(&index, removed.iter().map(|c| c.as_str()));
         for channel in &added {
             let channel: Arc<str> = Arc::from(channel.as_str());
-            let limit = change.history.filter(|_| !is_pattern(&channel));
-            // A pattern asked for history without `since` has no range of its own.
-            let no_range =
-                change.history.is_some() && limit.is_none() && change.since == Position::ZERO;
-            if change.since < dispatched && !no_range {
+            let covered = channels
+                .keys()
+                .any(|c| is_pattern(c) && subscription_matches(c, &channel));
+            let limit = change.history.filter(|_| !is_pattern(&channel) && !covered);
+            let after = match limit {
+                Some(_) if !change.explicit_since => Position::ZERO,
+                _ => change.since,
+            };
+            if after < dispatched {
                 conn.push_control(Control::Backfill {
                     channel: channel.clone(),
-                    after: change.since,
+                    after,
                     through: dispatched,
                     limit,
                 });

@@ -89,7 +89,8 @@ impl ChannelIndex {
 
 /// Builds a [`History`] from candidate positions, newest first: `fetch` gives the event at a
 /// position (`None`: retention dropped it, and so every older one), `filter` decides. Stops
-/// at `limit` events; `more` says a candidate was left over.
+/// at `limit` events or [`HISTORY_SCAN`](super::HISTORY_SCAN) candidates; `more` says a
+/// candidate was left over.
 pub fn collect<E>(
     positions: impl Iterator<Item = Position>,
     limit: usize,
@@ -97,11 +98,12 @@ pub fn collect<E>(
     mut fetch: impl FnMut(Position) -> Result<Option<Arc<Event>>, E>,
 ) -> Result<History, E> {
     let mut history = History::default();
-    for pos in positions {
-        if history.events.len() >= limit {
+    for (looked, pos) in positions.enumerate() {
+        if history.events.len() >= limit || looked == super::HISTORY_SCAN {
             history.more = true;
             break;
         }
+        history.looked_back_to = Some(pos);
         match fetch(pos)? {
             None => break,
             Some(event) if filter(&event) => history.events.push(event),

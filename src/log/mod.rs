@@ -208,13 +208,20 @@ pub struct HistoryQuery<'a> {
 pub struct History {
     /// The newest matching events of the channel in the range, in log order (oldest first).
     pub events: Vec<Arc<Event>>,
-    /// Older events of the channel in the range were left out (by `limit`): page back with
-    /// `through` just before `events[0]`.
+    /// Older events of the channel in the range may have been left out (by `limit`, or by
+    /// [`HISTORY_SCAN`]): page back with `through` before `looked_back_to`.
     pub more: bool,
+    /// The oldest position looked at (whether `filter` kept it or not).
+    pub looked_back_to: Option<Position>,
 }
 
 /// History answers hold at most this many events.
 pub const MAX_HISTORY: usize = 1000;
+
+/// A history call looks at this many events of the channel at most, whatever `filter`
+/// rejects (events targeted at other users): the cost of one call is bounded; `more` says
+/// where it stopped.
+pub const HISTORY_SCAN: usize = 10_000;
 
 /// Which events a read returns.
 pub type Filter<'a> = &'a (dyn Fn(&Event) -> bool + Sync);
@@ -272,6 +279,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Head and oldest positions.
     async fn bounds(&self) -> Result<Bounds, LogError>;
+
+    /// The greatest position a reader may resume from to get the event at `pos` and
+    /// everything after it ("just before `pos`").
+    fn position_before(&self, pos: Position) -> Position {
+        pos.predecessor()
+    }
 
     /// The newest events of one channel in `(q.after, q.through]` that pass `filter`, at
     /// most `q.limit`, oldest first, found through a per-channel index (never a scan of the

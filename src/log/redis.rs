@@ -116,6 +116,7 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::config::EngineConfig;
+use super::HISTORY_SCAN;
 use super::{
     fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, History,
     HistoryQuery, LogError, LogOptions, NewEvent, Position, ReadBatch,
@@ -1022,6 +1023,7 @@ impl EventLog for RedisLog {
         // Events asked for beyond the ones still needed, doubled after every step the filter
         // left short (targeted events of other users).
         let mut extra = 0usize;
+        let mut looked = 0usize;
         'steps: loop {
             let needed = q.limit - history.events.len();
             let want = needed.max(extra).min(HISTORY_STEP);
@@ -1036,17 +1038,19 @@ impl EventLog for RedisLog {
                 .arg(HISTORY_LOOK);
             let step = parse_history_step(s.eval(&invocation).await?)?;
             for entry in &step.entries {
-                if history.events.len() >= q.limit {
+                if history.events.len() >= q.limit || looked == HISTORY_SCAN {
                     // A retained event of the channel is left over.
                     history.more = true;
                     break 'steps;
                 }
+                looked += 1;
                 let event = parse_entry(entry)?;
+                history.looked_back_to = Some(event.pos);
                 if filter(&event) {
                     history.events.push(Arc::new(event));
                 }
             }
-            if history.events.len() >= q.limit {
+            if history.events.len() >= q.limit || looked == HISTORY_SCAN {
                 history.more = !step.done;
                 break;
             }

@@ -545,7 +545,7 @@ export interface components {
             last_event_id: components["schemas"]["EventId"];
             oldest_id: string | null;
             /** @enum {string} */
-            reason?: "retention" | "damaged";
+            reason?: "retention" | "damaged" | "unavailable";
             /** @description When only the history of one added channel is concerned. */
             channel?: string;
         };
@@ -597,8 +597,10 @@ export interface components {
             channel: string;
             /** @description The channel's newest events (before `before`), oldest first. */
             events: components["schemas"]["Envelope"][];
-            /** @description Older events were left out by `limit`: ask again with `before` = the first event's id. */
+            /** @description Older events may have been left out (by `limit`, or because one answer looks at 10,000 events at most): ask again with `before` = `next_before`. */
             more: boolean;
+            /** @description With `more`: the `before` of the next page. */
+            next_before?: components["schemas"]["EventId"];
             /** @description The answer holds every event of the channel up to here: subscribe with `since` = it to go on with no gap and no duplicate. */
             last_event_id: components["schemas"]["EventId"];
         };

@@ -42,7 +42,7 @@ use crate::retry::lock;
 use super::channel_index::ChannelIndex;
 use super::{
     fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, FileStats, Filter, Gap,
-    History, HistoryQuery, LogError, LogHealth, LogOptions, Position, ReadBatch,
+    History, HistoryQuery, LogError, LogHealth, LogOptions, Position, ReadBatch, HISTORY_SCAN,
 };
 use format::{Encoder, ItemKey, HEADER_LEN};
 use scan::{KeyEntry, Meta, Scan, MISSING};
@@ -1330,14 +1330,18 @@ impl EventLog for FileLog {
     }
 
     async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError> {
-        // Candidates are taken newest first, a batch at a time, until `limit` pass `filter`.
+        // Candidates are taken newest first, a batch at a time, until `limit` pass `filter`
+        // or HISTORY_SCAN were looked at.
         let mut history = History::default();
         let mut through = q.through;
+        let mut looked = 0;
         loop {
             if q.limit == 0 {
                 break;
             }
-            let want = (q.limit - history.events.len()).max(32);
+            let want = (q.limit - history.events.len())
+                .max(32)
+                .min(HISTORY_SCAN - looked);
             let (positions, more) = {
                 let index = self.index.read().unwrap_or_else(|p| p.into_inner());
                 let after = q.after.max(Position::seq(index.trimmed_through));
@@ -1353,8 +1357,10 @@ impl EventLog for FileLog {
             let Some(oldest) = positions.last().copied() else {
                 break;
             };
+            looked += positions.len();
             let mut fetched = self.fetch(&positions).await?.into_iter();
             for event in fetched.by_ref() {
+                history.looked_back_to = Some(event.pos);
                 if filter(&event) {
                     history.events.push(event);
                     if history.events.len() == q.limit {
@@ -1362,8 +1368,11 @@ impl EventLog for FileLog {
                     }
                 }
             }
-            if history.events.len() == q.limit {
+            if history.events.len() == q.limit || looked >= HISTORY_SCAN {
                 history.more = more || fetched.next().is_some();
+                if history.more && history.events.len() < q.limit {
+                    history.looked_back_to = Some(oldest);
+                }
                 break;
             }
             if !more {
