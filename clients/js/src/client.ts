@@ -41,6 +41,8 @@ const RECENT_IDS = 2048;
 
 /** The most events a subscription's `since` loads over REST (then a gap). */
 const MAX_CATCH_UP = 1000;
+/** Pages of REST history one catch-up reads at most. */
+const MAX_PAGES = 20;
 
 interface Subscription {
   channel: string;
@@ -392,6 +394,7 @@ class Client implements RealtimeClient {
     const body = (await response.json().catch(() => null)) as {
       events?: unknown;
       more?: unknown;
+      next_before?: unknown;
       last_event_id?: unknown;
     } | null;
     if (!body || !Array.isArray(body.events)) {
@@ -400,9 +403,11 @@ class Client implements RealtimeClient {
     const events = (body.events as RealtimeEvent<T>[]).filter(
       (e) => e && typeof e.id === "string" && typeof e.channel === "string",
     );
+    const more = body.more === true;
     return {
       events,
-      more: body.more === true,
+      more,
+      ...(more && typeof body.next_before === "string" ? { nextBefore: body.next_before } : {}),
       lastEventId: typeof body.last_event_id === "string" ? body.last_event_id : "",
     };
   }
@@ -707,16 +712,22 @@ class Client implements RealtimeClient {
     let out: RealtimeEvent[] = [];
     let before: string | undefined;
     let reached = false;
-    for (;;) {
+    // A bounded number of pages: a channel crowded with other users' events can answer pages
+    // with few events (the gateway looks at 10,000 per answer at most).
+    for (let pages = 0; pages < MAX_PAGES; pages++) {
       const page = await this.history(channel, { limit: Math.min(cap, 1000), before });
       const after = page.events.filter((e) => comparePositions(e.id, since) > 0);
       out = after.concat(out);
-      if (after.length < page.events.length || !page.more || page.events.length === 0) {
+      const next = page.nextBefore ?? page.events[0]?.id;
+      if (after.length < page.events.length || !page.more || next === undefined) {
         reached = true;
         break;
       }
-      if (out.length >= cap) break;
-      before = page.events[0]!.id;
+      if (out.length >= cap || comparePositions(next, since) <= 0) {
+        reached = comparePositions(next, since) <= 0;
+        break;
+      }
+      before = next;
     }
     const trimmed = out.length > cap;
     if (trimmed) out = out.slice(out.length - cap);

@@ -237,8 +237,14 @@ export interface HistoryOptions {
 export interface HistoryPage<T = unknown> {
   /** Oldest first. */
   events: RealtimeEvent<T>[];
-  /** Older events of the channel were left out by `limit`. */
+  /** Older events of the channel may have been left out: page back with `before` = `nextBefore`. */
   more: boolean;
+  /**
+   * With `more`: the `before` of the next page (the oldest event the gateway looked at; one
+   * answer looks at 10,000 at most, so a channel crowded with other users' events can answer
+   * few events, or none, with `more`).
+   */
+  nextBefore?: string;
   /**
    * The answer holds every event of the channel up to this position (the log head when the
    * read began; with `before`, just before it): subscribe with `since` = it to continue with no
