@@ -107,6 +107,10 @@ struct Cli {
     /// Seed of the random channel choice.
     #[arg(long, default_value_t = 17)]
     seed: u64,
+    /// Also measure history with this limit (e.g. 1: the fixed cost of one call, apart from
+    /// the events it reads), as rows of their own.
+    #[arg(long)]
+    also_limit: Option<usize>,
     /// The goal, milliseconds (compared with p99).
     #[arg(long, default_value_t = 5.0)]
     goal_ms: f64,
@@ -164,8 +168,8 @@ fn events_of(cli: &Cli, k: usize) -> u64 {
     cli.events / c + u64::from((k as u64) < cli.events % c)
 }
 
-fn expected(cli: &Cli, k: usize) -> usize {
-    (events_of(cli, k) as usize).min(cli.limit)
+fn expected(cli: &Cli, k: usize, limit: usize) -> usize {
+    (events_of(cli, k) as usize).min(limit)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -300,6 +304,7 @@ async fn measure(
     cli: &Cli,
     log: &dyn EventLog,
     head: Position,
+    limit: usize,
     rng: &mut StdRng,
 ) -> anyhow::Result<Latencies> {
     let mut lat = Latencies::default();
@@ -310,13 +315,13 @@ async fn measure(
             channel: &name,
             after: Position::ZERO,
             through: head,
-            limit: cli.limit,
+            limit,
         };
         let t = Instant::now();
         let h = log.history(q, &all_events).await?;
         let took = t.elapsed();
         if i >= cli.warmup {
-            let complete = h.events.len() == expected(cli, k)
+            let complete = h.events.len() == expected(cli, k, limit)
                 && h.events.iter().all(|e| e.event.channel == name);
             lat.record(took, complete, 0);
         }
@@ -469,7 +474,7 @@ async fn bench_backend(
             log
         }
     };
-    let lat = measure(cli, &*log, head, rng).await?;
+    let lat = measure(cli, &*log, head, cli.limit, rng).await?;
     eprintln!("   history: {}", summary(&lat));
     rows.push(Row {
         what: format!("{name}: EventLog::history"),
@@ -479,6 +484,18 @@ async fn bench_backend(
         lat,
         memory,
     });
+    if let Some(limit) = cli.also_limit {
+        let lat = measure(cli, &*log, head, limit, rng).await?;
+        eprintln!("   history(limit={limit}): {}", summary(&lat));
+        rows.push(Row {
+            what: format!("{name}: EventLog::history, limit={limit}"),
+            fill: None,
+            events: cli.events,
+            reopen: None,
+            lat,
+            memory: String::new(),
+        });
+    }
     drop(log);
 
     if name == "file" && !cli.no_http {
@@ -532,7 +549,7 @@ async fn http_figure(
         &server,
         &secret,
         cli,
-        expected(cli, 0).min(expected(cli, cli.channels - 1)),
+        expected(cli, 0, cli.limit).min(expected(cli, cli.channels - 1, cli.limit)),
         rng,
     )
     .await?;
