@@ -1,60 +1,24 @@
 // A subscription with since/history that joins a channel already on the connection: its history
 // comes over REST (client.history), to it alone, before its live events, once each, in order.
-import { MessageChannel, type MessagePort } from "node:worker_threads";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { MessageChannel } from "node:worker_threads";
+import { beforeEach, describe, expect, it } from "vitest";
 import { comparePositions } from "../src/channels.js";
-import { createClient } from "../src/client.js";
 import { RealtimeError } from "../src/errors.js";
 import { WorkerHub } from "../src/hub.js";
-import type {
-  ClientOptions,
-  GapInfo,
-  MessagePortLike,
-  RealtimeClient,
-  SharedWorkerLike,
-} from "../src/types.js";
+import type { GapInfo, MessagePortLike, RealtimeClient, SharedWorkerLike } from "../src/types.js";
 import {
-  FakeBus,
-  FakeLocks,
-  FakeServer,
   apiError,
   response,
   settle,
-  useFakeTime,
+  useFakeGateway,
   type Call,
+  type FakeBrowser,
+  type FakeBus,
   type FakeResponse,
 } from "./fakes.js";
 
-let server: FakeServer;
-let clients: RealtimeClient[];
-let ports: MessagePort[];
-
-beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  server.auto = true;
-  clients = [];
-  ports = [];
-});
-
-afterEach(() => {
-  for (const c of clients) c.close();
-  for (const p of ports) p.close();
-  vi.useRealTimers();
-});
-
-function client(options: Partial<ClientOptions> = {}): RealtimeClient {
-  const c = createClient({
-    url: "http://gw.test",
-    fetch: server.fetch,
-    random: () => 0.5,
-    environment: null,
-    shareAcrossTabs: false,
-    ...options,
-  });
-  clients.push(c);
-  return c;
-}
+const gw = useFakeGateway({ auto: true });
+const client = gw.client;
 
 function collect(
   c: RealtimeClient,
@@ -67,14 +31,24 @@ function collect(
 }
 
 function publish(channel: string, n: number): void {
-  for (let i = 0; i < n; i++) server.publish(channel);
+  for (let i = 0; i < n; i++) gw.server.publish(channel);
+}
+
+/** A client streaming x (a first subscriber, no history) after `n` events were published on x. */
+async function streamingX(n: number): Promise<RealtimeClient> {
+  const c = client();
+  collect(c, "x");
+  await settle();
+  publish("x", n);
+  await settle();
+  return c;
 }
 
 /** A history reply the test releases: the answer is read from the log when released. */
 function gatedHistory(): { reply: (call: Call) => Promise<FakeResponse>; open(): void } {
   let open!: () => void;
   const gate = new Promise<void>((r) => (open = r));
-  return { reply: (call) => gate.then(() => server.historyAnswer(call)), open: () => open() };
+  return { reply: (call) => gate.then(() => gw.server.historyAnswer(call)), open: () => open() };
 }
 
 describe("comparePositions", () => {
@@ -89,7 +63,7 @@ describe("comparePositions", () => {
 
 describe("client.history", () => {
   it("GET /v1/channels/{channel}/history with limit/before and the client's credentials", async () => {
-    server.auto = false;
+    gw.server.auto = false;
     const reasons: string[] = [];
     const c = client({
       getToken: (r) => {
@@ -98,7 +72,7 @@ describe("client.history", () => {
       },
       headers: { "X-App": "1" },
     });
-    server.historyReplies.push(
+    gw.server.historyReplies.push(
       response(200, { channel: "logs:w1:f1", events: [{ id: "4", channel: "logs:w1:f1", type: "t", time: "", data: 1 }], more: true, last_event_id: "9" }),
     );
     const page = await c.history("logs:w1:f1", { limit: 5, before: "10" });
@@ -107,7 +81,7 @@ describe("client.history", () => {
       more: true,
       lastEventId: "9",
     });
-    const call = server.historyCalls()[0]!;
+    const call = gw.server.historyCalls()[0]!;
     expect(call.url.pathname).toBe("/v1/channels/logs%3Aw1%3Af1/history");
     expect(call.url.searchParams.get("limit")).toBe("5");
     expect(call.url.searchParams.get("before")).toBe("10");
@@ -116,31 +90,31 @@ describe("client.history", () => {
     expect(call.credentials).toBe("same-origin");
     expect(reasons).toEqual(["connect"]);
     // Nothing subscribed: no stream was opened for it.
-    expect(server.streamCalls()).toHaveLength(0);
+    expect(gw.server.streamCalls()).toHaveLength(0);
   });
 
   it("cookies with no getToken; a 401 gets a fresh token and one more try; errors are RealtimeErrors", async () => {
-    server.auto = false;
+    gw.server.auto = false;
     const cookie = client();
-    server.historyReplies.push(response(200, { events: [], more: false, last_event_id: "0" }));
+    gw.server.historyReplies.push(response(200, { events: [], more: false, last_event_id: "0" }));
     await cookie.history("a");
-    expect(server.historyCalls()[0]!.credentials).toBe("include");
-    expect(server.historyCalls()[0]!.headers.get("authorization")).toBeNull();
+    expect(gw.server.historyCalls()[0]!.credentials).toBe("include");
+    expect(gw.server.historyCalls()[0]!.headers.get("authorization")).toBeNull();
 
     const reasons: string[] = [];
     const c = client({ getToken: (r) => (reasons.push(r), r) });
-    server.historyReplies.push(apiError(401, "token_expired"), response(200, { events: [], more: false, last_event_id: "3" }));
+    gw.server.historyReplies.push(apiError(401, "token_expired"), response(200, { events: [], more: false, last_event_id: "3" }));
     expect((await c.history("a")).lastEventId).toBe("3");
     expect(reasons).toEqual(["connect", "unauthorized"]);
-    expect(server.historyCalls()[2]!.headers.get("authorization")).toBe("Bearer unauthorized");
+    expect(gw.server.historyCalls()[2]!.headers.get("authorization")).toBe("Bearer unauthorized");
 
-    server.historyReplies.push(apiError(403, "forbidden_channel", { channels: ["a"] }));
+    gw.server.historyReplies.push(apiError(403, "forbidden_channel", { channels: ["a"] }));
     const refused = await c.history("a").catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(RealtimeError);
     expect((refused as RealtimeError).code).toBe("forbidden_channel");
     expect((refused as RealtimeError).status).toBe(403);
 
-    server.historyReplies.push("network");
+    gw.server.historyReplies.push("network");
     expect(((await c.history("a").catch((e: unknown) => e)) as RealtimeError).code).toBe("network");
     expect(((await c.history("logs:*").catch((e: unknown) => e)) as RealtimeError).code).toBe("invalid_channel");
   });
@@ -156,25 +130,21 @@ describe("a second subscriber in the same tab", () => {
     expect(first).toEqual(["1", "2", "3", "4", "5"]);
     const second = collect(c, "x", { history: 3 });
     await settle();
-    expect(server.historyCalls().map((x) => x.url.search)).toEqual(["?limit=3"]);
+    expect(gw.server.historyCalls().map((x) => x.url.search)).toEqual(["?limit=3"]);
     expect(second).toEqual(["3", "4", "5"]);
     publish("x", 1);
     await settle();
     expect(second).toEqual(["3", "4", "5", "6"]);
     expect(first).toEqual(["1", "2", "3", "4", "5", "6"]);
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
   });
 
   it("live events arriving while REST is out are held, then delivered after the history, once", async () => {
-    const c = client();
-    collect(c, "x");
-    await settle();
-    publish("x", 4);
-    await settle();
+    const c = await streamingX(4);
     // The answer is read at the request (ends at 4), live 5 and 6 arrive before it.
     let answer!: () => void;
-    server.historyReplies.push((call) => {
-      const r = server.historyAnswer(call);
+    gw.server.historyReplies.push((call) => {
+      const r = gw.server.historyAnswer(call);
       return new Promise<FakeResponse>((res) => (answer = () => res(r)));
     });
     const second = collect(c, "x", { history: 2 });
@@ -188,13 +158,9 @@ describe("a second subscriber in the same tab", () => {
   });
 
   it("an answer that overlaps the held live events: no duplicate, none missing", async () => {
-    const c = client();
-    collect(c, "x");
-    await settle();
-    publish("x", 4);
-    await settle();
+    const c = await streamingX(4);
     const gate = gatedHistory();
-    server.historyReplies.push(gate.reply);
+    gw.server.historyReplies.push(gate.reply);
     const second = collect(c, "x", { history: 3 });
     await settle();
     publish("x", 2); // 5, 6: held, and in the answer (read after them)
@@ -208,16 +174,12 @@ describe("a second subscriber in the same tab", () => {
   });
 
   it("REST ahead of the stream: events the stream brings later are not repeated", async () => {
-    const c = client();
-    collect(c, "x");
-    await settle();
-    publish("x", 3);
-    await settle();
-    const s = server.lastStream();
+    const c = await streamingX(3);
+    const s = gw.server.lastStream();
     // 4 reaches the log (and REST) before the stream delivers it.
     const streamClosed = s.channels;
     s.channels = new Set();
-    const e4 = server.publish("x");
+    const e4 = gw.server.publish("x");
     s.channels = streamClosed;
     const second = collect(c, "x", { history: 2 });
     await settle();
@@ -229,11 +191,7 @@ describe("a second subscriber in the same tab", () => {
   });
 
   it("since: the events after it, over REST; more than 1000 → the newest 1000 and a gap", async () => {
-    const c = client();
-    collect(c, "x");
-    await settle();
-    publish("x", 6);
-    await settle();
+    const c = await streamingX(6);
     const gaps: GapInfo[] = [];
     const after = collect(c, "x", { since: "4", onGap: (g) => gaps.push(g) });
     await settle();
@@ -258,12 +216,8 @@ describe("a second subscriber in the same tab", () => {
   });
 
   it("REST fails: live only, onError with the cause and a gap naming the channel", async () => {
-    const c = client();
-    collect(c, "x");
-    await settle();
-    publish("x", 3);
-    await settle();
-    server.historyReplies.push(apiError(503, "log_unavailable"));
+    const c = await streamingX(3);
+    gw.server.historyReplies.push(apiError(503, "log_unavailable"));
     const errors: string[] = [];
     const gaps: GapInfo[] = [];
     const second = collect(c, "x", {
@@ -288,7 +242,7 @@ describe("a second subscriber in the same tab", () => {
     const first = collect(c, "x", { history: 1 });
     const second = collect(c, "x", { history: 4 });
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 1 }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 1 }]);
     expect(first).toEqual(["5"]);
     expect(second).toEqual(["2", "3", "4", "5"]);
     publish("x", 1);
@@ -299,21 +253,11 @@ describe("a second subscriber in the same tab", () => {
 });
 
 describe("tabs sharing one stream", () => {
-  let locks: FakeLocks;
   let bus: FakeBus;
+  let tab: FakeBrowser["tab"];
   beforeEach(() => {
-    locks = new FakeLocks();
-    bus = new FakeBus();
+    ({ bus, tab } = gw.browser());
   });
-
-  function tab(label: string): RealtimeClient {
-    return client({
-      shareAcrossTabs: undefined,
-      fetch: server.fetchFor(label),
-      locks: locks.for(label),
-      broadcastChannel: bus.factory(label),
-    });
-  }
 
   it("a follower tab opening a channel the leader streams gets its history over REST (its own fetch)", async () => {
     const a = tab("A");
@@ -326,8 +270,8 @@ describe("tabs sharing one stream", () => {
     const bx = collect(b, "x", { history: 3 });
     await settle();
     expect(bx).toEqual(["3", "4", "5"]);
-    expect(server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(gw.server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
     // The leader told B its start could not be used (x was on the connection already).
     expect(bus.posted.filter((p) => p.message.t === "st").map((p) => [p.tab, p.message.c, p.message.ok])).toEqual([
       ["A", "x", false],
@@ -346,7 +290,7 @@ describe("tabs sharing one stream", () => {
     await settle();
     publish("x", 1);
     await settle();
-    expect(server.streamCalls()[1]!.url.searchParams.get("history")).toBeNull();
+    expect(gw.server.streamCalls()[1]!.url.searchParams.get("history")).toBeNull();
     expect(bx).toEqual(["3", "4", "5", "6", "7"]);
   });
 
@@ -358,9 +302,9 @@ describe("tabs sharing one stream", () => {
     publish("x", 4);
     const bx = collect(b, "x", { history: 2 });
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 2 }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 2 }]);
     expect(bx).toEqual(["3", "4"]);
-    expect(server.historyCalls()).toHaveLength(0);
+    expect(gw.server.historyCalls()).toHaveLength(0);
   });
 
   it("the leader tab subscribing with history to a channel a follower brought: REST", async () => {
@@ -375,17 +319,17 @@ describe("tabs sharing one stream", () => {
     const ax = collect(a, "x", { history: 2 });
     await settle();
     expect(ax).toEqual(["2", "3"]);
-    expect(server.historyCalls().map((x) => x.tab)).toEqual(["A"]);
+    expect(gw.server.historyCalls().map((x) => x.tab)).toEqual(["A"]);
   });
 });
 
 describe("the SharedWorker", () => {
   function tab(label: string, hub: WorkerHub): RealtimeClient {
     const { port1, port2 } = new MessageChannel();
-    ports.push(port1, port2);
+    gw.closePortsAfter(port1, port2);
     hub.connect(port2 as unknown as MessagePortLike);
     const worker: SharedWorkerLike = { port: port1 as unknown as MessagePortLike };
-    return client({ sharing: "sharedworker", sharedWorker: () => worker, fetch: server.fetchFor(label) });
+    return client({ sharing: "sharedworker", sharedWorker: () => worker, fetch: gw.server.fetchFor(label) });
   }
 
   async function flush(): Promise<void> {
@@ -396,7 +340,7 @@ describe("the SharedWorker", () => {
   }
 
   it("a tab opening a channel the worker already streams gets its history over REST, alone", async () => {
-    const hub = new WorkerHub({ fetch: server.fetchFor("worker"), random: () => 0.5 });
+    const hub = new WorkerHub({ fetch: gw.server.fetchFor("worker"), random: () => 0.5 });
     const a = tab("A", hub);
     const b = tab("B", hub);
     const ax = collect(a, "x");
@@ -406,11 +350,11 @@ describe("the SharedWorker", () => {
     const bx = collect(b, "x", { history: 2 });
     await flush();
     expect(bx).toEqual(["3", "4"]);
-    expect(server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
+    expect(gw.server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
     publish("x", 1);
     await flush();
     expect(bx).toEqual(["3", "4", "5"]);
     expect(ax).toEqual(["1", "2", "3", "4", "5"]);
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
   });
 });

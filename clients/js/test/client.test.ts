@@ -1,10 +1,8 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { createClient } from "../src/client.js";
+import { describe, expect, it } from "vitest";
 import type { RealtimeError } from "../src/errors.js";
-import type { ClientOptions, ConnectionState, GapInfo, RealtimeClient, RealtimeEvent } from "../src/types.js";
+import type { ConnectionState, GapInfo, RealtimeClient, RealtimeEvent } from "../src/types.js";
 import {
   FakeEnv,
-  FakeServer,
   advance,
   apiError,
   envelope,
@@ -12,35 +10,11 @@ import {
   later,
   response,
   settle,
-  useFakeTime,
+  useFakeGateway,
 } from "./fakes.js";
 
-let server: FakeServer;
-let clients: RealtimeClient[];
-
-beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  clients = [];
-});
-
-afterEach(() => {
-  for (const c of clients) c.close();
-  vi.useRealTimers();
-});
-
-function client(options: Partial<ClientOptions> = {}): RealtimeClient {
-  const c = createClient({
-    url: "http://gw.test",
-    fetch: server.fetch,
-    random: () => 0.5,
-    environment: null,
-    shareAcrossTabs: false,
-    ...options,
-  });
-  clients.push(c);
-  return c;
-}
+const gw = useFakeGateway();
+const client = gw.client;
 
 function record(c: RealtimeClient): ConnectionState[] {
   const states: ConnectionState[] = [];
@@ -56,14 +30,14 @@ describe("state machine", () => {
     c.subscribe("logs:w1:f1", (e) => got.push(e));
     await settle();
 
-    expect(server.streamCalls()).toHaveLength(1);
-    const first = server.streamCalls()[0]!;
+    expect(gw.server.streamCalls()).toHaveLength(1);
+    const first = gw.server.streamCalls()[0]!;
     expect(first.url.pathname).toBe("/v1/stream");
     expect(first.url.searchParams.getAll("channel")).toEqual(["logs:w1:f1"]);
     expect(first.headers.get("last-event-id")).toBeNull();
     expect(first.headers.get("accept")).toBe("text/event-stream");
 
-    const s1 = server.lastStream();
+    const s1 = gw.server.lastStream();
     s1.connected("c_1");
     s1.deliver(envelope("1"));
     s1.deliver(envelope("2"));
@@ -78,12 +52,12 @@ describe("state machine", () => {
     // retry: 2000 from the server is the base; random() = 0.5 → 1000 ms.
     expect(c.state).toEqual({ status: "reconnecting", reason: "network", attempt: 1, delayMs: 1000 });
     await advance(999);
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()).toHaveLength(1);
     await advance(1);
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("2");
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("2");
 
-    const s2 = server.lastStream();
+    const s2 = gw.server.lastStream();
     s2.connected("c_2");
     s2.deliver(envelope("3"));
     await settle();
@@ -92,7 +66,7 @@ describe("state machine", () => {
   });
 
   it("reconnects after the stream ends (eof), and backs off further on each failure until connected", async () => {
-    server.streamReplies.push("network", "network", "network", response(500, {}));
+    gw.server.streamReplies.push("network", "network", "network", response(500, {}));
     const c = client();
     c.subscribe("a", () => {});
     await settle();
@@ -106,16 +80,16 @@ describe("state machine", () => {
     }
     expect(delays).toEqual([500, 1000, 2000, 4000]);
     // The 5th attempt opens a stream; connected resets the backoff.
-    server.lastStream().connected();
+    gw.server.lastStream().connected();
     await settle();
     expect(c.state.status).toBe("connected");
-    server.lastStream().end();
+    gw.server.lastStream().end();
     await settle();
     expect(c.state).toEqual({ status: "reconnecting", reason: "eof", attempt: 1, delayMs: 1000 });
   });
 
   it("honours Retry-After on 429 and 503 (plus jitter)", async () => {
-    server.streamReplies.push(
+    gw.server.streamReplies.push(
       apiError(429, "too_many_connections_for_user", {}, { "retry-after": "7" }),
       apiError(503, "log_unavailable", {}, { "retry-after": "1" }),
     );
@@ -131,7 +105,7 @@ describe("state machine", () => {
     await advance(7500);
     expect(c.state).toEqual({ status: "reconnecting", reason: "log_unavailable", attempt: 2, delayMs: 1000 + 1000 });
     await advance(2000);
-    expect(server.streamCalls()).toHaveLength(3);
+    expect(gw.server.streamCalls()).toHaveLength(3);
   });
 
   it("gets a token before every connect and sends it as a bearer token", async () => {
@@ -145,17 +119,17 @@ describe("state machine", () => {
     });
     c.subscribe("a", () => {});
     await settle();
-    expect(server.streamCalls()[0]!.headers.get("authorization")).toBe("Bearer t1");
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("9", "a"));
+    expect(gw.server.streamCalls()[0]!.headers.get("authorization")).toBe("Bearer t1");
+    gw.server.lastStream().connected();
+    gw.server.lastStream().deliver(envelope("9", "a"));
     await settle();
-    server.lastStream().end();
+    gw.server.lastStream().end();
     await settle();
     await advance(5000);
-    expect(server.streamCalls()[1]!.headers.get("authorization")).toBe("Bearer t2");
+    expect(gw.server.streamCalls()[1]!.headers.get("authorization")).toBe("Bearer t2");
     expect(reasons).toEqual(["connect", "connect"]);
     // Token auth: no cookies to other origins.
-    expect(server.streamCalls()[0]!.credentials).toBe("same-origin");
+    expect(gw.server.streamCalls()[0]!.credentials).toBe("same-origin");
   });
 
   it("refreshes the token and reconnects at once on closing token_expired, resuming", async () => {
@@ -168,14 +142,14 @@ describe("state machine", () => {
     });
     c.subscribe("a", () => {});
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected("c_1", undefined, 0);
     s.deliver(envelope("5", "a"));
     await advance(60_000);
     s.control("closing", { reason: "token_expired" });
     await settle();
     expect(reasons).toEqual(["connect", "expired"]);
-    const second = server.streamCalls()[1]!;
+    const second = gw.server.streamCalls()[1]!;
     expect(second.headers.get("authorization")).toBe("Bearer tok-2");
     expect(second.headers.get("last-event-id")).toBe("5");
     expect(s.closed).toBe(true);
@@ -185,15 +159,15 @@ describe("state machine", () => {
     const c = client({ getToken: () => "almost-expired" });
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
-    server.lastStream().control("closing", { reason: "token_expired" });
+    gw.server.lastStream().connected();
+    gw.server.lastStream().control("closing", { reason: "token_expired" });
     await settle();
     expect(c.state).toEqual({ status: "reconnecting", reason: "token_expired", attempt: 1, delayMs: 1000 });
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()).toHaveLength(1);
   });
 
   it("401: one more token and one more try, then unauthorized until reconnect()", async () => {
-    server.streamReplies.push(apiError(401, "token_expired"), apiError(401, "invalid_token"));
+    gw.server.streamReplies.push(apiError(401, "token_expired"), apiError(401, "invalid_token"));
     const reasons: string[] = [];
     const c = client({ getToken: (r) => (reasons.push(r), "t") });
     const states = record(c);
@@ -202,38 +176,38 @@ describe("state machine", () => {
     expect(reasons).toEqual(["connect", "unauthorized"]);
     expect(c.state).toEqual({ status: "unauthorized", reason: "invalid_token" });
     await advance(120_000);
-    expect(server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()).toHaveLength(2);
     c.reconnect();
     await settle();
-    expect(server.streamCalls()).toHaveLength(3);
-    server.lastStream().connected();
+    expect(gw.server.streamCalls()).toHaveLength(3);
+    gw.server.lastStream().connected();
     await settle();
     expect(states.map((s) => s.status)).toEqual(["connecting", "unauthorized", "connecting", "connected"]);
   });
 
   it("401 with cookie auth: unauthorized at once; cookies go with credentials include", async () => {
-    server.streamReplies.push(apiError(401, "missing_credentials"));
+    gw.server.streamReplies.push(apiError(401, "missing_credentials"));
     const c = client();
     c.subscribe("a", () => {});
     await settle();
     expect(c.state).toEqual({ status: "unauthorized", reason: "missing_credentials" });
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.streamCalls()[0]!.headers.get("authorization")).toBeNull();
-    expect(server.streamCalls()[0]!.credentials).toBe("include");
+    expect(gw.server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()[0]!.headers.get("authorization")).toBeNull();
+    expect(gw.server.streamCalls()[0]!.credentials).toBe("include");
   });
 
   it("204 stops for good", async () => {
-    server.streamReplies.push(response(204));
+    gw.server.streamReplies.push(response(204));
     const c = client();
     c.subscribe("a", () => {});
     await settle();
     expect(c.state).toEqual({ status: "closed", reason: "no_content" });
     await advance(120_000);
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()).toHaveLength(1);
   });
 
   it("403 forbidden_channel: the subscriber hears it, the other channels connect", async () => {
-    server.streamReplies.push(apiError(403, "forbidden_channel", { channels: ["secret"] }));
+    gw.server.streamReplies.push(apiError(403, "forbidden_channel", { channels: ["secret"] }));
     const c = client();
     const errors: RealtimeError[] = [];
     const okErrors: RealtimeError[] = [];
@@ -245,8 +219,8 @@ describe("state machine", () => {
     expect(errors[0]!.status).toBe(403);
     expect(errors[0]!.channels).toEqual(["secret"]);
     expect(okErrors).toHaveLength(0);
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.url.searchParams.getAll("channel")).toEqual(["open"]);
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.url.searchParams.getAll("channel")).toEqual(["open"]);
     // A later subscriber to the refused channel hears it too.
     const late: RealtimeError[] = [];
     c.subscribe("secret", () => {}, { onError: (e) => late.push(e) });
@@ -258,21 +232,21 @@ describe("state machine", () => {
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
-    server.lastStream().control("closing", { reason: "shutdown" });
+    gw.server.lastStream().connected();
+    gw.server.lastStream().control("closing", { reason: "shutdown" });
     await settle();
     expect(c.state).toMatchObject({ status: "reconnecting", reason: "shutdown" });
     await advance(2000);
-    server.lastStream().connected();
-    server.lastStream().control("closing", { reason: "kicked" });
+    gw.server.lastStream().connected();
+    gw.server.lastStream().control("closing", { reason: "kicked" });
     await settle();
     expect(c.state).toEqual({ status: "closed", reason: "kicked" });
-    const n = server.streamCalls().length;
+    const n = gw.server.streamCalls().length;
     await advance(60_000);
-    expect(server.streamCalls()).toHaveLength(n);
+    expect(gw.server.streamCalls()).toHaveLength(n);
     c.reconnect();
     await settle();
-    expect(server.streamCalls()).toHaveLength(n + 1);
+    expect(gw.server.streamCalls()).toHaveLength(n + 1);
   });
 
   it("an unknown Last-Event-ID (400 invalid_last_event_id) becomes a gap and a fresh start", async () => {
@@ -281,23 +255,23 @@ describe("state machine", () => {
     c.onGap((g) => gaps.push(g));
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("77", "a"));
+    gw.server.lastStream().connected();
+    gw.server.lastStream().deliver(envelope("77", "a"));
     await settle();
-    server.lastStream().fail();
+    gw.server.lastStream().fail();
     await settle();
-    server.streamReplies.push(apiError(400, "invalid_last_event_id"));
+    gw.server.streamReplies.push(apiError(400, "invalid_last_event_id"));
     await advance(1000);
     expect(gaps).toEqual([{ lastEventId: "77", oldestId: null }]);
-    expect(server.streamCalls()).toHaveLength(3);
-    expect(server.streamCalls()[2]!.headers.get("last-event-id")).toBeNull();
+    expect(gw.server.streamCalls()).toHaveLength(3);
+    expect(gw.server.streamCalls()[2]!.headers.get("last-event-id")).toBeNull();
   });
 
   it("a silent connection (no heartbeat) is dropped and reopened", async () => {
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected("c_1", undefined, 1000);
+    gw.server.lastStream().connected("c_1", undefined, 1000);
     await settle();
     await advance(6000);
     expect(c.state.status).toBe("connected");
@@ -316,7 +290,7 @@ describe("events", () => {
     c.subscribe("logs:w1:*", (e) => pattern.push(e.id));
     c.subscribe("logs:**", (e) => deep.push(e.id));
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected();
     s.deliver(envelope("1", "logs:w1:f1"));
     s.deliver(envelope("2", "logs:w1:f2"));
@@ -341,7 +315,7 @@ describe("events", () => {
     c.subscribe("a", () => {}, { onGap: (g) => a.push(g) });
     c.subscribe("b", () => {}, { onGap: (g) => b.push(g) });
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected();
     s.control("gap", { last_event_id: "10", oldest_id: "50" });
     s.control("gap", { last_event_id: "10", oldest_id: null, channel: "b" });
@@ -365,7 +339,7 @@ describe("events", () => {
     });
     c.subscribe("a", (e) => got.push(e.id));
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected();
     s.write(frame({ event: "maintenance", data: { type: "maintenance", time: "t", data: { in: 5 } } }));
     s.deliver(envelope("1", "a"));
@@ -384,7 +358,7 @@ describe("events", () => {
     c.subscribe("a:**:b", () => {}, { onError: (e) => errors.push(e) });
     await settle();
     expect(errors.map((e) => e.code)).toEqual(["invalid_channel", "invalid_channel", "invalid_channel"]);
-    expect(server.calls).toHaveLength(0);
+    expect(gw.server.calls).toHaveLength(0);
     expect(c.state.status).toBe("idle");
   });
 });
@@ -397,16 +371,16 @@ describe("subscriptions on the live connection (reference counting)", () => {
     c.subscribe("b", () => {});
     await settle();
     // Subscriptions made before connecting are the first request's channel params.
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.streamCalls()[0]!.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
+    expect(gw.server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()[0]!.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
 
     // Made while connecting: sent once `connected` names the connection.
     const offC1 = c.subscribe("c", () => {});
     await settle();
-    expect(server.subscriptionCalls()).toHaveLength(0);
-    server.lastStream().connected("c_42");
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
+    gw.server.lastStream().connected("c_42");
     await settle();
-    expect(server.subscriptionCalls().map((x) => [x.url.pathname, x.body])).toEqual([
+    expect(gw.server.subscriptionCalls().map((x) => [x.url.pathname, x.body])).toEqual([
       ["/v1/connections/c_42/subscriptions", { add: ["c"] }],
     ]);
 
@@ -414,27 +388,27 @@ describe("subscriptions on the live connection (reference counting)", () => {
     const offD1 = c.subscribe("d", () => {});
     const offD2 = c.subscribe("d", () => {});
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["c"] }, { add: ["d"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["c"] }, { add: ["d"] }]);
 
     offD1();
     offA1();
     offC1();
     await settle();
-    expect(server.subscriptionCalls()).toHaveLength(2); // d, a and c still have a subscriber
+    expect(gw.server.subscriptionCalls()).toHaveLength(2); // d, a and c still have a subscriber
 
     offD2();
     offA2();
     offA2(); // twice: no effect
     offC2();
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([
       { add: ["c"] },
       { add: ["d"] },
       { remove: ["a", "c", "d"] },
     ]);
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.lastStream().channels).toEqual(new Set(["b"]));
-    const post = server.subscriptionCalls()[2]!;
+    expect(gw.server.streamCalls()).toHaveLength(1);
+    expect(gw.server.lastStream().channels).toEqual(new Set(["b"]));
+    const post = gw.server.subscriptionCalls()[2]!;
     expect(post.method).toBe("POST");
     expect(post.headers.get("content-type")).toBe("application/json");
   });
@@ -443,56 +417,56 @@ describe("subscriptions on the live connection (reference counting)", () => {
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
+    gw.server.lastStream().connected();
     await settle();
     const off = c.subscribe("x", () => {});
     off();
     c.subscribe("x", () => {});
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"] }]);
   });
 
   it("one request at a time; changes made meanwhile follow in the next one", async () => {
     let release!: () => void;
-    server.subscriptionReplies.push(
+    gw.server.subscriptionReplies.push(
       (call) =>
         new Promise((resolve) => {
-          release = () => resolve(server.changeSubscriptions(call));
+          release = () => resolve(gw.server.changeSubscriptions(call));
         }),
     );
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
+    gw.server.lastStream().connected();
     await settle();
     c.subscribe("b", () => {});
     await settle();
     c.subscribe("c", () => {});
     await settle();
-    expect(server.subscriptionCalls()).toHaveLength(1);
+    expect(gw.server.subscriptionCalls()).toHaveLength(1);
     release();
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["b"] }, { add: ["c"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["b"] }, { add: ["c"] }]);
   });
 
   it("a request left hanging by a dead connection does not hold up the next connection", async () => {
-    server.subscriptionReplies.push("hang");
+    gw.server.subscriptionReplies.push("hang");
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected("c_1");
+    gw.server.lastStream().connected("c_1");
     await settle();
     c.subscribe("b", () => {});
     await settle();
-    server.lastStream().fail();
+    gw.server.lastStream().fail();
     await settle();
     await advance(1000);
-    expect(server.streamCalls()[1]!.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
+    expect(gw.server.streamCalls()[1]!.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
     c.subscribe("c", () => {}); // while connecting
     await settle();
-    server.lastStream().connected("c_2");
+    gw.server.lastStream().connected("c_2");
     await settle();
-    expect(server.subscriptionCalls().map((x) => [x.url.pathname, x.body])).toEqual([
+    expect(gw.server.subscriptionCalls().map((x) => [x.url.pathname, x.body])).toEqual([
       ["/v1/connections/c_1/subscriptions", { add: ["b"] }],
       ["/v1/connections/c_2/subscriptions", { add: ["c"] }],
     ]);
@@ -503,23 +477,23 @@ describe("subscriptions on the live connection (reference counting)", () => {
     const errors: RealtimeError[] = [];
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected("c_1");
+    gw.server.lastStream().connected("c_1");
     await settle();
-    server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["s"] }));
+    gw.server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["s"] }));
     c.subscribe("s", () => {}, { onError: (e) => errors.push(e) });
     c.subscribe("t", () => {});
     await settle();
     expect(errors.map((e) => e.channels)).toEqual([["s"]]);
     // A refused request changes nothing: t goes again on its own.
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["s", "t"] }, { add: ["t"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["s", "t"] }, { add: ["t"] }]);
 
-    server.lastStream().deliver(envelope("4", "a"));
+    gw.server.lastStream().deliver(envelope("4", "a"));
     await settle();
-    server.subscriptionReplies.push(apiError(404, "connection_not_found"));
+    gw.server.subscriptionReplies.push(apiError(404, "connection_not_found"));
     c.subscribe("u", () => {});
     await settle();
-    expect(server.streamCalls()).toHaveLength(2);
-    const again = server.streamCalls()[1]!;
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    const again = gw.server.streamCalls()[1]!;
     expect(again.url.searchParams.getAll("channel")).toEqual(["a", "t", "u"]);
     expect(again.headers.get("last-event-id")).toBe("4");
   });
@@ -528,7 +502,7 @@ describe("subscriptions on the live connection (reference counting)", () => {
     const c = client();
     const off = c.subscribe("a", () => {});
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected();
     s.deliver(envelope("8", "a"));
     await settle();
@@ -536,10 +510,10 @@ describe("subscriptions on the live connection (reference counting)", () => {
     await settle();
     expect(s.closed).toBe(true);
     expect(c.state).toEqual({ status: "idle" });
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
     c.subscribe("b", () => {});
     await settle();
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("8");
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("8");
   });
 });
 
@@ -549,19 +523,19 @@ describe("browser signals", () => {
     const c = client({ environment: env });
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("3", "a"));
+    gw.server.lastStream().connected();
+    gw.server.lastStream().deliver(envelope("3", "a"));
     await settle();
     env.setOnline(false);
     await settle();
     expect(c.state).toEqual({ status: "offline", reason: "network" });
-    expect(server.lastStream().closed).toBe(true);
+    expect(gw.server.lastStream().closed).toBe(true);
     await advance(60_000);
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()).toHaveLength(1);
     env.setOnline(true);
     await settle();
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("3");
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("3");
   });
 
   it("starts offline when the browser is offline", async () => {
@@ -571,7 +545,7 @@ describe("browser signals", () => {
     c.subscribe("a", () => {});
     await settle();
     expect(c.state).toEqual({ status: "offline", reason: "network" });
-    expect(server.calls).toHaveLength(0);
+    expect(gw.server.calls).toHaveLength(0);
   });
 
   it("hidden-tab policy pause: closes after N ms hidden, resumes when visible", async () => {
@@ -579,8 +553,8 @@ describe("browser signals", () => {
     const c = client({ environment: env, hiddenTabPolicy: "pause", hiddenPauseAfterMs: 10_000 });
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("6", "a"));
+    gw.server.lastStream().connected();
+    gw.server.lastStream().deliver(envelope("6", "a"));
     await settle();
     env.setHidden(true);
     await advance(9_000);
@@ -590,11 +564,11 @@ describe("browser signals", () => {
     expect(c.state.status).toBe("connected");
     await advance(1);
     expect(c.state).toEqual({ status: "offline", reason: "hidden" });
-    expect(server.lastStream().closed).toBe(true);
+    expect(gw.server.lastStream().closed).toBe(true);
     env.setHidden(false);
     await settle();
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("6");
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("6");
   });
 
   it("hidden-tab policy keep (default) never pauses", async () => {
@@ -602,7 +576,7 @@ describe("browser signals", () => {
     const c = client({ environment: env });
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().connected("c_1", undefined, 0);
+    gw.server.lastStream().connected("c_1", undefined, 0);
     env.setHidden(true);
     await advance(600_000);
     expect(c.state.status).toBe("connected");
@@ -616,7 +590,7 @@ describe("browser signals", () => {
     expect(env.listenerCount()).toBeGreaterThan(0);
     c.close();
     expect(env.listenerCount()).toBe(0);
-    expect(server.lastStream().closed).toBe(true);
+    expect(gw.server.lastStream().closed).toBe(true);
     expect(c.state).toEqual({ status: "closed", reason: "client" });
     expect(c.closed).toBe(true);
   });
@@ -624,7 +598,7 @@ describe("browser signals", () => {
 
 describe("long-poll fallback", () => {
   it("no connected within 5 s → polls; tries streaming again after 60 s", async () => {
-    server.streamReplies.push("hang"); // a proxy holding the whole response
+    gw.server.streamReplies.push("hang"); // a proxy holding the whole response
     const c = client();
     const got: string[] = [];
     const gaps: GapInfo[] = [];
@@ -633,10 +607,10 @@ describe("long-poll fallback", () => {
     c.subscribe("b", () => {});
     await settle();
     await advance(4999);
-    expect(server.pollCalls()).toHaveLength(0);
+    expect(gw.server.pollCalls()).toHaveLength(0);
 
     const empty = response(200, { events: [], last_event_id: "90", gap: false });
-    server.pollReplies.push(
+    gw.server.pollReplies.push(
       response(200, { events: [], last_event_id: "10", gap: false }),
       response(200, { events: [envelope("11"), envelope("12")], last_event_id: "14", gap: false }),
       response(200, { events: [envelope("90")], last_event_id: "90", gap: true, oldest_id: "90" }),
@@ -645,9 +619,9 @@ describe("long-poll fallback", () => {
       later(25_000, empty),
     );
     await advance(1);
-    expect(server.streamCalls()[0]!.signal!.aborted).toBe(true);
-    expect(server.pollCalls()).toHaveLength(4);
-    const [p0, p1, p2, p3] = server.pollCalls().map((x) => x.url.searchParams);
+    expect(gw.server.streamCalls()[0]!.signal!.aborted).toBe(true);
+    expect(gw.server.pollCalls()).toHaveLength(4);
+    const [p0, p1, p2, p3] = gw.server.pollCalls().map((x) => x.url.searchParams);
     // The first poll answers at once so the state shows connected without a 25 s wait.
     expect(p0!.getAll("channel")).toEqual(["b", "logs:w1:f1"]);
     expect(p0!.get("timeout_ms")).toBe("0");
@@ -662,14 +636,14 @@ describe("long-poll fallback", () => {
     expect(c.lastEventId).toBe("90");
 
     await advance(50_000);
-    expect(server.pollCalls()).toHaveLength(6);
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(gw.server.pollCalls()).toHaveLength(6);
+    expect(gw.server.streamCalls()).toHaveLength(1);
     // 75 s after the switch, the next cycle streams again, resuming from the poll position.
     await advance(25_000);
-    expect(server.pollCalls()).toHaveLength(6);
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("90");
-    server.lastStream().connected();
+    expect(gw.server.pollCalls()).toHaveLength(6);
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("90");
+    gw.server.lastStream().connected();
     await settle();
     expect(c.state).toEqual({ status: "connected", transport: "stream" });
   });
@@ -678,48 +652,48 @@ describe("long-poll fallback", () => {
     const c = client({ pollFallbackAfterMs: 2000 });
     c.subscribe("a", () => {});
     await settle();
-    server.lastStream().write(": ok\n\n"); // a prefix, then nothing
+    gw.server.lastStream().write(": ok\n\n"); // a prefix, then nothing
     await advance(2000);
-    expect(server.lastStream().closed).toBe(true);
-    expect(server.pollCalls()).toHaveLength(1);
+    expect(gw.server.lastStream().closed).toBe(true);
+    expect(gw.server.pollCalls()).toHaveLength(1);
   });
 
   it("a subscription change while polling polls again with the new set", async () => {
-    server.streamReplies.push("hang");
+    gw.server.streamReplies.push("hang");
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.pollReplies.push(response(200, { events: [], last_event_id: "1", gap: false }));
+    gw.server.pollReplies.push(response(200, { events: [], last_event_id: "1", gap: false }));
     await advance(5000);
-    expect(server.pollCalls()).toHaveLength(2); // primed, now waiting
+    expect(gw.server.pollCalls()).toHaveLength(2); // primed, now waiting
     c.subscribe("b", () => {});
     await settle();
-    expect(server.pollCalls()).toHaveLength(3);
-    expect(server.pollCalls()[2]!.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
-    expect(server.pollCalls()[2]!.url.searchParams.get("last_event_id")).toBe("1");
+    expect(gw.server.pollCalls()).toHaveLength(3);
+    expect(gw.server.pollCalls()[2]!.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
+    expect(gw.server.pollCalls()[2]!.url.searchParams.get("last_event_id")).toBe("1");
   });
 
   it("a failed poll backs off, and the next answer shows connected again", async () => {
-    server.streamReplies.push("hang");
+    gw.server.streamReplies.push("hang");
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    server.pollReplies.push(response(200, { events: [], last_event_id: "3", gap: false }), "network");
+    gw.server.pollReplies.push(response(200, { events: [], last_event_id: "3", gap: false }), "network");
     await advance(5000);
     expect(c.state).toEqual({ status: "reconnecting", reason: "network", attempt: 1, delayMs: 500 });
-    server.pollReplies.push(response(200, { events: [], last_event_id: "3", gap: false }));
+    gw.server.pollReplies.push(response(200, { events: [], last_event_id: "3", gap: false }));
     await advance(500);
     expect(c.state).toEqual({ status: "connected", transport: "poll" });
-    const [, second, third, fourth] = server.pollCalls().map((x) => x.url.searchParams.get("timeout_ms"));
+    const [, second, third, fourth] = gw.server.pollCalls().map((x) => x.url.searchParams.get("timeout_ms"));
     expect([second, third, fourth]).toEqual(["25000", "0", "25000"]);
   });
 
   it("pollFallbackAfterMs: 0 never polls", async () => {
-    server.streamReplies.push("hang");
+    gw.server.streamReplies.push("hang");
     const c = client({ pollFallbackAfterMs: 0 });
     c.subscribe("a", () => {});
     await advance(60_000);
-    expect(server.pollCalls()).toHaveLength(0);
+    expect(gw.server.pollCalls()).toHaveLength(0);
     expect(c.state.status).toBe("connecting");
   });
 });

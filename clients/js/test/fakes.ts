@@ -1,15 +1,20 @@
 /**
  * Test doubles, written once: a gateway behind a fake `fetch` (streams the test controls, or
  * an automatic mode that behaves like the real log: ids, replay after Last-Event-ID, live
- * delivery, subscription changes), Web Locks, a BroadcastChannel bus, and a window.
+ * delivery, subscription changes), Web Locks, a BroadcastChannel bus, and a window; and
+ * `useFakeGateway`, the per-test setup of a test file (fake time, a new gateway, clients
+ * closed after each test).
  */
 
-import { vi } from "vitest";
+import { afterEach, beforeEach, vi } from "vitest";
 import { subscriptionMatches } from "../src/channels.js";
+import { createClient } from "../src/client.js";
 import type {
   BroadcastChannelLike,
+  ClientOptions,
   Environment,
   LocksLike,
+  RealtimeClient,
   RealtimeEvent,
 } from "../src/types.js";
 
@@ -367,6 +372,101 @@ export class FakeServer {
     }
     return response(200, { channels: [...s.channels].sort() });
   }
+}
+
+// ---- per-test setup -------------------------------------------------------------------------
+
+/** The fake gateway's origin. */
+export const GATEWAY_URL = "http://gw.test";
+
+/**
+ * A client of `server` as the tests make it: one tab on its own (no sharing), no window, and
+ * `random` 0.5 (backoff 1000 ms after the gateway's `retry: 2000`).
+ */
+export function clientOptions(server: FakeServer): ClientOptions {
+  return {
+    url: GATEWAY_URL,
+    fetch: server.fetch,
+    random: () => 0.5,
+    environment: null,
+    shareAcrossTabs: false,
+  };
+}
+
+/** What `useFakeGateway` gives a test file; `server` is the running test's. */
+export interface FakeGateway {
+  readonly server: FakeServer;
+  /** A client with `clientOptions`, then `options`; closed after the test. */
+  client(options?: Partial<ClientOptions>): RealtimeClient;
+  /** Tabs of one browser sharing a stream (leader mode): new Web Locks and a new bus. */
+  browser(): FakeBrowser;
+  /** Closes these clients after the test (with the others, before the ports). */
+  closeAfter(...clients: RealtimeClient[]): void;
+  /** Closes these ports after the test, after the clients. */
+  closePortsAfter(...ports: { close(): void }[]): void;
+}
+
+export interface FakeBrowser {
+  locks: FakeLocks;
+  bus: FakeBus;
+  /** A tab: its own fetch (`fetchFor(label)`), Web Locks and BroadcastChannels; leader mode. */
+  tab(label: string, options?: Partial<ClientOptions>): RealtimeClient;
+}
+
+/**
+ * Registers the hooks of a test file: before each test fake time and a new `FakeServer` (in
+ * auto mode with `auto`); after it, the clients closed, then the ports, then real timers.
+ */
+export function useFakeGateway(options: { auto?: boolean } = {}): FakeGateway {
+  let server: FakeServer | undefined;
+  let clients: RealtimeClient[] = [];
+  let ports: { close(): void }[] = [];
+
+  beforeEach(() => {
+    useFakeTime();
+    server = new FakeServer();
+    if (options.auto) server.auto = true;
+    clients = [];
+    ports = [];
+  });
+
+  afterEach(() => {
+    for (const c of clients) c.close();
+    for (const p of ports) p.close();
+    vi.useRealTimers();
+  });
+
+  const gateway: FakeGateway = {
+    get server(): FakeServer {
+      if (!server) throw new Error("the fake gateway exists inside a test only");
+      return server;
+    },
+    client(more = {}) {
+      const c = createClient({ ...clientOptions(gateway.server), ...more });
+      clients.push(c);
+      return c;
+    },
+    browser() {
+      const locks = new FakeLocks();
+      const bus = new FakeBus();
+      const tab = (label: string, more: Partial<ClientOptions> = {}) =>
+        gateway.client({
+          shareAcrossTabs: undefined,
+          fetch: gateway.server.fetchFor(label),
+          locks: locks.for(label),
+          broadcastChannel: bus.factory(label),
+          ...more,
+        });
+      return { locks, bus, tab };
+    },
+    closeAfter(...more) {
+      clients.push(...more);
+    },
+    closePortsAfter(...more) {
+      ports.push(...more);
+    },
+  };
+  return gateway;
 }
 
 // ---- browser doubles ------------------------------------------------------------------------

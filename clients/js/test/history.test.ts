@@ -1,50 +1,9 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { createClient } from "../src/client.js";
-import type {
-  ClientOptions,
-  GapInfo,
-  RealtimeClient,
-  SharingState,
-  SubscriptionState,
-} from "../src/types.js";
-import {
-  FakeBus,
-  FakeLocks,
-  FakeServer,
-  advance,
-  apiError,
-  envelope,
-  response,
-  settle,
-  useFakeTime,
-} from "./fakes.js";
+import { describe, expect, it } from "vitest";
+import type { GapInfo, RealtimeClient, SharingState, SubscriptionState } from "../src/types.js";
+import { advance, apiError, envelope, response, settle, useFakeGateway } from "./fakes.js";
 
-let server: FakeServer;
-let clients: RealtimeClient[];
-
-beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  clients = [];
-});
-
-afterEach(() => {
-  for (const c of clients) c.close();
-  vi.useRealTimers();
-});
-
-function client(options: Partial<ClientOptions> = {}): RealtimeClient {
-  const c = createClient({
-    url: "http://gw.test",
-    fetch: server.fetch,
-    random: () => 0.5,
-    environment: null,
-    shareAcrossTabs: false,
-    ...options,
-  });
-  clients.push(c);
-  return c;
-}
+const gw = useFakeGateway();
+const client = gw.client;
 
 function collect(c: RealtimeClient, channel: string, options?: { since?: string; history?: number }): string[] {
   const ids: string[] = [];
@@ -58,11 +17,11 @@ describe("since / history at connect", () => {
     collect(c, "a", { history: 50 });
     collect(c, "b", { history: 50 });
     await settle();
-    const first = server.streamCalls()[0]!.url.searchParams;
+    const first = gw.server.streamCalls()[0]!.url.searchParams;
     expect(first.getAll("channel")).toEqual(["a", "b"]);
     expect(first.get("history")).toBe("50");
     expect(first.get("since")).toBeNull();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected("c_1", undefined, 15000, "9");
     s.deliver(envelope("3", "a")); // history events come as normal events, with ids
     s.deliver(envelope("7", "b"));
@@ -71,25 +30,25 @@ describe("since / history at connect", () => {
     s.fail();
     await advance(1000);
     // The reconnect resumes: no history again.
-    const again = server.streamCalls()[1]!;
+    const again = gw.server.streamCalls()[1]!;
     expect(again.url.searchParams.get("history")).toBeNull();
     expect(again.headers.get("last-event-id")).toBe("7");
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
   });
 
   it("since= in the URL when every channel starts after the same id", async () => {
     const c = client();
     collect(c, "a", { since: "40" });
     await settle();
-    const call = server.streamCalls()[0]!;
+    const call = gw.server.streamCalls()[0]!;
     expect(call.url.searchParams.get("since")).toBe("40");
     expect(call.headers.get("last-event-id")).toBeNull();
     // Broken before any event: the reconnect resumes from `since` (not from now, not again with since=).
-    server.lastStream().connected("c_1", undefined, 15000, "90");
+    gw.server.lastStream().connected("c_1", undefined, 15000, "90");
     await settle();
-    server.lastStream().fail();
+    gw.server.lastStream().fail();
     await advance(1000);
-    const again = server.streamCalls()[1]!;
+    const again = gw.server.streamCalls()[1]!;
     expect(again.url.searchParams.get("since")).toBeNull();
     expect(again.headers.get("last-event-id")).toBe("40");
   });
@@ -101,17 +60,17 @@ describe("since / history at connect", () => {
     collect(c, "h2", { history: 10 });
     collect(c, "s", { since: "5" });
     await settle();
-    const url = server.streamCalls()[0]!.url.searchParams;
+    const url = gw.server.streamCalls()[0]!.url.searchParams;
     expect(url.getAll("channel")).toEqual(["plain"]);
     expect(url.get("history")).toBeNull();
     expect(url.get("since")).toBeNull();
-    server.lastStream().connected("c_1");
+    gw.server.lastStream().connected("c_1");
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([
       { add: ["s"], since: "5" },
       { add: ["h1", "h2"], history: 10 },
     ]);
-    expect(server.lastStream().channels).toEqual(new Set(["plain", "h1", "h2", "s"]));
+    expect(gw.server.lastStream().channels).toEqual(new Set(["plain", "h1", "h2", "s"]));
   });
 
   it("a resume position and new channels with options: only the resumable ones in the URL", async () => {
@@ -119,19 +78,19 @@ describe("since / history at connect", () => {
     collect(c, "old");
     collect(c, "new", { history: 3 });
     await settle();
-    const call = server.streamCalls()[0]!;
+    const call = gw.server.streamCalls()[0]!;
     expect(call.url.searchParams.getAll("channel")).toEqual(["old"]);
     expect(call.headers.get("last-event-id")).toBe("12");
-    server.lastStream().connected();
+    gw.server.lastStream().connected();
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["new"], history: 3 }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["new"], history: 3 }]);
   });
 
   it("every channel new with options: opens with them and without the old position", async () => {
     const c = client({ lastEventId: "12" });
     collect(c, "x", { history: 3 });
     await settle();
-    const call = server.streamCalls()[0]!;
+    const call = gw.server.streamCalls()[0]!;
     expect(call.url.searchParams.get("history")).toBe("3");
     expect(call.headers.get("last-event-id")).toBeNull();
   });
@@ -140,39 +99,39 @@ describe("since / history at connect", () => {
     const c = client();
     collect(c, "a");
     await settle();
-    server.lastStream().connected("c_1", undefined, 15000, "77");
+    gw.server.lastStream().connected("c_1", undefined, 15000, "77");
     await settle();
     expect(c.lastEventId).toBe("77");
-    server.lastStream().fail();
+    gw.server.lastStream().fail();
     await advance(1000);
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("77");
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("77");
   });
 });
 
 describe("since / history on the live connection", () => {
   it("POST body since/history, history frames delivered without moving the position, no history after a reconnect", async () => {
-    server.auto = true;
-    for (let i = 0; i < 6; i++) server.publish(i % 2 ? "b" : "a");
+    gw.server.auto = true;
+    for (let i = 0; i < 6; i++) gw.server.publish(i % 2 ? "b" : "a");
     const c = client();
     const a = collect(c, "a");
     await settle();
     const b = collect(c, "b", { since: "2", history: 2 });
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["b"], since: "2", history: 2 }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["b"], since: "2", history: 2 }]);
     // b's events after 2 are 4 and 6; the last 2 of them.
     expect(b).toEqual(["4", "6"]);
     expect(a).toEqual([]);
     expect(c.lastEventId).toBe("6"); // the stream's start, unchanged by history frames
-    server.publish("b");
+    gw.server.publish("b");
     await settle();
     expect(b).toEqual(["4", "6", "7"]);
-    server.lastStream().fail();
+    gw.server.lastStream().fail();
     await advance(1000);
-    const again = server.streamCalls()[1]!;
+    const again = gw.server.streamCalls()[1]!;
     expect(again.url.searchParams.getAll("channel")).toEqual(["a", "b"]);
     expect(again.url.searchParams.get("history")).toBeNull();
     expect(again.headers.get("last-event-id")).toBe("7");
-    expect(server.subscriptionCalls()).toHaveLength(1);
+    expect(gw.server.subscriptionCalls()).toHaveLength(1);
     expect(b).toEqual(["4", "6", "7"]);
   });
 
@@ -180,7 +139,7 @@ describe("since / history on the live connection", () => {
     const c = client();
     collect(c, "a");
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected();
     await settle();
     const first = collect(c, "b", { history: 5 });
@@ -201,17 +160,17 @@ describe("history frames and resubscription", () => {
     const ids: string[] = [];
     const off = c.subscribe("b", (e) => ids.push(e.id));
     await settle();
-    const s = server.lastStream();
+    const s = gw.server.lastStream();
     s.connected("c_1");
     s.deliver(envelope("3", "b"));
     await settle();
     off();
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["b"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["b"] }]);
     const again: string[] = [];
     c.subscribe("b", (e) => again.push(e.id), { history: 5 });
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["b"] }, { add: ["b"], history: 5 }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["b"] }, { add: ["b"], history: 5 }]);
     s.history(envelope("3", "b"));
     s.history(envelope("3", "b"));
     s.deliver(envelope("4", "b"));
@@ -223,17 +182,17 @@ describe("history frames and resubscription", () => {
 
 describe("long-polling", () => {
   it("since/history cannot be honoured by a poll: the subscriber gets a gap naming the channel", async () => {
-    server.streamReplies.push("hang");
+    gw.server.streamReplies.push("hang");
     const c = client();
     const gaps: GapInfo[] = [];
     c.subscribe("a", () => {}, { since: "4", onGap: (g) => gaps.push(g) });
     c.subscribe("h", () => {}, { history: 3, onGap: (g) => gaps.push(g) });
     c.subscribe("p", () => {});
     await settle();
-    server.pollReplies.push(response(200, { events: [], last_event_id: "9", gap: false }));
+    gw.server.pollReplies.push(response(200, { events: [], last_event_id: "9", gap: false }));
     await advance(5000);
-    expect(server.pollCalls()).toHaveLength(2);
-    expect(server.pollCalls()[0]!.url.searchParams.get("last_event_id")).toBeNull();
+    expect(gw.server.pollCalls()).toHaveLength(2);
+    expect(gw.server.pollCalls()[0]!.url.searchParams.get("last_event_id")).toBeNull();
     expect(gaps).toEqual([
       { lastEventId: "4", oldestId: null, channel: "a" },
       { lastEventId: "", oldestId: null, channel: "h" },
@@ -242,30 +201,30 @@ describe("long-polling", () => {
   });
 
   it("every channel of a poll new with the same since: the poll starts there, no gap", async () => {
-    server.streamReplies.push("hang");
+    gw.server.streamReplies.push("hang");
     const c = client();
     const gaps: GapInfo[] = [];
     const got: string[] = [];
     c.subscribe("a", (e) => got.push(e.id), { since: "4", onGap: (g) => gaps.push(g) });
     c.subscribe("b", () => {}, { since: "4", onGap: (g) => gaps.push(g) });
     await settle();
-    server.pollReplies.push(response(200, { events: [envelope("5", "a")], last_event_id: "9", gap: false }));
+    gw.server.pollReplies.push(response(200, { events: [envelope("5", "a")], last_event_id: "9", gap: false }));
     await advance(5000);
-    const polls = server.pollCalls().map((x) => x.url.searchParams.get("last_event_id"));
+    const polls = gw.server.pollCalls().map((x) => x.url.searchParams.get("last_event_id"));
     expect(polls).toEqual(["4", "9"]);
     expect(gaps).toEqual([]);
     expect(got).toEqual(["5"]);
   });
 
   it("a fetch without a streaming body (React Native) long-polls at once instead of retrying forever", async () => {
-    server.streamReplies.push(
+    gw.server.streamReplies.push(
       response(200, undefined, { "content-type": "text/event-stream" }),
     );
     const c = client();
     c.subscribe("a", () => {});
     await settle();
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.pollCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()).toHaveLength(1);
+    expect(gw.server.pollCalls()).toHaveLength(1);
   });
 });
 
@@ -278,21 +237,21 @@ describe("subscription state", () => {
     const off = c.subscribe("a", () => {});
     expect(c.subscriptionState("a")).toEqual({ status: "pending", error: null });
     await settle();
-    server.lastStream().connected("c_1");
+    gw.server.lastStream().connected("c_1");
     await settle();
     expect(c.subscriptionState("a")).toEqual({ status: "subscribed", error: null });
-    server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["s"] }));
+    gw.server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["s"] }));
     c.subscribe("s", () => {});
     await settle();
     const refused = c.subscriptionState("s")!;
     expect(refused.status).toBe("refused");
     expect(refused.error!.code).toBe("forbidden_channel");
-    server.lastStream().fail();
+    gw.server.lastStream().fail();
     await settle();
     expect(c.subscriptionState("a")!.status).toBe("pending");
     expect(c.subscriptionState("s")!.status).toBe("refused");
     await advance(1000);
-    server.lastStream().connected("c_2");
+    gw.server.lastStream().connected("c_2");
     await settle();
     expect(c.subscriptionState("a")!.status).toBe("subscribed");
     off();
@@ -307,7 +266,7 @@ describe("subscription state", () => {
   });
 
   it("an error of the whole request is kept on the pending channels until they are subscribed", async () => {
-    server.streamReplies.push(apiError(400, "too_many_channels"));
+    gw.server.streamReplies.push(apiError(400, "too_many_channels"));
     const c = client();
     c.subscribe("a", () => {});
     await settle();
@@ -315,7 +274,7 @@ describe("subscription state", () => {
     expect(s.status).toBe("pending");
     expect(s.error!.code).toBe("too_many_channels");
     await advance(1000);
-    server.lastStream().connected();
+    gw.server.lastStream().connected();
     await settle();
     expect(c.subscriptionState("a")).toEqual({ status: "subscribed", error: null });
   });
@@ -335,16 +294,8 @@ describe("sharing state", () => {
   });
 
   it("leader mode: each tab hears when it takes the stream", async () => {
-    const locks = new FakeLocks();
-    const bus = new FakeBus();
-    server.auto = true;
-    const tab = (label: string) =>
-      client({
-        shareAcrossTabs: undefined,
-        fetch: server.fetchFor(label),
-        locks: locks.for(label),
-        broadcastChannel: bus.factory(label),
-      });
+    const { tab } = gw.browser();
+    gw.server.auto = true;
     const a = tab("A");
     const b = tab("B");
     const bSeen: SharingState[] = [];
@@ -364,24 +315,16 @@ describe("sharing state", () => {
   });
 
   it("leader mode: a follower's since/history reach the leader's subscription request", async () => {
-    const locks = new FakeLocks();
-    const bus = new FakeBus();
-    server.auto = true;
-    for (let i = 0; i < 4; i++) server.publish("y");
-    const tab = (label: string) =>
-      client({
-        shareAcrossTabs: undefined,
-        fetch: server.fetchFor(label),
-        locks: locks.for(label),
-        broadcastChannel: bus.factory(label),
-      });
+    const { tab } = gw.browser();
+    gw.server.auto = true;
+    for (let i = 0; i < 4; i++) gw.server.publish("y");
     const a = tab("A");
     const b = tab("B");
     const ax = collect(a, "x");
     await settle();
     const by = collect(b, "y", { history: 2 });
     await settle();
-    expect(server.subscriptionCalls().map((x) => [x.tab, x.body])).toEqual([["A", { add: ["y"], history: 2 }]]);
+    expect(gw.server.subscriptionCalls().map((x) => [x.tab, x.body])).toEqual([["A", { add: ["y"], history: 2 }]]);
     expect(by).toEqual(["3", "4"]);
     expect(ax).toEqual([]);
   });
@@ -392,21 +335,21 @@ describe("a closed client", () => {
     const c = client();
     const first = collect(c, "a");
     await settle();
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("5", "a"));
+    gw.server.lastStream().connected();
+    gw.server.lastStream().deliver(envelope("5", "a"));
     await settle();
     c.close();
     expect(c.closed).toBe(true);
-    expect(server.lastStream().closed).toBe(true);
+    expect(gw.server.lastStream().closed).toBe(true);
     const states: string[] = [];
     c.onState((s) => states.push(s.status));
     const again = collect(c, "a");
     expect(c.closed).toBe(false);
     await settle();
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.headers.get("last-event-id")).toBe("5");
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("6", "a"));
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.headers.get("last-event-id")).toBe("5");
+    gw.server.lastStream().connected();
+    gw.server.lastStream().deliver(envelope("6", "a"));
     await settle();
     expect(first).toEqual(["5"]);
     expect(again).toEqual(["6"]);
@@ -416,13 +359,13 @@ describe("a closed client", () => {
 
 describe("a since the gateway does not know (400 invalid_last_event_id)", () => {
   it("in the stream URL: the channel starts from now, with a gap naming it", async () => {
-    server.streamReplies.push(apiError(400, "invalid_last_event_id"));
+    gw.server.streamReplies.push(apiError(400, "invalid_last_event_id"));
     const c = client();
     const gaps: GapInfo[] = [];
     c.subscribe("a", () => {}, { since: "999", onGap: (g) => gaps.push(g) });
     await settle();
     expect(gaps).toEqual([{ lastEventId: "999", oldestId: null, channel: "a" }]);
-    const again = server.streamCalls()[1]!;
+    const again = gw.server.streamCalls()[1]!;
     expect(again.url.searchParams.get("since")).toBeNull();
     expect(again.headers.get("last-event-id")).toBeNull();
   });
@@ -431,53 +374,45 @@ describe("a since the gateway does not know (400 invalid_last_event_id)", () => 
     const c = client();
     c.subscribe("x", () => {});
     await settle();
-    server.lastStream().connected("c_1");
+    gw.server.lastStream().connected("c_1");
     await settle();
-    server.subscriptionReplies.push(apiError(400, "invalid_last_event_id"));
+    gw.server.subscriptionReplies.push(apiError(400, "invalid_last_event_id"));
     const gaps: GapInfo[] = [];
     c.subscribe("a", () => {}, { since: "999", onGap: (g) => gaps.push(g) });
     await settle();
     expect(gaps).toEqual([{ lastEventId: "999", oldestId: null, channel: "a" }]);
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["a"], since: "999" }, { add: ["a"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["a"], since: "999" }, { add: ["a"] }]);
     expect(c.subscriptionState("a")!.status).toBe("subscribed");
   });
 });
 
 describe("since / history and a new leader tab", () => {
   it("a new leader resumes a channel whose history was delivered (Last-Event-ID, no history again)", async () => {
-    const locks = new FakeLocks();
-    const bus = new FakeBus();
-    server.auto = true;
-    for (let i = 0; i < 5; i++) server.publish("x");
-    const tab = (label: string) =>
-      client({
-        shareAcrossTabs: undefined,
-        fetch: server.fetchFor(label),
-        locks: locks.for(label),
-        broadcastChannel: bus.factory(label),
-      });
+    const { tab } = gw.browser();
+    gw.server.auto = true;
+    for (let i = 0; i < 5; i++) gw.server.publish("x");
     const a = tab("A");
     const b = tab("B");
     const ax = collect(a, "x", { history: 2 });
     await settle();
     const bx = collect(b, "x", { history: 2 });
     await settle();
-    expect(server.streamCalls()[0]!.url.searchParams.get("history")).toBe("2");
+    expect(gw.server.streamCalls()[0]!.url.searchParams.get("history")).toBe("2");
     expect(ax).toEqual(["4", "5"]);
     // B joined a channel A already streamed: its history over REST (B's own request).
     expect(bx).toEqual(["4", "5"]);
-    expect(server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
-    server.publish("x");
+    expect(gw.server.historyCalls().map((x) => x.tab)).toEqual(["B"]);
+    gw.server.publish("x");
     await settle();
     a.close();
     await settle();
-    server.publish("x");
+    gw.server.publish("x");
     await settle();
-    const taken = server.streamCalls()[1]!;
+    const taken = gw.server.streamCalls()[1]!;
     expect(taken.tab).toBe("B");
     expect(taken.url.searchParams.get("history")).toBeNull();
     expect(taken.headers.get("last-event-id")).toBe("6");
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(gw.server.subscriptionCalls()).toHaveLength(0);
     expect(bx).toEqual(["4", "5", "6", "7"]);
   });
 });

@@ -1,7 +1,7 @@
 // The SharedWorker mode: the worker-side hub (hub.ts) and the tab side (shared.ts), talking over
 // real MessagePorts (Node's MessageChannel), with the fake gateway behind the hub's fetch.
 import { MessageChannel, type MessagePort } from "node:worker_threads";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createClient } from "../src/client.js";
 import { WorkerHub, type ToTab, type ToWorker, type WireConfig } from "../src/hub.js";
 import { PING_MS } from "../src/shared.js";
@@ -12,41 +12,34 @@ import type {
   RealtimeClient,
   SharedWorkerLike,
 } from "../src/types.js";
-import { FakeBus, FakeEnv, FakeLocks, FakeServer, advance, apiError, settle, useFakeTime } from "./fakes.js";
+import {
+  FakeBus,
+  FakeEnv,
+  FakeLocks,
+  GATEWAY_URL,
+  advance,
+  apiError,
+  settle,
+  useFakeGateway,
+} from "./fakes.js";
 
-const URL_ = "http://gw.test";
+const URL_ = GATEWAY_URL;
 const KEY = "ssegate:" + URL_;
 const X = "logs:w1:x";
 const Y = "logs:w1:y";
 
-let server: FakeServer;
+const gw = useFakeGateway({ auto: true });
 let hub: WorkerHub;
-let ports: MessagePort[];
-let clients: RealtimeClient[];
-
-beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  server.auto = true;
-  ports = [];
-  clients = [];
-});
-
-afterEach(() => {
-  for (const c of clients) c.close();
-  for (const p of ports) p.close();
-  vi.useRealTimers();
-});
 
 function makeHub(options: ConstructorParameters<typeof WorkerHub>[0] = {}): WorkerHub {
-  hub = new WorkerHub({ fetch: server.fetchFor("worker"), random: () => 0.5, ...options });
+  hub = new WorkerHub({ fetch: gw.server.fetchFor("worker"), random: () => 0.5, ...options });
   return hub;
 }
 
 /** A MessageChannel whose one end the hub serves, as a SharedWorker's `connect` would. */
 function connectPort(): MessagePort {
   const { port1, port2 } = new MessageChannel();
-  ports.push(port1, port2);
+  gw.closePortsAfter(port1, port2);
   hub.connect(port2 as unknown as MessagePortLike);
   return port1;
 }
@@ -62,7 +55,7 @@ function tab(options: Partial<ClientOptions> = {}): RealtimeClient {
     random: () => 0.5,
     ...options,
   });
-  clients.push(c);
+  gw.closeAfter(c);
   return c;
 }
 
@@ -117,7 +110,7 @@ function collect(c: RealtimeClient, channel: string): string[] {
 
 /** Channel changes the gateway was asked for, in order. */
 function changes(): { add?: string[]; remove?: string[] }[] {
-  return server.subscriptionCalls().map((c) => c.body);
+  return gw.server.subscriptionCalls().map((c) => c.body);
 }
 
 /** Channels removed from the live connection, in order. */
@@ -136,9 +129,9 @@ describe("SharedWorker hub", () => {
     const bY = collect(b, Y);
     await flush();
 
-    expect(server.streamCalls().length).toBe(1);
+    expect(gw.server.streamCalls().length).toBe(1);
     expect(hub.tabCount(KEY)).toBe(2);
-    expect([...server.lastStream().channels].sort()).toEqual([X, Y]);
+    expect([...gw.server.lastStream().channels].sort()).toEqual([X, Y]);
     expect(a.state).toEqual({ status: "connected", transport: "stream" });
     expect(b.state).toEqual({ status: "connected", transport: "stream" });
     expect(a.isLeader || b.isLeader).toBe(false);
@@ -148,8 +141,8 @@ describe("SharedWorker hub", () => {
     offBX();
     await flush();
     expect(changes()).toEqual([{ add: [Y] }]);
-    const e1 = server.publish(X);
-    const e2 = server.publish(Y);
+    const e1 = gw.server.publish(X);
+    const e2 = gw.server.publish(Y);
     await flush();
     expect(aX).toEqual([e1.id]);
     expect(bY).toEqual([e2.id]);
@@ -158,7 +151,7 @@ describe("SharedWorker hub", () => {
     a.close();
     await flush();
     expect(changes()).toEqual([{ add: [Y] }, { remove: [X] }]);
-    expect(server.streamCalls().length).toBe(1);
+    expect(gw.server.streamCalls().length).toBe(1);
     expect(b.lastEventId).toBe(e2.id);
   });
 
@@ -171,12 +164,12 @@ describe("SharedWorker hub", () => {
     onY.sub(Y);
     onPattern.sub("logs:w1:*");
     await flush();
-    const e1 = server.publish(X);
-    const e2 = server.publish(Y);
-    const e3 = server.publish("logs:w2:z");
+    const e1 = gw.server.publish(X);
+    const e2 = gw.server.publish(Y);
+    const e3 = gw.server.publish("logs:w2:z");
     await flush();
 
-    expect(server.streamCalls().length).toBe(1);
+    expect(gw.server.streamCalls().length).toBe(1);
     expect(onX.events()).toEqual([e1.id]);
     expect(onY.events()).toEqual([e2.id]);
     expect(onPattern.events()).toEqual([e1.id, e2.id]);
@@ -196,14 +189,14 @@ describe("SharedWorker hub", () => {
     a.sub(X);
     b.sub(X, Y);
     await flush();
-    expect([...server.lastStream().channels].sort()).toEqual([X, Y]);
+    expect([...gw.server.lastStream().channels].sort()).toEqual([X, Y]);
 
     expect(removed()).toEqual([]);
     b.send({ t: "bye" });
     await flush();
     expect(removed()).toEqual([Y]);
     expect(hub.tabCount(KEY)).toBe(1);
-    const e = server.publish(X);
+    const e = gw.server.publish(X);
     await flush();
     expect(a.events()).toEqual([e.id]);
     expect(b.events()).toEqual([]);
@@ -212,7 +205,7 @@ describe("SharedWorker hub", () => {
     await flush();
     expect(hub.tabCount(KEY)).toBe(0);
     expect(hub.transport(KEY)).toBeUndefined();
-    expect(server.openStreams()).toEqual([]);
+    expect(gw.server.openStreams()).toEqual([]);
   });
 
   it("a tab silent for the timeout is forgotten; a live tab's pings keep it; a forgotten tab is asked to say hello again", async () => {
@@ -222,7 +215,7 @@ describe("SharedWorker hub", () => {
     const silent = new RawTab();
     silent.sub(Y);
     await flush();
-    expect([...server.lastStream().channels].sort()).toEqual([X, Y]);
+    expect([...gw.server.lastStream().channels].sort()).toEqual([X, Y]);
 
     await advance(2 * PING_MS);
     await flush();
@@ -232,7 +225,7 @@ describe("SharedWorker hub", () => {
     await flush();
     expect(hub.tabCount(KEY)).toBe(1);
     expect(removed()).toEqual([Y]);
-    const e = server.publish(X);
+    const e = gw.server.publish(X);
     await flush();
     expect(liveX).toEqual([e.id]);
 
@@ -249,7 +242,7 @@ describe("SharedWorker hub", () => {
     const aY = collect(a, Y);
     collect(b, X);
     await flush();
-    expect([...server.lastStream().channels].sort()).toEqual([X, Y]);
+    expect([...gw.server.lastStream().channels].sort()).toEqual([X, Y]);
 
     env.fire("pagehide");
     await flush();
@@ -259,11 +252,11 @@ describe("SharedWorker hub", () => {
     env.fire("pageshow");
     await flush();
     expect(hub.tabCount(KEY)).toBe(2);
-    expect([...server.lastStream().channels].sort()).toEqual([X, Y]);
-    const e = server.publish(Y);
+    expect([...gw.server.lastStream().channels].sort()).toEqual([X, Y]);
+    const e = gw.server.publish(Y);
     await flush();
     expect(aY).toEqual([e.id]);
-    expect(server.streamCalls().length).toBe(1);
+    expect(gw.server.streamCalls().length).toBe(1);
   });
 
   it("a tab whose lock the browser releases (it crashed) is dropped at once", async () => {
@@ -274,14 +267,14 @@ describe("SharedWorker hub", () => {
     collect(a, X);
     const bY = collect(b, Y);
     await flush();
-    expect([...server.lastStream().channels].sort()).toEqual([X, Y]);
+    expect([...gw.server.lastStream().channels].sort()).toEqual([X, Y]);
 
     expect(hub.tabCount(KEY)).toBe(2);
     locks.crash("A");
     await flush();
     expect(hub.tabCount(KEY)).toBe(1);
     expect(removed()).toEqual([X]);
-    const e = server.publish(Y);
+    const e = gw.server.publish(Y);
     await flush();
     expect(bY).toEqual([e.id]);
   });
@@ -296,15 +289,15 @@ describe("SharedWorker hub", () => {
         return Promise.resolve(`tok${++n}`);
       },
     });
-    server.streamReplies.push(apiError(401, "invalid_token"));
+    gw.server.streamReplies.push(apiError(401, "invalid_token"));
     const ids = collect(a, X);
     await flush(8);
 
-    const streams = server.streamCalls();
+    const streams = gw.server.streamCalls();
     expect(streams.map((c) => c.headers.get("authorization"))).toEqual(["Bearer tok1", "Bearer tok2"]);
     expect(reasons).toEqual(["connect", "unauthorized"]);
     expect(a.state.status).toBe("connected");
-    const e = server.publish(X);
+    const e = gw.server.publish(X);
     await flush();
     expect(ids).toEqual([e.id]);
   });
@@ -315,17 +308,17 @@ describe("SharedWorker hub", () => {
     mute.sub(X);
     await flush();
     expect(mute.of("token").map((m) => m.reason)).toEqual(["connect"]);
-    expect(server.streamCalls().length).toBe(0);
+    expect(gw.server.streamCalls().length).toBe(0);
 
     const b = tab({ getToken: () => "from-b" });
     collect(b, X);
     await flush();
     await advance(1900);
     await flush();
-    expect(server.streamCalls().length).toBe(0);
+    expect(gw.server.streamCalls().length).toBe(0);
     await advance(100);
     await flush();
-    expect(server.streamCalls().map((c) => c.headers.get("authorization"))).toEqual(["Bearer from-b"]);
+    expect(gw.server.streamCalls().map((c) => c.headers.get("authorization"))).toEqual(["Bearer from-b"]);
     expect(b.state.status).toBe("connected");
   });
 
@@ -346,8 +339,8 @@ describe("SharedWorker hub", () => {
     expect(ask?.reason).toBe("connect");
     second.send({ t: "token", req: ask!.req, token: "second" });
     await flush();
-    expect(server.streamCalls().map((c) => c.headers.get("authorization"))).toEqual(["Bearer second"]);
-    expect(server.streamCalls()[0]!.url.searchParams.getAll("channel")).toEqual([Y]);
+    expect(gw.server.streamCalls().map((c) => c.headers.get("authorization"))).toEqual(["Bearer second"]);
+    expect(gw.server.streamCalls()[0]!.url.searchParams.getAll("channel")).toEqual([Y]);
   });
 
   it("relays gaps (to the channel's tabs) and channel refusals to the tabs concerned", async () => {
@@ -360,12 +353,12 @@ describe("SharedWorker hub", () => {
     a.subscribe(X, () => {}, { onGap: (g) => gapsA.push(g) });
     b.subscribe(Y, () => {}, { onGap: (g) => gapsB.push(g) });
     await flush();
-    server.lastStream().control("gap", { last_event_id: "1", oldest_id: "5", channel: Y });
+    gw.server.lastStream().control("gap", { last_event_id: "1", oldest_id: "5", channel: Y });
     await flush();
     expect(gapsA).toEqual([]);
     expect(gapsB).toEqual([{ lastEventId: "1", oldestId: "5", channel: Y }]);
 
-    server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["secret:1"] }));
+    gw.server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["secret:1"] }));
     b.subscribe("secret:1", () => {}, { onError: (e) => errorsB.push(`${e.code} ${e.channels}`) });
     await flush();
     expect(errorsB).toEqual(["forbidden_channel secret:1"]);
@@ -380,15 +373,15 @@ describe("SharedWorker hub", () => {
     await flush();
     a.send({ t: "ctl", op: "reconnect" });
     await flush();
-    expect(server.streamCalls().length).toBe(2);
-    expect(server.openStreams().length).toBe(1);
+    expect(gw.server.streamCalls().length).toBe(2);
+    expect(gw.server.openStreams().length).toBe(1);
 
     a.send({ t: "sub", channels: [X], paused: true });
     await flush();
-    expect(server.openStreams().length).toBe(1);
+    expect(gw.server.openStreams().length).toBe(1);
     b.send({ t: "sub", channels: [Y], paused: true });
     await flush();
-    expect(server.openStreams().length).toBe(0);
+    expect(gw.server.openStreams().length).toBe(0);
     expect(a.of("state").at(-1)?.s).toEqual({ status: "offline", reason: "hidden" });
   });
 });
@@ -399,7 +392,7 @@ describe("sharing: sharedworker falls back", () => {
     const bus = new FakeBus();
     const common = {
       url: URL_,
-      fetch: server.fetchFor("tab"),
+      fetch: gw.server.fetchFor("tab"),
       locks: locks.for("A"),
       broadcastChannel: bus.factory("A"),
       environment: null,
@@ -413,7 +406,7 @@ describe("sharing: sharedworker falls back", () => {
         throw new ReferenceError("SharedWorker is not defined");
       },
     });
-    clients.push(byUrl, throwing);
+    gw.closeAfter(byUrl, throwing);
     byUrl.subscribe(X, () => {});
     throwing.subscribe(X, () => {});
     await settle();
@@ -426,29 +419,29 @@ describe("sharing: sharedworker falls back", () => {
     const locks = new FakeLocks();
     const bus = new FakeBus();
     const { port1, port2 } = new MessageChannel();
-    ports.push(port1, port2);
+    gw.closePortsAfter(port1, port2);
     const worker: SharedWorkerLike = { port: port1 as unknown as MessagePortLike, onerror: null };
     const c = createClient({
       url: URL_,
-      fetch: server.fetchFor("tab"),
+      fetch: gw.server.fetchFor("tab"),
       locks: locks.for("A"),
       broadcastChannel: bus.factory("A"),
       environment: null,
       sharing: "sharedworker",
       sharedWorker: () => worker,
     });
-    clients.push(c);
+    gw.closeAfter(c);
     const ids = collect(c, X);
     await settle();
     expect(c.sharing).toBe("sharedworker");
-    expect(server.streamCalls().length).toBe(0);
+    expect(gw.server.streamCalls().length).toBe(0);
 
     worker.onerror?.({ type: "error" } as ErrorEvent);
     await flush();
     expect(c.sharing).toBe("leader");
     expect(c.isLeader).toBe(true);
     expect(c.state.status).toBe("connected");
-    const e = server.publish(X);
+    const e = gw.server.publish(X);
     await flush();
     expect(ids).toEqual([e.id]);
   });
@@ -457,7 +450,7 @@ describe("sharing: sharedworker falls back", () => {
 describe("since / history through the worker", () => {
   it("a tab's history reaches the worker's subscription request; only that tab gets the history frames; states follow", async () => {
     makeHub();
-    for (let i = 0; i < 3; i++) server.publish(Y);
+    for (let i = 0; i < 3; i++) gw.server.publish(Y);
     const a = tab();
     const b = tab();
     const ax: string[] = [];
@@ -469,7 +462,7 @@ describe("since / history through the worker", () => {
     b.subscribe(Y, (e) => by.push(e.id), { history: 2 });
     b.subscribe("logs:**", (e) => bOther.push(e.id));
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([
       { add: ["logs:**"] },
       { add: [Y], history: 2 },
     ]);

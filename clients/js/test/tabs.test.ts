@@ -1,56 +1,31 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { createClient } from "../src/client.js";
+import { beforeEach, describe, expect, it } from "vitest";
 import type { RealtimeError } from "../src/errors.js";
 import { PRUNE_MS } from "../src/tabs.js";
-import type { ClientOptions, RealtimeClient } from "../src/types.js";
+import type { RealtimeClient } from "../src/types.js";
 import {
-  FakeBus,
   FakeEnv,
-  FakeLocks,
-  FakeServer,
+  GATEWAY_URL,
   advance,
   apiError,
   envelope,
   settle,
-  useFakeTime,
+  useFakeGateway,
+  type FakeBrowser,
+  type FakeBus,
+  type FakeLocks,
 } from "./fakes.js";
 
-const URL_ = "http://gw.test";
-const NAME = "ssegate:" + URL_;
+const NAME = "ssegate:" + GATEWAY_URL;
 
-let server: FakeServer;
+const gw = useFakeGateway({ auto: true });
 let locks: FakeLocks;
 let bus: FakeBus;
-let open: RealtimeClient[];
+/** A browser tab with its own client. */
+let tab: FakeBrowser["tab"];
 
 beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  server.auto = true;
-  locks = new FakeLocks();
-  bus = new FakeBus();
-  open = [];
+  ({ locks, bus, tab } = gw.browser());
 });
-
-afterEach(() => {
-  for (const c of open) c.close();
-  vi.useRealTimers();
-});
-
-/** A browser tab with its own client. */
-function tab(label: string, options: Partial<ClientOptions> = {}): RealtimeClient {
-  const c = createClient({
-    url: URL_,
-    fetch: server.fetchFor(label),
-    locks: locks.for(label),
-    broadcastChannel: bus.factory(label),
-    environment: null,
-    random: () => 0.5,
-    ...options,
-  });
-  open.push(c);
-  return c;
-}
 
 /** Subscribes and records the ids received. */
 function collect(c: RealtimeClient, channel: string): string[] {
@@ -60,7 +35,7 @@ function collect(c: RealtimeClient, channel: string): string[] {
 }
 
 function idsOf(channel: string, upTo = Infinity): string[] {
-  return server.log.filter((e) => e.channel === channel && Number(e.id) <= upTo).map((e) => e.id);
+  return gw.server.log.filter((e) => e.channel === channel && Number(e.id) <= upTo).map((e) => e.id);
 }
 
 describe("cross-tab sharing", () => {
@@ -76,15 +51,15 @@ describe("cross-tab sharing", () => {
 
     expect([a.isLeader, b.isLeader, c.isLeader]).toEqual([true, false, false]);
     expect(locks.holderOf(NAME)).toBe("A");
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.streamCalls()[0]!.tab).toBe("A");
-    expect(server.lastStream().channels).toEqual(new Set(["x", "y"]));
+    expect(gw.server.streamCalls()).toHaveLength(1);
+    expect(gw.server.streamCalls()[0]!.tab).toBe("A");
+    expect(gw.server.lastStream().channels).toEqual(new Set(["x", "y"]));
     // x is wanted by two tabs but subscribed once.
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }]);
 
-    server.publish("x");
-    server.publish("y");
-    server.publish("x");
+    gw.server.publish("x");
+    gw.server.publish("y");
+    gw.server.publish("x");
     await settle();
     expect(ax).toEqual(["1", "3"]);
     expect(cx).toEqual(["1", "3"]);
@@ -102,18 +77,18 @@ describe("cross-tab sharing", () => {
     const offC = c.subscribe("x", () => {});
     b.subscribe("y", () => {});
     await settle();
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }]);
     offA();
     await settle();
-    expect(server.subscriptionCalls()).toHaveLength(1); // C still wants x
+    expect(gw.server.subscriptionCalls()).toHaveLength(1); // C still wants x
     offC();
     await settle();
     b.close();
     await settle();
     // The last channel goes with the stream itself, not with a request.
-    expect(server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }, { remove: ["x"] }]);
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }, { remove: ["x"] }]);
     // Nothing left: the leader closes the stream.
-    expect(server.openStreams()).toHaveLength(0);
+    expect(gw.server.openStreams()).toHaveLength(0);
     expect(a.state.status).toBe("idle");
   });
 
@@ -126,28 +101,28 @@ describe("cross-tab sharing", () => {
     const bx = collect(b, "x");
     const cy = collect(c, "y");
     await settle();
-    for (let i = 0; i < 3; i++) server.publish(i % 2 ? "y" : "x");
+    for (let i = 0; i < 3; i++) gw.server.publish(i % 2 ? "y" : "x");
     await settle();
     expect(b.lastEventId).toBe("3");
 
     a.close();
     // Published while nobody streams.
-    server.publish("x");
-    server.publish("y");
+    gw.server.publish("x");
+    gw.server.publish("y");
     await settle();
     expect(b.isLeader).toBe(true);
     expect(c.isLeader).toBe(false);
-    const resumed = server.streamCalls()[1]!;
+    const resumed = gw.server.streamCalls()[1]!;
     expect(resumed.tab).toBe("B");
     expect(resumed.headers.get("last-event-id")).toBe("3");
     expect(resumed.url.searchParams.getAll("channel").sort()).toEqual(["x", "y"]);
 
-    for (let i = 0; i < 4; i++) server.publish(i % 2 ? "y" : "x");
+    for (let i = 0; i < 4; i++) gw.server.publish(i % 2 ? "y" : "x");
     await settle();
     expect(bx).toEqual(idsOf("x"));
     expect(cy).toEqual(idsOf("y"));
     expect(c.state.status).toBe("connected");
-    expect(c.lastEventId).toBe(String(server.log.length));
+    expect(c.lastEventId).toBe(String(gw.server.log.length));
   });
 
   it("leader crashes (no goodbye, late relays): failover without loss or duplicates", async () => {
@@ -160,18 +135,18 @@ describe("cross-tab sharing", () => {
     const cx = collect(c, "x");
     const cy = collect(c, "y");
     await settle();
-    for (let i = 0; i < 4; i++) server.publish(i % 2 ? "y" : "x");
+    for (let i = 0; i < 4; i++) gw.server.publish(i % 2 ? "y" : "x");
     await settle();
 
     // The tab dies: no more messages, its lock goes to the next tab, its stream breaks.
     bus.kill("A");
-    server.block("A");
-    server.publish("x"); // 5: A never relays it
+    gw.server.block("A");
+    gw.server.publish("x"); // 5: A never relays it
     locks.crash("A");
-    server.publish("y"); // 6
+    gw.server.publish("y"); // 6
     await settle();
     expect(b.isLeader).toBe(true);
-    const resumed = server.streamCalls().filter((x) => x.tab === "B");
+    const resumed = gw.server.streamCalls().filter((x) => x.tab === "B");
     expect(resumed).toHaveLength(1);
     expect(resumed[0]!.headers.get("last-event-id")).toBe("4");
     // The dead leader's own channel is not streamed any more.
@@ -182,8 +157,8 @@ describe("cross-tab sharing", () => {
     bus.inject(NAME, { v: 1, from: "dead-leader", t: "ev", e: envelope("3", "x"), id: "3" });
     bus.inject(NAME, { v: 1, from: "dead-leader", t: "ev", e: envelope("5", "x"), id: "5" });
     await settle();
-    server.publish("x");
-    server.publish("y");
+    gw.server.publish("x");
+    gw.server.publish("y");
     await settle();
     expect(bx).toEqual(idsOf("x"));
     expect(cx).toEqual(idsOf("x"));
@@ -198,18 +173,18 @@ describe("cross-tab sharing", () => {
     await settle();
     const bx = collect(b, "x");
     await settle();
-    server.publish("x");
-    server.publish("x");
+    gw.server.publish("x");
+    gw.server.publish("x");
     await settle();
     // Events reach the leader but the leader dies before relaying them.
     bus.kill("A");
-    server.publish("x");
-    server.publish("x");
+    gw.server.publish("x");
+    gw.server.publish("x");
     await settle();
-    server.block("A");
+    gw.server.block("A");
     locks.crash("A");
     await settle();
-    expect(server.streamCalls().filter((x) => x.tab === "B")[0]!.headers.get("last-event-id")).toBe("2");
+    expect(gw.server.streamCalls().filter((x) => x.tab === "B")[0]!.headers.get("last-event-id")).toBe("2");
     expect(bx).toEqual(["1", "2", "3", "4"]);
   });
 
@@ -228,9 +203,9 @@ describe("cross-tab sharing", () => {
     a.close();
     await settle();
     expect(b.isLeader).toBe(true);
-    expect(server.lastStream().channels).toEqual(new Set(["x", "ghost-channel"]));
+    expect(gw.server.lastStream().channels).toEqual(new Set(["x", "ghost-channel"]));
     await advance(PRUNE_MS);
-    expect(server.lastStream().channels).toEqual(new Set(["x"]));
+    expect(gw.server.lastStream().channels).toEqual(new Set(["x"]));
   });
 
   it("relays refusals and reconnect(); a late tab learns the state", async () => {
@@ -238,7 +213,7 @@ describe("cross-tab sharing", () => {
     const b = tab("B");
     collect(a, "x");
     await settle();
-    server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["secret"] }));
+    gw.server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["secret"] }));
     const errors: RealtimeError[] = [];
     b.subscribe("secret", () => {}, { onError: (e) => errors.push(e) });
     await settle();
@@ -248,8 +223,8 @@ describe("cross-tab sharing", () => {
 
     b.reconnect();
     await settle();
-    expect(server.streamCalls()).toHaveLength(2);
-    expect(server.streamCalls()[1]!.tab).toBe("A");
+    expect(gw.server.streamCalls()).toHaveLength(2);
+    expect(gw.server.streamCalls()[1]!.tab).toBe("A");
 
     const late = tab("L");
     late.subscribe("x", () => {});
@@ -268,19 +243,19 @@ describe("cross-tab sharing", () => {
     await settle();
     const bx = collect(b, "x");
     await settle();
-    server.publish("x");
+    gw.server.publish("x");
     await settle();
     envA.setHidden(true);
     await advance(5000);
-    expect(server.openStreams()).toHaveLength(1); // B is visible
+    expect(gw.server.openStreams()).toHaveLength(1); // B is visible
     envB.setHidden(true);
     await advance(1000);
-    expect(server.openStreams()).toHaveLength(0);
+    expect(gw.server.openStreams()).toHaveLength(0);
     expect(b.state).toEqual({ status: "offline", reason: "hidden" });
-    server.publish("x");
+    gw.server.publish("x");
     envB.setHidden(false);
     await settle();
-    expect(server.lastStream().call.headers.get("last-event-id")).toBe("1");
+    expect(gw.server.lastStream().call.headers.get("last-event-id")).toBe("1");
     expect(bx).toEqual(["1", "2"]);
   });
 
@@ -290,7 +265,7 @@ describe("cross-tab sharing", () => {
     a.subscribe("x", () => {});
     b.subscribe("x", () => {});
     await settle();
-    expect(server.streamCalls().map((x) => x.tab)).toEqual(["A", "B"]);
+    expect(gw.server.streamCalls().map((x) => x.tab)).toEqual(["A", "B"]);
     expect(bus.posted).toHaveLength(0);
   });
 });

@@ -1,7 +1,7 @@
 import { StrictMode, useState } from "react";
-import { act, cleanup, render, screen } from "@testing-library/react";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { createClient, type RealtimeClient, type RealtimeEvent } from "@ssegate/client";
+import { act, render, screen } from "@testing-library/react";
+import { describe, expect, it, vi } from "vitest";
+import type { RealtimeClient, RealtimeEvent } from "@ssegate/client";
 import {
   RealtimeProvider,
   useChannel,
@@ -9,35 +9,10 @@ import {
   useEvents,
   useRealtime,
 } from "../src/index.js";
-import { FakeServer, envelope, settle, useFakeTime } from "../../js/test/fakes.js";
+import { envelope, settle } from "../../js/test/fakes.js";
+import { flush, useTestClient } from "./gateway.js";
 
-let server: FakeServer;
-let client: RealtimeClient;
-
-beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  client = createClient({
-    url: "http://gw.test",
-    fetch: server.fetch,
-    environment: null,
-    shareAcrossTabs: false,
-    random: () => 0.5,
-  });
-});
-
-afterEach(() => {
-  cleanup();
-  client.close();
-  vi.useRealTimers();
-});
-
-/** Lets the client's requests and the stream's frames through, inside act(). */
-async function flush(): Promise<void> {
-  await act(async () => {
-    await settle();
-  });
-}
+const t = useTestClient();
 
 function Channel({ channel, onEvent }: { channel: string; onEvent?: (e: RealtimeEvent) => void }) {
   useChannel(channel, (e) => onEvent?.(e));
@@ -51,10 +26,10 @@ function Status() {
 
 describe("StrictMode", () => {
   it("double mount/unmount ends with exactly one server subscription, and unmount leaves none", async () => {
-    const subscribe = vi.spyOn(client, "subscribe");
+    const subscribe = vi.spyOn(t.client, "subscribe");
     const { unmount } = render(
       <StrictMode>
-        <RealtimeProvider client={client}>
+        <RealtimeProvider client={t.client}>
           <Channel channel="logs:w1:f1" />
           <Channel channel="logs:w1:f1" />
         </RealtimeProvider>
@@ -64,25 +39,25 @@ describe("StrictMode", () => {
     // StrictMode did mount, unmount and mount each component again…
     expect(subscribe).toHaveBeenCalledTimes(4);
     // …and the gateway saw one subscription.
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.streamCalls()[0]!.url.searchParams.getAll("channel")).toEqual(["logs:w1:f1"]);
-    server.lastStream().connected("c_1");
+    expect(t.server.streamCalls()).toHaveLength(1);
+    expect(t.server.streamCalls()[0]!.url.searchParams.getAll("channel")).toEqual(["logs:w1:f1"]);
+    t.server.lastStream().connected("c_1");
     await flush();
-    expect(server.subscriptionCalls()).toHaveLength(0);
-    expect(client.state.status).toBe("connected");
+    expect(t.server.subscriptionCalls()).toHaveLength(0);
+    expect(t.client.state.status).toBe("connected");
 
     unmount();
     await flush();
     // The last subscription gone: the stream is closed, nothing is left subscribed.
-    expect(server.lastStream().closed).toBe(true);
-    expect(client.state).toEqual({ status: "idle" });
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(t.server.lastStream().closed).toBe(true);
+    expect(t.client.state).toEqual({ status: "idle" });
+    expect(t.server.streamCalls()).toHaveLength(1);
   });
 
   it("a component mounted on a live connection adds its channel once and removes it once", async () => {
     function App({ show }: { show: boolean }) {
       return (
-        <RealtimeProvider client={client}>
+        <RealtimeProvider client={t.client}>
           <Channel channel="base" />
           {show && <Channel channel="extra" />}
         </RealtimeProvider>
@@ -94,7 +69,7 @@ describe("StrictMode", () => {
       </StrictMode>,
     );
     await flush();
-    server.lastStream().connected("c_1");
+    t.server.lastStream().connected("c_1");
     await flush();
     rerender(
       <StrictMode>
@@ -102,16 +77,16 @@ describe("StrictMode", () => {
       </StrictMode>,
     );
     await flush();
-    expect(server.subscriptionCalls().map((c) => c.body)).toEqual([{ add: ["extra"] }]);
+    expect(t.server.subscriptionCalls().map((c) => c.body)).toEqual([{ add: ["extra"] }]);
     rerender(
       <StrictMode>
         <App show={false} />
       </StrictMode>,
     );
     await flush();
-    expect(server.subscriptionCalls().map((c) => c.body)).toEqual([{ add: ["extra"] }, { remove: ["extra"] }]);
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.lastStream().channels).toEqual(new Set(["base"]));
+    expect(t.server.subscriptionCalls().map((c) => c.body)).toEqual([{ add: ["extra"] }, { remove: ["extra"] }]);
+    expect(t.server.streamCalls()).toHaveLength(1);
+    expect(t.server.lastStream().channels).toEqual(new Set(["base"]));
   });
 
   it("a provider given options creates one client and closes it on unmount only", async () => {
@@ -124,22 +99,22 @@ describe("StrictMode", () => {
     const { unmount } = render(
       <StrictMode>
         <RealtimeProvider
-          options={{ url: "http://gw.test", fetch: server.fetch, environment: null, shareAcrossTabs: false }}
+          options={{ url: "http://gw.test", fetch: t.server.fetch, environment: null, shareAcrossTabs: false }}
         >
           <Probe />
         </RealtimeProvider>
       </StrictMode>,
     );
     await flush();
-    expect(server.streamCalls()).toHaveLength(1);
-    server.lastStream().connected();
+    expect(t.server.streamCalls()).toHaveLength(1);
+    t.server.lastStream().connected();
     await flush();
     expect(screen.getByTestId("status").textContent).toBe("connected");
     expect(seen!.closed).toBe(false);
     unmount();
     await flush();
     expect(seen!.closed).toBe(true);
-    expect(server.lastStream().closed).toBe(true);
+    expect(t.server.lastStream().closed).toBe(true);
   });
 });
 
@@ -156,21 +131,21 @@ describe("hooks", () => {
       );
     }
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Counter />
       </RealtimeProvider>,
     );
     await flush();
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("1", "a"));
+    t.server.lastStream().connected();
+    t.server.lastStream().deliver(envelope("1", "a"));
     await flush();
     act(() => screen.getByRole("button").click());
     act(() => screen.getByRole("button").click());
-    server.lastStream().deliver(envelope("2", "a"));
+    t.server.lastStream().deliver(envelope("2", "a"));
     await flush();
     expect(got).toEqual(["0:1", "2:2"]);
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(t.server.streamCalls()).toHaveLength(1);
+    expect(t.server.subscriptionCalls()).toHaveLength(0);
   });
 
   it("useEvents returns the last `limit` events and starts over when the channel changes", async () => {
@@ -179,18 +154,18 @@ describe("hooks", () => {
       return <p data-testid="list">{events.map((e) => e.id).join(",")}</p>;
     }
     const { rerender } = render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <List channel="a" />
       </RealtimeProvider>,
     );
     await flush();
-    const s = server.lastStream();
+    const s = t.server.lastStream();
     s.connected();
     for (let i = 1; i <= 5; i++) s.deliver(envelope(String(i), "a"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("3,4,5");
     rerender(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <List channel="b" />
       </RealtimeProvider>,
     );
@@ -200,22 +175,22 @@ describe("hooks", () => {
     s.deliver(envelope("7", "b"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("7");
-    expect(server.subscriptionCalls().map((c) => c.body)).toEqual([{ add: ["b"], remove: ["a"] }]);
+    expect(t.server.subscriptionCalls().map((c) => c.body)).toEqual([{ add: ["b"], remove: ["a"] }]);
   });
 
   it("useConnectionState follows the client", async () => {
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Status />
         <Channel channel="a" />
       </RealtimeProvider>,
     );
     await flush();
     expect(screen.getByTestId("status").textContent).toBe("connecting");
-    server.lastStream().connected();
+    t.server.lastStream().connected();
     await flush();
     expect(screen.getByTestId("status").textContent).toBe("connected");
-    server.lastStream().fail();
+    t.server.lastStream().fail();
     await flush();
     expect(screen.getByTestId("status").textContent).toBe("reconnecting");
   });
@@ -227,16 +202,16 @@ describe("hooks", () => {
       return null;
     }
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Secret />
       </RealtimeProvider>,
     );
     await flush();
     expect(errors).toEqual([]);
-    server.streamReplies.length = 0;
+    t.server.streamReplies.length = 0;
     // The gateway refuses it on the next connect.
-    server.lastStream().fail();
-    server.streamReplies.push({
+    t.server.lastStream().fail();
+    t.server.streamReplies.push({
       status: 403,
       ok: false,
       headers: new Headers({ "content-type": "application/json" }),

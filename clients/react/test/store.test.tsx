@@ -1,7 +1,7 @@
 import { Activity, StrictMode, useState } from "react";
-import { act, cleanup, render, screen } from "@testing-library/react";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { createClient, type RealtimeClient } from "@ssegate/client";
+import { act, render, screen } from "@testing-library/react";
+import { describe, expect, it } from "vitest";
+import type { RealtimeClient } from "@ssegate/client";
 import {
   RealtimeProvider,
   keptChannels,
@@ -11,34 +11,10 @@ import {
   useSharing,
   useSubscriptionStatus,
 } from "../src/index.js";
-import { FakeServer, advance, apiError, envelope, settle, useFakeTime } from "../../js/test/fakes.js";
+import { advance, apiError, clientOptions, envelope } from "../../js/test/fakes.js";
+import { flush, useTestClient } from "./gateway.js";
 
-let server: FakeServer;
-let client: RealtimeClient;
-
-beforeEach(() => {
-  useFakeTime();
-  server = new FakeServer();
-  client = createClient({
-    url: "http://gw.test",
-    fetch: server.fetch,
-    environment: null,
-    shareAcrossTabs: false,
-    random: () => 0.5,
-  });
-});
-
-afterEach(() => {
-  cleanup();
-  client.close();
-  vi.useRealTimers();
-});
-
-async function flush(): Promise<void> {
-  await act(async () => {
-    await settle();
-  });
-}
+const t = useTestClient();
 
 function List({ channel, limit, history, id }: { channel: string; limit?: number; history?: number; id?: string }) {
   const events = useEvents(channel, { limit, history });
@@ -49,7 +25,7 @@ describe("useEvents: the shared store", () => {
   it("a component mounted again shows the events it had, and the stream continues after the last of them", async () => {
     function App({ show }: { show: boolean }) {
       return (
-        <RealtimeProvider client={client}>
+        <RealtimeProvider client={t.client}>
           <List channel="base" id="base" />
           {show && <List channel="a" />}
         </RealtimeProvider>
@@ -57,7 +33,7 @@ describe("useEvents: the shared store", () => {
     }
     const { rerender } = render(<App show />);
     await flush();
-    const s = server.lastStream();
+    const s = t.server.lastStream();
     s.connected("c_1");
     s.deliver(envelope("1", "a"));
     s.deliver(envelope("2", "a"));
@@ -65,12 +41,12 @@ describe("useEvents: the shared store", () => {
     expect(screen.getByTestId("list").textContent).toBe("1,2");
     rerender(<App show={false} />);
     await flush();
-    expect(server.subscriptionCalls().map((c) => c.body)).toEqual([{ remove: ["a"] }]);
+    expect(t.server.subscriptionCalls().map((c) => c.body)).toEqual([{ remove: ["a"] }]);
     rerender(<App show />);
     // At once, before anything came from the gateway.
     expect(screen.getByTestId("list").textContent).toBe("1,2");
     await flush();
-    expect(server.subscriptionCalls().map((c) => c.body)).toEqual([
+    expect(t.server.subscriptionCalls().map((c) => c.body)).toEqual([
       { remove: ["a"] },
       { add: ["a"], since: "2" },
     ]);
@@ -83,26 +59,26 @@ describe("useEvents: the shared store", () => {
 
   it("components on one channel share one subscription and one list, each with its own limit", async () => {
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <List channel="a" limit={2} id="short" />
         <List channel="a" limit={5} id="long" />
       </RealtimeProvider>,
     );
     await flush();
-    const s = server.lastStream();
+    const s = t.server.lastStream();
     s.connected();
     for (let i = 1; i <= 6; i++) s.deliver(envelope(String(i), "a"));
     await flush();
     expect(screen.getByTestId("short").textContent).toBe("5,6");
     expect(screen.getByTestId("long").textContent).toBe("2,3,4,5,6");
-    expect(server.streamCalls()).toHaveLength(1);
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(t.server.streamCalls()).toHaveLength(1);
+    expect(t.server.subscriptionCalls()).toHaveLength(0);
   });
 
   it("keeps a bounded number of channels after their last component left (least recently used out)", async () => {
     function App({ channels }: { channels: string[] }) {
       return (
-        <RealtimeProvider client={client} idleChannels={2}>
+        <RealtimeProvider client={t.client} idleChannels={2}>
           <List channel="keep" id="keep" />
           {channels.map((c) => (
             <List key={c} channel={c} id={c} />
@@ -117,28 +93,28 @@ describe("useEvents: the shared store", () => {
     rerender(<App channels={["d"]} />);
     rerender(<App channels={[]} />);
     await flush();
-    expect(keptChannels(client).sort()).toEqual(["c", "d", "keep"]);
+    expect(keptChannels(t.client).sort()).toEqual(["c", "d", "keep"]);
   });
 
   it("history: the channel's last events first (history= on the stream when it opens with it)", async () => {
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <List channel="a" history={30} />
       </RealtimeProvider>,
     );
     await flush();
-    expect(server.streamCalls()[0]!.url.searchParams.get("history")).toBe("30");
+    expect(t.server.streamCalls()[0]!.url.searchParams.get("history")).toBe("30");
   });
 
   it("history on a channel another component already streams: loaded over REST for the store", async () => {
-    server.auto = true;
+    t.server.auto = true;
     function Toasts() {
       useChannel("a", () => {});
       return null;
     }
     function App({ list }: { list: boolean }) {
       return (
-        <RealtimeProvider client={client}>
+        <RealtimeProvider client={t.client}>
           <Toasts />
           {list && <List channel="a" history={3} />}
         </RealtimeProvider>
@@ -146,26 +122,26 @@ describe("useEvents: the shared store", () => {
     }
     const { rerender } = render(<App list={false} />);
     await flush();
-    for (let i = 0; i < 5; i++) server.publish("a");
+    for (let i = 0; i < 5; i++) t.server.publish("a");
     await flush();
     rerender(<App list />);
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("3,4,5");
-    expect(server.historyCalls().map((c) => c.url.search)).toEqual(["?limit=3"]);
+    expect(t.server.historyCalls().map((c) => c.url.search)).toEqual(["?limit=3"]);
     // Unmounted while the channel stays streamed (Toasts), mounted again: the store continues
     // after its last event with `since`, over REST, so what was published meanwhile is there.
     rerender(<App list={false} />);
     await flush();
-    server.publish("a");
-    server.publish("a");
+    t.server.publish("a");
+    t.server.publish("a");
     await flush();
     rerender(<App list />);
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("3,4,5,6,7");
-    server.publish("a");
+    t.server.publish("a");
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("3,4,5,6,7,8");
-    expect(server.subscriptionCalls()).toHaveLength(0);
+    expect(t.server.subscriptionCalls()).toHaveLength(0);
   });
 
   it("initial: shown at once; the stream starts right after its last event", async () => {
@@ -174,16 +150,16 @@ describe("useEvents: the shared store", () => {
       return <p data-testid="list">{events.map((e) => e.id).join(",")}</p>;
     }
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Loaded />
       </RealtimeProvider>,
     );
     expect(screen.getByTestId("list").textContent).toBe("10,11");
     await flush();
-    expect(server.streamCalls()[0]!.url.searchParams.get("since")).toBe("11");
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("11", "a"));
-    server.lastStream().deliver(envelope("12", "a"));
+    expect(t.server.streamCalls()[0]!.url.searchParams.get("since")).toBe("11");
+    t.server.lastStream().connected();
+    t.server.lastStream().deliver(envelope("11", "a"));
+    t.server.lastStream().deliver(envelope("12", "a"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("10,11,12");
   });
@@ -194,15 +170,15 @@ describe("useEvents: the shared store", () => {
       return <p data-testid="list">{events.map((e) => e.id).join(",")}</p>;
     }
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Loaded />
       </RealtimeProvider>,
     );
     await flush();
-    expect(server.streamCalls()[0]!.url.searchParams.get("since")).toBe("8");
-    server.lastStream().connected();
-    server.lastStream().deliver(envelope("9", "a"));
-    server.lastStream().deliver(envelope("10", "a"));
+    expect(t.server.streamCalls()[0]!.url.searchParams.get("since")).toBe("8");
+    t.server.lastStream().connected();
+    t.server.lastStream().deliver(envelope("9", "a"));
+    t.server.lastStream().deliver(envelope("10", "a"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("10,9");
   });
@@ -221,7 +197,7 @@ describe("status hooks", () => {
       );
     }
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Status channel="a" />
       </RealtimeProvider>,
     );
@@ -229,12 +205,12 @@ describe("status hooks", () => {
     expect(screen.getByTestId("a").textContent).toBe("pending");
     await flush();
     expect(screen.getByTestId("a").textContent).toBe("pending");
-    server.lastStream().connected("c_1");
+    t.server.lastStream().connected("c_1");
     await flush();
     expect(screen.getByTestId("a").textContent).toBe("subscribed");
-    server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["secret"] }));
+    t.server.subscriptionReplies.push(apiError(403, "forbidden_channel", { channels: ["secret"] }));
     render(
-      <RealtimeProvider client={client}>
+      <RealtimeProvider client={t.client}>
         <Status channel="secret" />
       </RealtimeProvider>,
     );
@@ -253,7 +229,7 @@ describe("status hooks", () => {
     }
     function App({ sub }: { sub: boolean }) {
       return (
-        <RealtimeProvider client={client}>
+        <RealtimeProvider client={t.client}>
           <Sharing />
           {sub && <Sub />}
         </RealtimeProvider>
@@ -268,13 +244,7 @@ describe("status hooks", () => {
 });
 
 describe("the provider's own client", () => {
-  const opts = () => ({
-    url: "http://gw.test",
-    fetch: server.fetch,
-    environment: null,
-    shareAcrossTabs: false,
-    random: () => 0.5,
-  });
+  const opts = () => clientOptions(t.server);
 
   it("uses the latest getToken given to it", async () => {
     let seen: RealtimeClient | null = null;
@@ -294,7 +264,7 @@ describe("the provider's own client", () => {
     rerender(<App token="new" sub />);
     await flush();
     expect(seen).toBe(first); // the same client…
-    expect(server.streamCalls()[0]!.headers.get("authorization")).toBe("Bearer new"); // …the latest closure
+    expect(t.server.streamCalls()[0]!.headers.get("authorization")).toBe("Bearer new"); // …the latest closure
   });
 
   it('reopens after <Activity mode="hidden"> tore its effects down, keeping the events', async () => {
@@ -319,8 +289,8 @@ describe("the provider's own client", () => {
       </StrictMode>,
     );
     await flush();
-    server.lastStream().connected("c_1");
-    server.lastStream().deliver(envelope("5", "a"));
+    t.server.lastStream().connected("c_1");
+    t.server.lastStream().deliver(envelope("5", "a"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("5");
     rerender(
@@ -333,7 +303,7 @@ describe("the provider's own client", () => {
     });
     // Hidden: the effects were torn down, the provider closed its client.
     expect(seen!.closed).toBe(true);
-    expect(server.lastStream().closed).toBe(true);
+    expect(t.server.lastStream().closed).toBe(true);
     rerender(
       <StrictMode>
         <App mode="visible" />
@@ -341,13 +311,13 @@ describe("the provider's own client", () => {
     );
     await flush();
     expect(seen!.closed).toBe(false);
-    expect(server.streamCalls()).toHaveLength(2);
+    expect(t.server.streamCalls()).toHaveLength(2);
     // The events stayed; the stream continues after the last one (resume position or since).
     expect(screen.getByTestId("list").textContent).toBe("5");
-    const again = server.streamCalls()[1]!;
+    const again = t.server.streamCalls()[1]!;
     expect(again.url.searchParams.get("since") ?? again.headers.get("last-event-id")).toBe("5");
-    server.lastStream().connected("c_2");
-    server.lastStream().deliver(envelope("6", "a"));
+    t.server.lastStream().connected("c_2");
+    t.server.lastStream().deliver(envelope("6", "a"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("5,6");
   });
@@ -372,7 +342,7 @@ describe("the provider's own client", () => {
     await flush();
     act(() => screen.getByRole("button").click());
     await flush();
-    expect(server.streamCalls()).toHaveLength(1);
+    expect(t.server.streamCalls()).toHaveLength(1);
     expect(screen.getByRole("button").textContent).toBe("1:0");
   });
 });
