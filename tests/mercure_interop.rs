@@ -504,7 +504,6 @@ async fn two_nodes_on_nats_resume_on_the_other_node_with_hub_and_publisher_ids()
 /// `two_nodes_on_nats_resume_on_the_other_node_with_hub_and_publisher_ids` flaky: B's
 /// subscriber got the last 2-3 of the 5 warm-up updates, never the first ones.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the hub's dispatcher has its start before connections register (src/hub, src/server.rs)"]
 async fn nats_a_subscriber_taken_before_the_dispatcher_started_misses_nothing() {
     let mut engine = engines::nats::start();
     let url = engines::nats::url(&engine);

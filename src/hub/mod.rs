@@ -887,6 +887,11 @@ impl Hub {
             }
         };
         *lock(&self.dispatched) = at;
+        // Streams taken before the dispatcher knew where to start (the moment after the
+        // server starts listening, or while the log was down) started at a head they read
+        // themselves, maybe older than `at`: what is in between would never be queued for
+        // them. They read the log from their own position instead, then rejoin live delivery.
+        self.drop_all_to_catch_up();
         let mut failures = 0u32;
         loop {
             let read = tokio::select! {
