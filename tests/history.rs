@@ -440,3 +440,32 @@ async fn a_channel_a_pattern_already_covers_gets_no_history_twice() {
     assert_eq!(ids(&sse.take(1, T).await), live);
     sse.expect_quiet(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn on_nats_paging_back_inside_one_message_then_since_loses_nothing() {
+    let engine = engines::nats::start();
+    let url = engines::nats::url(&engine);
+    let server = Server::start(&[
+        ("LOG__KIND", "nats"),
+        ("LOG__URL", url.as_str()),
+        ("LOG__STREAM", "history"),
+        ("LIMITS__PUBLISH_RATE", "0"),
+    ]);
+    // One publish of three events: one JetStream message, positions `<seq>-0 -2 -5`.
+    let p = publisher();
+    let body: Vec<Value> = (0..3)
+        .map(|n| json!({"channel": "batch", "data": {"n": n}}))
+        .collect();
+    let (status, answer) = server.publish(&p, &json!(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let batch = published_ids(&answer);
+    let sub = token("u1", &["batch"], &[]);
+    let (status, page) = history(&server, "batch", &format!("before={}", batch[1]), &sub).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids_of(&page["events"]), batch[..1]);
+    let since = page["last_event_id"].as_str().unwrap();
+    let url = format!("{}&since={since}", server.stream_url(&["batch"]));
+    let (mut sse, _) = Sse::open(&url, &[bearer(&sub)]).await;
+    assert_eq!(ids(&sse.take(2, T).await), batch[1..]);
+    sse.expect_quiet(Duration::from_millis(300)).await;
+}

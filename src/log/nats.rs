@@ -160,7 +160,7 @@ use super::config::EngineConfig;
 use super::nats_url::{servers, with_user_info};
 use super::{
     fill, wait_for_head, AppendItem, Appended, Bounds, Event, EventLog, Filter, Gap, History,
-    HistoryQuery, LogError, LogOptions, NewEvent, Position, ReadBatch,
+    HistoryQuery, LogError, LogOptions, NewEvent, Position, ReadBatch, HISTORY_SCAN,
 };
 use crate::retry::{backoff_with_jitter, lock, sleep_or_cancel};
 
@@ -197,6 +197,23 @@ fn event_pos(seq: u64, idx: usize, count: usize) -> Position {
     Position {
         hi: seq,
         lo: 2 * idx as u64 + u64::from(idx + 1 == count),
+    }
+}
+
+/// The greatest position a reader may resume from to get `p` and what follows: the event
+/// before it in its message (`lo` odd marks a message's last event, see [`event_pos`]), or
+/// "the message before finished".
+fn position_before(p: Position) -> Position {
+    match p {
+        Position { hi: 0, lo: 0 } => Position::ZERO,
+        Position { hi, lo } if lo >= 2 => Position {
+            hi,
+            lo: (lo & !1) - 2,
+        },
+        Position { hi, .. } => Position {
+            hi: hi - 1,
+            lo: u64::MAX,
+        },
     }
 }
 
@@ -879,10 +896,10 @@ impl Shared {
         self.indexed.send_replace(0);
     }
 
-    /// Waits until the channel index took in every message up to `last_seq` (the stream's
-    /// last sequence; `messages` it holds), at most `INDEX_WAIT`.
-    async fn index_caught_up(&self, last_seq: u64, messages: u64) -> Result<(), LogError> {
-        if messages == 0 {
+    /// Waits until the channel index took in every message up to `last_seq`, at most
+    /// `INDEX_WAIT`.
+    async fn index_caught_up(&self, last_seq: u64) -> Result<(), LogError> {
+        if last_seq == 0 {
             return Ok(());
         }
         let mut rx = self.indexed.subscribe();
@@ -899,28 +916,32 @@ impl Shared {
     }
 
     /// [`EventLog::history`] from the channel index: candidates newest first, in rounds of
-    /// up to `PIPELINE` positions whose messages are fetched at once (from the leader).
+    /// as many positions as events are still wanted (16 to 256), whose messages are fetched
+    /// at once (from the leader); [`HISTORY_SCAN`] candidates at most.
     async fn history_from_index(
         &self,
         q: HistoryQuery<'_>,
         filter: Filter<'_>,
-        first_seq: u64,
     ) -> Result<History, LogError> {
         let mut history = History::default();
         let mut through = q.through;
+        let mut looked = 0usize;
         'rounds: loop {
+            let want = (q.limit.saturating_sub(history.events.len()))
+                .clamp(16, 256)
+                .min(HISTORY_SCAN - looked);
             let chunk: Vec<Position> = {
                 let index = lock(&self.index);
+                let first_seq = index.trimmed_before;
                 let round = HistoryQuery { through, ..q };
                 index
                     .channels
                     .newest_first(&round)
                     .take_while(|p| p.hi >= first_seq)
-                    .take(PIPELINE as usize)
+                    .take(want)
                     .collect()
             };
-            if history.events.len() >= q.limit {
-                history.more = !chunk.is_empty();
+            if history.events.len() >= q.limit || looked >= HISTORY_SCAN {
                 break;
             }
             let Some(&oldest) = chunk.last() else { break };
@@ -937,9 +958,10 @@ impl Shared {
             }
             for pos in &chunk {
                 if history.events.len() >= q.limit {
-                    history.more = true;
                     break 'rounds;
                 }
+                looked += 1;
+                history.looked_back_to = Some(*pos);
                 // A message missing now was dropped by retention (or deleted) meanwhile.
                 let Some(events) = messages.get(&pos.hi) else {
                     continue;
@@ -947,6 +969,11 @@ impl Shared {
                 let Some(event) = events.get((pos.lo / 2) as usize) else {
                     continue;
                 };
+                // The index and the stream agree on the channel (a stream created again
+                // under the index is caught by its epoch; this is the last word).
+                if event.channel != q.channel {
+                    continue;
+                }
                 let event = Event {
                     pos: *pos,
                     event: event.clone(),
@@ -955,16 +982,27 @@ impl Shared {
                     history.events.push(Arc::new(event));
                 }
             }
-            if chunk.len() < PIPELINE as usize {
+            if chunk.len() < want {
                 break;
             }
-            through = match oldest {
-                Position { hi, lo: 0 } => Position {
-                    hi: hi - 1,
-                    lo: u64::MAX,
-                },
-                Position { hi, lo } => Position { hi, lo: lo - 1 },
+            through = position_before(oldest);
+        }
+        // More only if the next candidate's message is still there (retention drops the
+        // oldest first; the index forgets them within a second).
+        if let Some(last) = history.looked_back_to {
+            let next = {
+                let index = lock(&self.index);
+                let first_seq = index.trimmed_before;
+                let rest = HistoryQuery {
+                    through: position_before(last),
+                    ..q
+                };
+                let next = index.channels.newest_first(&rest).next();
+                next.filter(|p| p.hi >= first_seq)
             };
+            if let Some(next) = next {
+                history.more = self.get(next.hi).await?.is_some();
+            }
         }
         history.events.reverse();
         Ok(history)
@@ -1463,10 +1501,23 @@ impl EventLog for NatsLog {
     async fn history(&self, q: HistoryQuery<'_>, filter: Filter<'_>) -> Result<History, LogError> {
         let s = &self.shared;
         s.ready().await?;
-        let state = s.stream_info().await?.state;
-        s.index_caught_up(state.last_sequence, state.messages)
-            .await?;
-        s.history_from_index(q, filter, state.first_sequence).await
+        if q.through <= q.after || q.limit == 0 {
+            return Ok(History::default());
+        }
+        // Once the index took in the message of `through` (or the stream's last, when
+        // `through` is past what this node knows of the head), it holds every event up to it.
+        // The callers read `through` from the stream or the dispatcher: no request then.
+        let known = s.head.borrow().hi;
+        let target = match q.through.hi <= known {
+            true => q.through.hi,
+            false => q.through.hi.min(s.stream_info().await?.state.last_sequence),
+        };
+        s.index_caught_up(target).await?;
+        s.history_from_index(q, filter).await
+    }
+
+    fn position_before(&self, pos: Position) -> Position {
+        position_before(pos)
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
@@ -1580,6 +1631,23 @@ impl crate::cluster::Bus for NatsBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_position_before_an_event_resumes_at_that_event() {
+        let three: Vec<Position> = (0..3).map(|i| event_pos(8, i, 3)).collect();
+        // Before the message's first event: the message before, finished.
+        assert_eq!(start_seq(position_before(three[0])), 8);
+        assert!(position_before(three[0]) < three[0]);
+        for i in 1..3 {
+            let before = position_before(three[i]);
+            assert_eq!(before, three[i - 1], "the event before #{i}");
+            assert_eq!(start_seq(before), 8);
+        }
+        let single = event_pos(9, 0, 1);
+        assert_eq!(start_seq(position_before(single)), 9);
+        assert!(three[2] < position_before(single) && position_before(single) < single);
+        assert_eq!(start_seq(position_before(event_pos(1, 0, 1))), 1);
+    }
 
     #[test]
     fn positions_mark_the_last_event_of_a_message() {
