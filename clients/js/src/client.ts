@@ -43,6 +43,13 @@ const RECENT_IDS = 2048;
 const MAX_CATCH_UP = 1000;
 /** Pages of REST history one catch-up reads at most. */
 const MAX_PAGES = 20;
+/**
+ * How long a follower tab (or a tab of a SharedWorker) waits for the holder of the stream to say
+ * whether its start was used before loading it over REST: an older bundle's leader never says.
+ */
+const VERDICT_GRACE_MS = 3_000;
+/** Events held for one subscription while it catches up, at most; past it: a gap, then live. */
+const MAX_HELD = 10_000;
 
 interface Subscription {
   channel: string;
@@ -84,6 +91,8 @@ interface Group {
    * `start` was used: the subscribers with that start hold their events meanwhile.
    */
   awaiting: boolean;
+  /** The grace timer of `awaiting` (see VERDICT_GRACE_MS). */
+  verdictTimer?: ReturnType<typeof setTimeout> | undefined;
   state: SubscriptionState;
 }
 
@@ -330,7 +339,14 @@ class Client implements RealtimeClient {
       if (!g.startUsed && (created || sameStart(g.start, start))) {
         // The stream delivers this start. Held elsewhere: hold the events until the holder
         // says whether it used it (another tab may have had the channel already).
-        if (created && !this.upstream?.isLeader) g.awaiting = true;
+        if (created && !this.upstream?.isLeader) {
+          g.awaiting = true;
+          // No verdict in time (an older leader, a lost message): treat the start as not used.
+          g.verdictTimer = setTimeout(() => {
+            g.verdictTimer = undefined;
+            if (g.awaiting && this.subs.get(g.channel) === g) this.resolveStart(g, false);
+          }, VERDICT_GRACE_MS);
+        }
         if (g.awaiting) {
           sub.held = [];
           sub.phase = "await";
@@ -445,7 +461,10 @@ class Client implements RealtimeClient {
     this.upstream = null;
     this.live = new Set();
     const groups = [...this.subs.values()];
-    for (const g of groups) for (const s of g.subs) s.active = false;
+    for (const g of groups) {
+      clearTimeout(g.verdictTimer);
+      for (const s of g.subs) s.active = false;
+    }
     this.subs.clear();
     this.setState({ status: "closed", reason: "client" });
     for (const g of groups) this.emitSubState(g.channel, null);
@@ -632,8 +651,15 @@ class Client implements RealtimeClient {
   private deliver(sub: Subscription, event: RealtimeEvent): void {
     if (!sub.active) return;
     if (sub.held) {
-      sub.held.push(event);
-      return;
+      if (sub.held.length < MAX_HELD) {
+        sub.held.push(event);
+        return;
+      }
+      // Too much held (a verdict or a channel that never comes): give up the history, say so,
+      // deliver what was held and go live from here.
+      this.subGap(sub, { lastEventId: sub.start?.since ?? "", oldestId: sub.held[0]!.id, channel: sub.channel });
+      this.release(sub, []);
+      if (!sub.active) return;
     }
     if (sub.floor !== null) {
       if (comparePositions(event.id, sub.floor) <= 0) return;
@@ -647,6 +673,8 @@ class Client implements RealtimeClient {
   /** The holder of the stream said whether a group's start was used. */
   private resolveStart(g: Group, used: boolean): void {
     g.awaiting = false;
+    clearTimeout(g.verdictTimer);
+    g.verdictTimer = undefined;
     if (!g.startUsed) {
       g.startUsed = true;
       this.scheduleFlush(); // stop announcing it
@@ -785,6 +813,7 @@ class Client implements RealtimeClient {
         this.setSubState(g, { status: "refused", error });
         // Nothing comes for a refused channel: no history to wait for.
         g.awaiting = false;
+        clearTimeout(g.verdictTimer);
         for (const s of g.subs) {
           s.held = null;
           s.phase = null;

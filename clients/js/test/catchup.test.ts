@@ -7,6 +7,7 @@ import { RealtimeError } from "../src/errors.js";
 import { WorkerHub } from "../src/hub.js";
 import type { GapInfo, MessagePortLike, RealtimeClient, SharedWorkerLike } from "../src/types.js";
 import {
+  advance,
   apiError,
   response,
   settle,
@@ -292,6 +293,43 @@ describe("tabs sharing one stream", () => {
     await settle();
     expect(gw.server.streamCalls()[1]!.url.searchParams.get("history")).toBeNull();
     expect(bx).toEqual(["3", "4", "5", "6", "7"]);
+  });
+
+  it("a follower with no verdict from the leader (an older bundle): REST after a grace period, not held forever", async () => {
+    const a = tab("A");
+    const b = tab("B");
+    const ax = collect(a, "x");
+    await settle();
+    publish("x", 5);
+    await settle();
+    bus.drop = (m) => m.t === "st"; // the leader never says whether B's start was used
+    const bx = collect(b, "x", { history: 3 });
+    await settle();
+    publish("x", 1);
+    await settle();
+    expect(bx).toEqual([]);
+    await advance(3_000);
+    expect(bx).toEqual(["4", "5", "6"]);
+    publish("x", 1);
+    await settle();
+    expect(bx).toEqual(["4", "5", "6", "7"]);
+    expect(ax).toEqual(["1", "2", "3", "4", "5", "6", "7"]);
+  });
+
+  it("a subscription catching up holds 10,000 events at most, then a gap and live", async () => {
+    const a = tab("A");
+    const b = tab("B");
+    collect(a, "x");
+    await settle();
+    bus.drop = (m) => m.t === "st";
+    const gaps: GapInfo[] = [];
+    const bx = collect(b, "x", { since: "0", onGap: (g) => gaps.push(g) });
+    await settle();
+    publish("x", 10_001);
+    await settle();
+    expect(gaps).toEqual([{ lastEventId: "0", oldestId: "1", channel: "x" }]);
+    expect(bx).toHaveLength(10_001);
+    expect(bx[10_000]).toBe("10001");
   });
 
   it("a follower's history the leader did use comes from the stream, not REST", async () => {

@@ -602,6 +602,8 @@ export class FakeBus {
   private readonly members = new Set<FakeChannel>();
   /** Every message posted, for assertions. */
   readonly posted: { tab: string; message: any }[] = [];
+  /** Messages that are lost (an older bundle that never sends them, a crash): not delivered. */
+  drop: ((message: any) => boolean) | null = null;
 
   factory(tab: string): (name: string) => BroadcastChannelLike {
     return (name) => {
@@ -624,6 +626,7 @@ export class FakeBus {
   send(from: FakeChannel, message: unknown, forged = false): void {
     if (!forged && !this.members.has(from)) return;
     this.posted.push({ tab: from.tab, message });
+    if (this.drop?.(message)) return;
     const data = structuredClone(message);
     for (const m of this.members) {
       if (m === from || m.name !== from.name) continue;
