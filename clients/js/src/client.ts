@@ -182,6 +182,8 @@ function defaultChannelFactory(): ((name: string) => BroadcastChannelLike) | und
 class Client implements RealtimeClient {
   private readonly subs = new Map<string, Group>();
   /** The live connection's channels. */
+  /** Channels of `live` whose removal went out (see scheduleFlush). */
+  private readonly removing = new Set<string>();
   private live = new Set<string>();
   private readonly subStateListeners = new Set<
     (channel: string, state: SubscriptionState | null) => void
@@ -325,9 +327,9 @@ class Client implements RealtimeClient {
         start,
         // A channel the connection already has (another tab streams it, or it was
         // unsubscribed and subscribed again in one task): its history comes over REST.
-        startUsed: this.live.has(channel),
+        startUsed: this.onConnection(channel),
         awaiting: false,
-        state: { status: this.live.has(channel) ? "subscribed" : "pending", error: null },
+        state: { status: this.onConnection(channel) ? "subscribed" : "pending", error: null },
       };
       this.subs.set(channel, group);
       this.scheduleFlush();
@@ -460,6 +462,7 @@ class Client implements RealtimeClient {
     this.upstream?.close();
     this.upstream = null;
     this.live = new Set();
+    this.removing.clear();
     const groups = [...this.subs.values()];
     for (const g of groups) {
       clearTimeout(g.verdictTimer);
@@ -621,8 +624,18 @@ class Client implements RealtimeClient {
     this.flushQueued = true;
     queueMicrotask(() => {
       this.flushQueued = false;
-      if (!this.isClosed) this.upstream?.setChannels([...this.subs.keys()], this.starts());
+      if (this.isClosed || !this.upstream) return;
+      const up = this.upstream;
+      up.setChannels([...this.subs.keys()], this.starts());
+      // Channels whose remove request is out: not on the connection for a new subscriber (its
+      // start goes with the add that follows, not over REST before the channel leaves).
+      for (const c of this.live) if (!this.subs.has(c) && up.removes?.(c)) this.removing.add(c);
     });
+  }
+
+  /** The channel is on the connection and stays there. */
+  private onConnection(channel: string): boolean {
+    return this.live.has(channel) && !this.removing.has(channel);
   }
 
   // ---- what comes down ----------------------------------------------------------------------
@@ -702,7 +715,7 @@ class Client implements RealtimeClient {
       this.release(sub, []);
       return;
     }
-    if (!this.live.has(sub.channel)) {
+    if (!this.onConnection(sub.channel)) {
       // Loaded once the channel is on the connection: events published between the answer and
       // the channel's arrival would be missed otherwise.
       sub.phase = "live";
@@ -826,9 +839,10 @@ class Client implements RealtimeClient {
 
   private setLive(channels: string[]): void {
     this.live = new Set(channels);
+    for (const c of this.removing) if (!this.live.has(c)) this.removing.delete(c);
     for (const g of this.subs.values()) {
       if (g.state.status === "refused") continue;
-      if (this.live.has(g.channel)) {
+      if (this.onConnection(g.channel)) {
         if (g.start && !g.startUsed) {
           if (!g.awaiting) {
             g.startUsed = true;

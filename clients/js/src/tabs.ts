@@ -119,6 +119,10 @@ export class TabsUpstream implements Upstream {
     else this.followerState();
   }
 
+  removes(channel: string): boolean {
+    return this.transport !== null && !this.union().includes(channel);
+  }
+
   setPaused(paused: boolean): void {
     if (this.paused === paused) return;
     this.paused = paused;

@@ -50,6 +50,11 @@ export interface Upstream {
   rejoin?(): void;
   /** This tab's channels (each once, however many handlers) and where new ones start. */
   setChannels(channels: string[], starts: Starts): void;
+  /**
+   * After `setChannels`: whether this channel, no longer wanted by this tab, leaves the
+   * connection (a remove request goes out). Unknown (a follower, a worker): false.
+   */
+  removes?(channel: string): boolean;
   /** The hidden-tab policy paused this tab. */
   setPaused(paused: boolean): void;
   setOffline(offline: boolean): void;
@@ -84,6 +89,10 @@ export class LocalUpstream implements Upstream {
     this.channels = channels;
     this.starts = starts;
     this.transport.update();
+  }
+
+  removes(): boolean {
+    return true;
   }
 
   setPaused(paused: boolean): void {

@@ -251,6 +251,39 @@ describe("a second subscriber in the same tab", () => {
     expect(first).toEqual(["5", "6"]);
     expect(second).toEqual(["2", "3", "4", "5", "6"]);
   });
+
+  it("subscribing again while the channel's remove request is out: the add that follows carries the since", async () => {
+    const c = client();
+    collect(c, "other");
+    const off = c.subscribe("x", () => {});
+    await settle();
+    publish("x", 2);
+    await settle();
+    const gate = () => {
+      let open!: () => void;
+      const p = new Promise<void>((r) => (open = r));
+      return { open: () => open(), reply: (call: Call) => p.then(() => gw.server.changeSubscriptions(call)) };
+    };
+    const removed = gate();
+    const added = gate();
+    gw.server.subscriptionReplies.push(removed.reply, added.reply);
+    off();
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["x"] }]);
+    const again = collect(c, "x", { since: "2" });
+    await settle();
+    removed.open();
+    await settle();
+    publish("x", 1); // between the remove and the add
+    added.open();
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ remove: ["x"] }, { add: ["x"], since: "2" }]);
+    expect(again).toEqual(["3"]);
+    expect(gw.server.historyCalls()).toHaveLength(0);
+    publish("x", 1);
+    await settle();
+    expect(again).toEqual(["3", "4"]);
+  });
 });
 
 describe("tabs sharing one stream", () => {
