@@ -314,7 +314,8 @@ class Client implements RealtimeClient {
       active: true,
       held: null,
       phase: null,
-      floor: null,
+      // Nothing at or before its `since` (a stream opened with `history=` and no `since`).
+      floor: start?.since ?? null,
     };
     let group = this.subs.get(channel);
     let created = false;
@@ -811,7 +812,7 @@ class Client implements RealtimeClient {
       if (gap.channel !== undefined && gap.channel !== channel) continue;
       for (const s of [...g.subs]) {
         // Positions may start over (a log that lost its data): no floor across a gap.
-        if (gap.channel === undefined) s.floor = null;
+        if (gap.channel === undefined || !s.held) s.floor = null;
         if (s.active && s.options?.onGap) this.call(s.options.onGap, gap);
       }
     }

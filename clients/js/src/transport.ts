@@ -84,6 +84,8 @@ type Outcome =
   | { kind: "cancelled" };
 
 /** Reserved control event types (docs/api.md). */
+/** The events a stream URL's `history=` brings at most, across its channels (the gateway's cap). */
+const URL_HISTORY_TOTAL = 1000;
 const CONTROL = new Set(["connected", "gap", "subscribed", "unsubscribed", "closing"]);
 
 export class Transport {
@@ -458,6 +460,11 @@ export class Transport {
     // without (resumed by Last-Event-ID); the others are added by POST once connected, one
     // request per set. When every channel is new with options, there is nothing to resume:
     // the stream opens with the largest set and its options, without Last-Event-ID.
+    // The URL's `history=N` is 1000 events at most in all (the newest, merged across the
+    // channels), and a stream that resumes (`since`) gets none: a set with `history` opens with
+    // as many of its channels as get N each (channels × N ≤ 1000) and without `since` (the
+    // subscribers drop what is at or before their `since`); the rest are added by POST, where
+    // each channel gets its own N.
     const groups = this.byStart(this.channels());
     let first = groups.get("");
     if (!first) {
@@ -465,16 +472,21 @@ export class Transport {
         (a, b) => b.channels.length - a.channels.length || (a.channels[0]! < b.channels[0]! ? -1 : 1),
       )[0]!;
     }
-    const channels = first.channels;
     const start = first.start;
+    const history = start?.history;
+    const channels =
+      history !== undefined && history > 0
+        ? first.channels.slice(0, Math.max(1, Math.floor(URL_HISTORY_TOTAL / history)))
+        : first.channels;
     const params: [string, string][] = channels.map((c) => ["channel", c]);
-    if (start?.since !== undefined) params.push(["since", start.since]);
-    if (start?.history !== undefined) params.push(["history", String(start.history)]);
+    if (start?.since !== undefined && history === undefined) params.push(["since", start.since]);
+    if (history !== undefined) params.push(["history", String(history)]);
     params.push(["session_id", this.cfg.sessionId]);
     const extra: Record<string, string> = { Accept: "text/event-stream" };
-    const resume = start ? (start.since ?? "") : this.lastEventId;
+    // With `history=` the URL carries no `since`: the stream starts at the log's head.
+    const resume = start ? (start.since !== undefined && history === undefined ? start.since : "") : this.lastEventId;
     if (resume && !start) extra["Last-Event-ID"] = resume;
-    this.urlSince = start?.since !== undefined ? { since: start.since, channels, start } : null;
+    this.urlSince = start?.since !== undefined && history === undefined ? { since: start.since, channels, start } : null;
 
     const ctrl = new AbortController();
     this.ctrl = ctrl;

@@ -95,6 +95,33 @@ describe("since / history at connect", () => {
     expect(call.headers.get("last-event-id")).toBeNull();
   });
 
+  it("history= in the URL only while channels × N stays within the gateway's 1000 in all; the rest by POST", async () => {
+    const c = client();
+    for (const ch of ["a", "b", "c", "d", "e", "f"]) collect(c, ch, { history: 200 });
+    await settle();
+    const url = gw.server.streamCalls()[0]!.url.searchParams;
+    expect(url.getAll("channel")).toEqual(["a", "b", "c", "d", "e"]);
+    expect(url.get("history")).toBe("200");
+    gw.server.lastStream().connected("c_1");
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["f"], history: 200 }]);
+  });
+
+  it("since and history together: never both in the URL (a resume gets no history); nothing at or before since", async () => {
+    const c = client();
+    const a = collect(c, "a", { since: "5", history: 3 });
+    await settle();
+    const call = gw.server.streamCalls()[0]!;
+    expect(call.url.searchParams.get("history")).toBe("3");
+    expect(call.url.searchParams.get("since")).toBeNull();
+    expect(call.headers.get("last-event-id")).toBeNull();
+    const s = gw.server.lastStream();
+    s.connected("c_1", undefined, 15000, "9");
+    for (const id of ["4", "5", "7"]) s.deliver(envelope(id, "a")); // the newest 3
+    await settle();
+    expect(a).toEqual(["7"]);
+  });
+
   it("the stream's start (connected.last_event_id) is the resume position when there was none", async () => {
     const c = client();
     collect(c, "a");
