@@ -328,7 +328,8 @@ class Client implements RealtimeClient {
         start,
         // A channel the connection already has (another tab streams it, or it was
         // unsubscribed and subscribed again in one task): its history comes over REST.
-        startUsed: this.onConnection(channel),
+        // Also a channel a pattern of the connection covers: the gateway gives it no history.
+        startUsed: this.covered(channel),
         awaiting: false,
         state: { status: this.onConnection(channel) ? "subscribed" : "pending", error: null },
       };
@@ -634,6 +635,14 @@ class Client implements RealtimeClient {
     });
   }
 
+  /** Its events come already: the channel, or a pattern covering it, is on the connection. */
+  private covered(channel: string): boolean {
+    if (this.onConnection(channel)) return true;
+    if (channel.includes("*")) return false;
+    for (const p of this.live) if (p.includes("*") && subscriptionMatches(p, channel) && this.onConnection(p)) return true;
+    return false;
+  }
+
   /** The channel is on the connection and stays there. */
   private onConnection(channel: string): boolean {
     return this.live.has(channel) && !this.removing.has(channel);
@@ -716,7 +725,7 @@ class Client implements RealtimeClient {
       this.release(sub, []);
       return;
     }
-    if (!this.onConnection(sub.channel)) {
+    if (!this.covered(sub.channel)) {
       // Loaded once the channel is on the connection: events published between the answer and
       // the channel's arrival would be missed otherwise.
       sub.phase = "live";

@@ -13,6 +13,7 @@
  */
 
 import { Backoff } from "./backoff.js";
+import { subscriptionMatches } from "./channels.js";
 import { RealtimeError, readError, retryAfterMs } from "./errors.js";
 import { EventStreamParser, type SseMessage } from "./parser.js";
 import type {
@@ -173,6 +174,11 @@ export class Transport {
   /** The start options of a channel not yet started, if it has any. */
   private pendingStart(channel: string): StartOptions | undefined {
     if (this.started.has(channel)) return undefined;
+    // A channel a pattern of the connection covers gets no history from the gateway: it is
+    // added without (and its start reported as not used: the subscribers load it over REST).
+    if (!channel.includes("*") && this.server) {
+      for (const p of this.server) if (p.includes("*") && subscriptionMatches(p, channel)) return undefined;
+    }
     const s = this.sink.start(channel);
     if (!s || (s.since === undefined && s.history === undefined)) return undefined;
     return s;

@@ -284,6 +284,23 @@ describe("a second subscriber in the same tab", () => {
     await settle();
     expect(again).toEqual(["3", "4"]);
   });
+
+  it("a channel a pattern of the connection covers gets no history from the gateway: over REST", async () => {
+    const c = client();
+    const all = collect(c, "logs:w1:*");
+    await settle();
+    publish("logs:w1:f1", 3);
+    await settle();
+    const f1 = collect(c, "logs:w1:f1", { history: 2 });
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["logs:w1:f1"] }]);
+    expect(gw.server.historyCalls()).toHaveLength(1);
+    expect(f1).toEqual(["2", "3"]);
+    publish("logs:w1:f1", 1);
+    await settle();
+    expect(f1).toEqual(["2", "3", "4"]);
+    expect(all).toEqual(["1", "2", "3", "4"]);
+  });
 });
 
 describe("tabs sharing one stream", () => {
