@@ -474,11 +474,8 @@ class Client implements RealtimeClient {
     this.setState({ status: "closed", reason: "client" });
     for (const g of groups) this.emitSubState(g.channel, null);
     this.updateSharing();
-    this.stateListeners.clear();
-    this.gapListeners.clear();
-    this.broadcastListeners.clear();
-    this.subStateListeners.clear();
-    this.sharingListeners.clear();
+    // The listeners stay: close() is not final (a subscription reopens the client), and hooks
+    // still mounted keep listening across it.
   }
 
   /**

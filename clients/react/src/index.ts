@@ -200,7 +200,24 @@ class EventStore {
   private readonly listeners = new Map<string, Set<() => void>>();
   private idleLimit = DEFAULT_IDLE_CHANNELS;
 
-  constructor(private readonly client: RealtimeClient) {}
+  constructor(private readonly client: RealtimeClient) {
+    // An app-owned client closed (and reopened by a later subscription) while components
+    // still show channels: their subscriptions died with close(); subscribe them again,
+    // after the last event kept, once the client runs again.
+    client.onState((state) => {
+      if (state.status === "closed") {
+        if (client.closed) for (const e of this.entries.values()) e.off = null;
+        return;
+      }
+      // After the task that reopened it (its own subscription goes first).
+      queueMicrotask(() => {
+        if (client.closed) return;
+        for (const [channel, e] of [...this.entries]) {
+          if (e.users.size > 0 && !e.off) this.subscribe(channel, e, false);
+        }
+      });
+    });
+  }
 
   setIdleLimit(n: number): void {
     this.idleLimit = Math.max(0, Math.floor(n));
@@ -241,21 +258,7 @@ class EventStore {
     e.users.add(user);
     if (user.limit > e.capacity) e.capacity = user.limit;
     const entry = e;
-    if (!entry.off) {
-      const last = entry.events[entry.events.length - 1];
-      entry.off = this.client.subscribe(channel, (ev) => this.append(channel, entry, ev), {
-        // New: `since`, else right after the `initial` events. Shown before: continue after
-        // the last event kept (no history again).
-        since: fresh ? (o.since ?? last?.id) : (last?.id ?? o.since),
-        history: fresh || !last ? o.history : undefined,
-        onError: (err) => {
-          for (const u of [...entry.users]) u.options.current.onError?.(err);
-        },
-        onGap: (gap) => {
-          for (const u of [...entry.users]) u.options.current.onGap?.(gap);
-        },
-      });
-    }
+    if (!entry.off) this.subscribe(channel, entry, fresh, o);
     this.notify(channel);
     return () => {
       entry.users.delete(user);
@@ -268,6 +271,23 @@ class EventStore {
       }
       this.prune();
     };
+  }
+
+  private subscribe(channel: string, entry: Entry, fresh: boolean, o?: UseEventsOptions<any>): void {
+    o ??= [...entry.users][0]?.options.current ?? {};
+    const last = entry.events[entry.events.length - 1];
+    entry.off = this.client.subscribe(channel, (ev) => this.append(channel, entry, ev), {
+      // New: `since`, else right after the `initial` events. Shown before: continue after
+      // the last event kept (no history again).
+      since: fresh ? (o.since ?? last?.id) : (last?.id ?? o.since),
+      history: fresh || !last ? o.history : undefined,
+      onError: (err) => {
+        for (const u of [...entry.users]) u.options.current.onError?.(err);
+      },
+      onGap: (gap) => {
+        for (const u of [...entry.users]) u.options.current.onGap?.(gap);
+      },
+    });
   }
 
   private push(e: Entry, ev: RealtimeEvent): boolean {

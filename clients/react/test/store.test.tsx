@@ -7,6 +7,7 @@ import {
   keptChannels,
   useChannel,
   useEvents,
+  useConnectionState,
   useRealtime,
   useSharing,
   useSubscriptionStatus,
@@ -55,6 +56,44 @@ describe("useEvents: the shared store", () => {
     s.deliver(envelope("4", "a"));
     await flush();
     expect(screen.getByTestId("list").textContent).toBe("1,2,3,4");
+  });
+
+  it("close() on an app-owned client: mounted hooks keep working once a subscription reopens it", async () => {
+    function Status() {
+      return <p data-testid="status">{useConnectionState().status}</p>;
+    }
+    function App({ more }: { more: boolean }) {
+      return (
+        <RealtimeProvider client={t.client}>
+          <Status />
+          <List channel="a" />
+          {more && <List channel="b" id="b" />}
+        </RealtimeProvider>
+      );
+    }
+    const { rerender } = render(<App more={false} />);
+    await flush();
+    t.server.lastStream().connected("c_1");
+    t.server.lastStream().deliver(envelope("1", "a"));
+    await flush();
+    expect(screen.getByTestId("list").textContent).toBe("1");
+    act(() => t.client.close()); // logout
+    expect(screen.getByTestId("status").textContent).toBe("closed");
+    rerender(<App more />); // a new subscription reopens the client
+    await flush();
+    const s = t.server.lastStream();
+    s.connected("c_2");
+    await flush();
+    // "a" is on the new connection again, after the last event it kept.
+    const added = t.server.subscriptionCalls().map((c) => c.body);
+    expect({ url: s.call.url.searchParams.getAll("channel"), added }).toEqual({
+      url: ["b"],
+      added: [{ add: ["a"], since: "1" }],
+    });
+    s.deliver(envelope("2", "a"));
+    await flush();
+    expect(screen.getByTestId("list").textContent).toBe("1,2");
+    expect(screen.getByTestId("status").textContent).toBe("connected");
   });
 
   it("components on one channel share one subscription and one list, each with its own limit", async () => {
