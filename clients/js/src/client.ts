@@ -767,10 +767,12 @@ class Client implements RealtimeClient {
       const after = page.events.filter((e) => comparePositions(e.id, since) > 0);
       out = after.concat(out);
       const next = page.nextBefore ?? page.events[0]?.id;
-      if (after.length < page.events.length || !page.more || next === undefined) {
+      if (after.length < page.events.length || !page.more) {
         reached = true;
         break;
       }
+      // More, with nowhere to page back from: not known to be reached (a gap).
+      if (next === undefined) break;
       if (out.length >= cap || comparePositions(next, since) <= 0) {
         reached = comparePositions(next, since) <= 0;
         break;
@@ -782,7 +784,9 @@ class Client implements RealtimeClient {
     if (!reached && !trimmed && out.length > 0 && start.history === undefined) {
       // Exactly `cap` after since: is the next older one at or before it?
       const probe = await this.history(channel, { limit: 1, before: out[0]!.id });
-      reached = probe.events.length === 0 || comparePositions(probe.events[0]!.id, since) <= 0;
+      // An empty answer with `more` (a crowded channel) proves nothing: a gap.
+      reached =
+        probe.events.length === 0 ? !probe.more : comparePositions(probe.events[0]!.id, since) <= 0;
     }
     const gap =
       start.history === undefined && (trimmed || !reached)

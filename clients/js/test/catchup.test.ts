@@ -216,6 +216,18 @@ describe("a second subscriber in the same tab", () => {
     expect(exact).toEqual([]);
   });
 
+  it("since: an empty page with more (a crowded channel) is not the since reached: a gap", async () => {
+    const c = await streamingX(3);
+    gw.server.historyReplies.push(response(200, { channel: "x", events: [], more: true, last_event_id: "3" }));
+    const gaps: GapInfo[] = [];
+    const second = collect(c, "x", { since: "1", onGap: (g) => gaps.push(g) });
+    await settle();
+    expect(gaps).toEqual([{ lastEventId: "1", oldestId: null, channel: "x" }]);
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual(["4"]);
+  });
+
   it("REST fails: live only, onError with the cause and a gap naming the channel", async () => {
     const c = await streamingX(3);
     gw.server.historyReplies.push(apiError(503, "log_unavailable"));
