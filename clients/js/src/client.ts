@@ -664,7 +664,14 @@ class Client implements RealtimeClient {
     }
     if (history && targets.length === 0) return;
     this.recent.add(event.id, targets.map((g) => g.serial));
-    for (const g of targets) for (const s of [...g.subs]) this.deliver(s, event);
+    for (const g of targets) {
+      for (const s of [...g.subs]) {
+        // A subscription loading its own start over REST: its answer covers the group's
+        // history frames (which may reach further back than it asked).
+        if (history && s.held && s.phase !== "await") continue;
+        this.deliver(s, event);
+      }
+    }
   }
 
   /** One event to one subscription: held while it catches up, never at or before its floor. */

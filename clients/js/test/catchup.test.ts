@@ -313,6 +313,22 @@ describe("a second subscriber in the same tab", () => {
     expect(f1).toEqual(["2", "3", "4"]);
     expect(all).toEqual(["1", "2", "3", "4"]);
   });
+
+  it("a later subscriber with a shorter history does not get the first one's history frames", async () => {
+    const c = client();
+    collect(c, "other");
+    await settle();
+    publish("x", 5);
+    const first = collect(c, "x", { history: 4 });
+    const second = collect(c, "x", { history: 1 });
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["x"], history: 4 }]);
+    expect(first).toEqual(["2", "3", "4", "5"]);
+    expect(second).toEqual(["5"]);
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual(["5", "6"]);
+  });
 });
 
 describe("tabs sharing one stream", () => {
