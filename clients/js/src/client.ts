@@ -182,8 +182,6 @@ function defaultChannelFactory(): ((name: string) => BroadcastChannelLike) | und
 class Client implements RealtimeClient {
   private readonly subs = new Map<string, Group>();
   /** The live connection's channels. */
-  /** Channels of `live` whose removal went out (see scheduleFlush). */
-  private readonly removing = new Set<string>();
   private live = new Set<string>();
   private readonly subStateListeners = new Set<
     (channel: string, state: SubscriptionState | null) => void
@@ -464,7 +462,6 @@ class Client implements RealtimeClient {
     this.upstream?.close();
     this.upstream = null;
     this.live = new Set();
-    this.removing.clear();
     const groups = [...this.subs.values()];
     for (const g of groups) {
       clearTimeout(g.verdictTimer);
@@ -623,12 +620,7 @@ class Client implements RealtimeClient {
     this.flushQueued = true;
     queueMicrotask(() => {
       this.flushQueued = false;
-      if (this.isClosed || !this.upstream) return;
-      const up = this.upstream;
-      up.setChannels([...this.subs.keys()], this.starts());
-      // Channels whose remove request is out: not on the connection for a new subscriber (its
-      // start goes with the add that follows, not over REST before the channel leaves).
-      for (const c of this.live) if (!this.subs.has(c) && up.removes?.(c)) this.removing.add(c);
+      if (!this.isClosed) this.upstream?.setChannels([...this.subs.keys()], this.starts());
     });
   }
 
@@ -642,7 +634,9 @@ class Client implements RealtimeClient {
 
   /** The channel is on the connection and stays there. */
   private onConnection(channel: string): boolean {
-    return this.live.has(channel) && !this.removing.has(channel);
+    // A channel whose remove request is out is leaving: a new subscriber's start goes with the
+    // add that follows, not over REST before the channel leaves.
+    return this.live.has(channel) && !this.upstream?.removing?.(channel);
   }
 
   // ---- what comes down ----------------------------------------------------------------------
@@ -857,7 +851,6 @@ class Client implements RealtimeClient {
 
   private setLive(channels: string[]): void {
     this.live = new Set(channels);
-    for (const c of this.removing) if (!this.live.has(c)) this.removing.delete(c);
     for (const g of this.subs.values()) {
       if (g.state.status === "refused") continue;
       if (this.onConnection(g.channel)) {

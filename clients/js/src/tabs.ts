@@ -119,8 +119,8 @@ export class TabsUpstream implements Upstream {
     else this.followerState();
   }
 
-  removes(channel: string): boolean {
-    return this.transport !== null && !this.union().includes(channel);
+  removing(channel: string): boolean {
+    return this.transport?.removing(channel) ?? false;
   }
 
   setPaused(paused: boolean): void {

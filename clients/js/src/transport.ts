@@ -137,6 +137,8 @@ export class Transport {
   /** The connection whose subscription request is in flight, if any. */
   private syncConn: number | null = null;
   private syncQueued = false;
+  /** The channels the subscription request out removes. */
+  private removeOut = new Set<string>();
   /** When the current stream said `connected` (a token expiring at once must not spin). */
   private connectedAt = 0;
 
@@ -157,6 +159,11 @@ export class Transport {
       .channels()
       .filter((c) => !this.rejected.has(c))
       .sort();
+  }
+
+  /** Whether a subscription request removing this channel is out. */
+  removing(channel: string): boolean {
+    return this.removeOut.has(channel);
   }
 
   /** Whether a wanted channel has been on the connection (its start options, if any, were used). */
@@ -714,6 +721,7 @@ export class Transport {
       const body: { add?: string[]; remove?: string[]; since?: string; history?: number } = {};
       if (add.length) body.add = add;
       if (remove.length) body.remove = remove;
+      this.removeOut = new Set(remove);
       if (start?.since !== undefined) body.since = start.since;
       if (start?.history !== undefined) body.history = start.history;
       let response = await this.post(id, body);
@@ -757,6 +765,7 @@ export class Transport {
     } catch {
       if (!stale()) this.restart("network");
     } finally {
+      this.removeOut = new Set();
       if (this.syncConn === conn) this.syncConn = null;
       // Changes made while the request was out, or what is left after a refusal.
       if (!stale()) void this.sync();

@@ -50,11 +50,8 @@ export interface Upstream {
   rejoin?(): void;
   /** This tab's channels (each once, however many handlers) and where new ones start. */
   setChannels(channels: string[], starts: Starts): void;
-  /**
-   * After `setChannels`: whether this channel, no longer wanted by this tab, leaves the
-   * connection (a remove request goes out). Unknown (a follower, a worker): false.
-   */
-  removes?(channel: string): boolean;
+  /** Whether a request removing this channel from the connection is out. Unknown (a follower, a worker): false. */
+  removing?(channel: string): boolean;
   /** The hidden-tab policy paused this tab. */
   setPaused(paused: boolean): void;
   setOffline(offline: boolean): void;
@@ -91,8 +88,8 @@ export class LocalUpstream implements Upstream {
     this.transport.update();
   }
 
-  removes(): boolean {
-    return true;
+  removing(channel: string): boolean {
+    return this.transport.removing(channel);
   }
 
   setPaused(paused: boolean): void {

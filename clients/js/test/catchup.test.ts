@@ -297,6 +297,32 @@ describe("a second subscriber in the same tab", () => {
     expect(again).toEqual(["3", "4"]);
   });
 
+  it("subscribing again while the remove waits behind another request: the channel stays, history over REST", async () => {
+    const c = client();
+    collect(c, "other");
+    const off = c.subscribe("x", () => {});
+    await settle();
+    publish("x", 2);
+    await settle();
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    gw.server.subscriptionReplies.push((call) => gate.then(() => gw.server.changeSubscriptions(call)));
+    collect(c, "y");
+    await settle();
+    off(); // its remove waits for the add of y
+    await settle();
+    const again = collect(c, "x", { since: "1" });
+    await settle();
+    open();
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["y"] }]);
+    expect(again).toEqual(["2"]);
+    publish("x", 1);
+    await settle();
+    expect(again).toEqual(["2", "3"]);
+    expect(c.subscriptionState("x")!.status).toBe("subscribed");
+  });
+
   it("a channel a pattern of the connection covers gets no history from the gateway: over REST", async () => {
     const c = client();
     const all = collect(c, "logs:w1:*");
