@@ -312,8 +312,10 @@ class Client implements RealtimeClient {
       active: true,
       held: null,
       phase: null,
-      // Nothing at or before its `since` (a stream opened with `history=` and no `since`).
-      floor: start?.since ?? null,
+      // Nothing at or before its `since` (a stream opened with `history=` and no `since`). Not
+      // for a pattern: its channels already on the connection bring live events before its
+      // history frames.
+      floor: channel.includes("*") ? null : (start?.since ?? null),
     };
     let group = this.subs.get(channel);
     let created = false;

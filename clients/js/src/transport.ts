@@ -486,11 +486,18 @@ export class Transport {
       )[0]!;
     }
     const start = first.start;
-    const history = start?.history;
-    const channels =
-      history !== undefined && history > 0
-        ? first.channels.slice(0, Math.max(1, Math.floor(URL_HISTORY_TOTAL / history)))
-        : first.channels;
+    let history = start?.history;
+    let channels = first.channels;
+    if (history !== undefined && start?.since !== undefined) {
+      // `{since, history}`: its exact channels open with `history=` alone; patterns get no
+      // history, so for a set of patterns only, `since=` is exactly what they asked.
+      const exact = channels.filter((c) => !c.includes("*"));
+      if (exact.length > 0) channels = exact;
+      else history = undefined;
+    }
+    if (history !== undefined && history > 0) {
+      channels = channels.slice(0, Math.max(1, Math.floor(URL_HISTORY_TOTAL / history)));
+    }
     const params: [string, string][] = channels.map((c) => ["channel", c]);
     if (start?.since !== undefined && history === undefined) params.push(["since", start.since]);
     if (history !== undefined) params.push(["history", String(history)]);

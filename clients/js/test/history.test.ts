@@ -122,6 +122,25 @@ describe("since / history at connect", () => {
     expect(a).toEqual(["7"]);
   });
 
+  it("since and history on patterns only: since= in the URL (a pattern gets no history, only its since)", async () => {
+    const c = client();
+    collect(c, "logs:*", { since: "5", history: 3 });
+    collect(c, "a", { since: "5", history: 3 });
+    await settle();
+    const url = gw.server.streamCalls()[0]!.url.searchParams;
+    expect(url.getAll("channel")).toEqual(["a"]);
+    expect(url.get("history")).toBe("3");
+    gw.server.lastStream().connected("c_1");
+    await settle();
+    expect(gw.server.subscriptionCalls().map((x) => x.body)).toEqual([{ add: ["logs:*"], since: "5", history: 3 }]);
+    const p = client();
+    collect(p, "logs:*", { since: "5", history: 3 });
+    await settle();
+    const purl = gw.server.streamCalls()[1]!.url.searchParams;
+    expect(purl.get("since")).toBe("5");
+    expect(purl.get("history")).toBeNull();
+  });
+
   it("the stream's start (connected.last_event_id) is the resume position when there was none", async () => {
     const c = client();
     collect(c, "a");
