@@ -132,7 +132,7 @@
 //! `$JS.API.CONSUMER.CREATE.{stream}` and `$JS.FC.{stream}.>` (flow control of the head
 //! consumer); subscribe `_INBOX.>`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -215,6 +215,14 @@ fn position_before(p: Position) -> Position {
             lo: u64::MAX,
         },
     }
+}
+
+/// What a followed consumer does after a message (see [`Shared::consume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Next,
+    /// Create the consumer again.
+    Recreate,
 }
 
 /// The first message a reader at `after` has not finished reading.
@@ -692,12 +700,40 @@ impl Shared {
         }
     }
 
-    /// Follows the head with an ordered push consumer: ephemeral, in memory, headers only,
-    /// starting at the last message. async-nats recreates it after a reconnection, from the
-    /// last message it delivered; a consumer that stopped sending heartbeats (deleted on the
-    /// server) is created anew here. What was appended meanwhile is covered by the head
-    /// refresh of `set_up` and by the reads themselves.
+    /// Follows the head with a consumer (see [`Shared::consume`]) starting at the last
+    /// message. async-nats recreates it after a reconnection, from the last message it
+    /// delivered (the last message at once means a recreation never replays the stream).
+    /// What was appended meanwhile is covered by the head refresh of `set_up` and by the reads
+    /// themselves.
     async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        let start = || DeliverPolicy::Last;
+        let take = |seq: u64, headers: Option<HeaderMap>| {
+            let counts = headers.as_ref().and_then(item_counts);
+            let pos = match counts.map(|c| c.iter().sum::<usize>()) {
+                Some(n) if n > 0 => event_pos(seq, n - 1, n),
+                _ => Position {
+                    hi: seq,
+                    lo: FOREIGN_END,
+                },
+            };
+            self.advance_head(pos);
+            std::future::ready(Then::Next)
+        };
+        self.consume("head", &stop, start, take).await;
+    }
+
+    /// Follows the stream with an ordered push consumer (ephemeral, in memory, headers only)
+    /// until `stop`: waits for the stream to be set up, creates the consumer from `start()`,
+    /// hands each message's stream sequence and headers to `take`, and creates it again —
+    /// after backoff when that failed — when it stops sending heartbeats (deleted on the
+    /// server), ends, or `take` says so. `what` names it in the logs.
+    async fn consume<F: std::future::Future<Output = Then>>(
+        &self,
+        what: &str,
+        stop: &CancellationToken,
+        mut start: impl FnMut() -> DeliverPolicy,
+        mut take: impl FnMut(u64, Option<HeaderMap>) -> F,
+    ) {
         let mut failures = 0u32;
         loop {
             let mut setup = self.setup.subscribe();
@@ -705,7 +741,7 @@ impl Shared {
                 _ = stop.cancelled() => return,
                 _ = setup.wait_for(|s| *s == Setup::Ready) => {}
             }
-            match self.head_consumer().await {
+            match self.headers_consumer(start()).await {
                 Ok(mut messages) => {
                     failures = 0;
                     loop {
@@ -718,24 +754,20 @@ impl Shared {
                                 let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
                                     continue;
                                 };
-                                let counts = msg.message.headers.as_ref().and_then(item_counts);
-                                let pos = match counts.map(|c| c.iter().sum::<usize>()) {
-                                    Some(n) if n > 0 => event_pos(seq, n - 1, n),
-                                    _ => Position {
-                                        hi: seq,
-                                        lo: FOREIGN_END,
-                                    },
-                                };
-                                self.advance_head(pos);
+                                let headers = msg.message.headers.clone();
+                                if take(seq, headers).await == Then::Recreate {
+                                    break;
+                                }
                             }
                             Some(Err(e)) if e.kind() == OrderedErrorKind::MissingHeartbeat => {
                                 tracing::debug!(
-                                    "nats log: head consumer silent; creating it again"
+                                    consumer = what,
+                                    "nats log: consumer silent; creating it again"
                                 );
                                 break;
                             }
                             Some(Err(e)) => {
-                                tracing::debug!(error = %e, "nats log: head consumer");
+                                tracing::debug!(consumer = what, error = %e, "nats log: consumer");
                             }
                             None => break,
                         }
@@ -744,11 +776,11 @@ impl Shared {
                 Err(e) => {
                     failures += 1;
                     if self.client.connection_state() == State::Connected {
-                        tracing::warn!(error = %e, "nats log: cannot follow the head; retrying");
+                        tracing::warn!(consumer = what, error = %e, "nats log: cannot follow the stream; retrying");
                     }
                 }
             }
-            if sleep_or_cancel(backoff_with_jitter(failures), &stop).await {
+            if sleep_or_cancel(backoff_with_jitter(failures), stop).await {
                 return;
             }
         }
@@ -761,82 +793,48 @@ impl Shared {
     /// an older version) is fetched whole once to learn them. Every second, positions of
     /// messages retention dropped are forgotten.
     async fn build_index(self: Arc<Self>, stop: CancellationToken) {
-        let mut failures = 0u32;
-        let mut trim = tokio::time::interval(INDEX_TRIM_EVERY);
-        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut setup = self.setup.subscribe();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = setup.wait_for(|s| *s == Setup::Ready) => {}
-            }
-            let epoch = self.index_epoch.load(Ordering::Acquire);
+        // The stream's epoch when the consumer was created: a stream created again under it
+        // (`set_up` notices) restarts the index.
+        let epoch = AtomicU64::new(0);
+        let start = || {
+            epoch.store(self.index_epoch.load(Ordering::Acquire), Ordering::Relaxed);
             let from = lock(&self.index).through + 1;
-            match self.index_consumer(from).await {
-                Ok(mut messages) => {
-                    failures = 0;
-                    loop {
-                        if self.index_epoch.load(Ordering::Acquire) != epoch {
-                            self.reset_index();
-                            break;
-                        }
-                        let next = tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = trim.tick() => {
-                                self.trim_index().await;
-                                continue;
-                            }
-                            m = messages.next() => m,
-                        };
-                        match next {
-                            Some(Ok(msg)) => {
-                                let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
-                                    continue;
-                                };
-                                let headers = msg.message.headers.clone().unwrap_or_default();
-                                self.index_message(seq, &headers).await;
-                            }
-                            Some(Err(e)) if e.kind() == OrderedErrorKind::MissingHeartbeat => {
-                                tracing::debug!(
-                                    "nats log: index consumer silent; creating it again"
-                                );
-                                break;
-                            }
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, "nats log: index consumer");
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    if self.client.connection_state() == State::Connected {
-                        tracing::warn!(error = %e, "nats log: cannot follow the stream for the channel index; retrying");
-                    }
-                }
+            DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
             }
-            if sleep_or_cancel(backoff_with_jitter(failures), &stop).await {
-                return;
+        };
+        let take = |seq: u64, headers: Option<HeaderMap>| {
+            let expected = epoch.load(Ordering::Relaxed);
+            let this = &self;
+            async move {
+                if this.index_epoch.load(Ordering::Acquire) != expected {
+                    this.reset_index();
+                    return Then::Recreate;
+                }
+                this.index_message(seq, &headers.unwrap_or_default()).await;
+                Then::Next
             }
-        }
-    }
-
-    async fn index_consumer(&self, from: u64) -> Result<push::Ordered, String> {
-        let consumer = self
-            .stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                filter_subject: self.subject.clone(),
-                headers_only: true,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..push::OrderedConfig::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        consumer.messages().await.map_err(|e| e.to_string())
+        };
+        let trim = async {
+            let mut every = tokio::time::interval(INDEX_TRIM_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut forgotten = None;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                // A stream created again: forget the old index at once, once (the consumer
+                // is created anew with its next message).
+                let now = self.index_epoch.load(Ordering::Acquire);
+                if now != epoch.load(Ordering::Relaxed) && forgotten != Some(now) {
+                    self.reset_index();
+                    forgotten = Some(now);
+                }
+                self.trim_index().await;
+            }
+        };
+        tokio::join!(self.consume("index", &stop, start, take), trim);
     }
 
     /// Takes message `seq` (its headers) into the channel index.
@@ -1008,17 +1006,17 @@ impl Shared {
         Ok(history)
     }
 
-    async fn head_consumer(&self) -> Result<push::Ordered, String> {
+    async fn headers_consumer(
+        &self,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<push::Ordered, String> {
         let consumer = self
             .stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 filter_subject: self.subject.clone(),
                 headers_only: true,
-                // The last message at once, so that a recreation by async-nats (which starts
-                // after the last message delivered, or at the first if none was) never
-                // replays the stream.
-                deliver_policy: DeliverPolicy::Last,
+                deliver_policy,
                 ..push::OrderedConfig::default()
             })
             .await
