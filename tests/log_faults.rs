@@ -761,6 +761,23 @@ async fn damaged_record(how: Damage) {
         "{body}"
     );
     expect_gap_over_30(&server, &last, Some("damaged")).await;
+    // The channel's history (its index rebuilt at start) leaves the damaged record out too.
+    let sub = token("u", &["d"], &[]);
+    let url = format!("{}/v1/channels/d/history?limit=1000", server.url);
+    let (status, _, body) = get(&url, &[bearer(&sub)]).await;
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<&str> = body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| *id != "30")
+        .collect();
+    assert_eq!(got, want, "history over a damaged record");
     // A read does not report the same damage again.
     assert_eq!(
         log_lines(&server, "damaged").len(),
