@@ -755,7 +755,9 @@ impl Hub {
     /// before the change (nothing published before the request arrives), or the client's
     /// `last_event_id`. Those the dispatcher had already handled when the index changed
     /// (at or before `dispatched`) are delivered first as history (see
-    /// [`Control::Backfill`]); later ones arrive live, in log order, with their ids.
+    /// [`Control::Backfill`]); later ones arrive live, in log order, with their ids. With
+    /// `history` and no `since` of the client's, the channel's newest events up to
+    /// `dispatched` are its history and every later one arrives live.
     ///
     /// `subscribed` / `unsubscribed` are queued before the index changes, so they precede the
     /// first event of a new channel.
@@ -809,9 +811,13 @@ impl Hub {
                 .keys()
                 .any(|c| is_pattern(c) && subscription_matches(c, &channel));
             let limit = change.history.filter(|_| !is_pattern(&channel) && !covered);
-            let after = match limit {
-                Some(_) if !change.explicit_since => Position::ZERO,
-                _ => change.since,
+            // History with no `since` of its own wants every event up to live delivery: live
+            // starts right after `dispatched`, not after the head read before the change (the
+            // dispatcher may not have reached that head yet; what is in between would be
+            // neither history nor live).
+            let (after, since) = match limit {
+                Some(_) if !change.explicit_since => (Position::ZERO, dispatched),
+                _ => (change.since, change.since.max(dispatched)),
             };
             if after < dispatched {
                 conn.push_control(Control::Backfill {
@@ -821,7 +827,6 @@ impl Hub {
                     limit,
                 });
             }
-            let since = change.since.max(dispatched);
             channels.insert(channel.clone(), since);
             index.insert(channel, conn, since);
         }
