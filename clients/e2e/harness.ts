@@ -222,6 +222,31 @@ export function seqs(page: Page, channel: string): Promise<number[]> {
     .evaluateAll((els) => els.map((e) => Number((e as HTMLElement).dataset.seq)));
 }
 
+/** The viewer's own count of its lines: none missing, none twice. */
+export async function expectStats(page: Page, channel: string): Promise<void> {
+  const stats = page.locator(`[data-channel="${channel}"] [data-testid="continuity"]`);
+  const read = async () => ({
+    missing: await stats.getAttribute("data-missing"),
+    duplicates: await stats.getAttribute("data-duplicates"),
+    text: await stats.textContent(),
+  });
+  const s = await read();
+  // Thrown, not vitest's `expect`: the global setup imports this file.
+  if (s.missing !== "0" || s.duplicates !== "0" || !/ 0 missing · 0 duplicated/.test(s.text ?? "")) {
+    throw new Error(`${channel}: the viewer counts ${s.missing} missing, ${s.duplicates} twice (${s.text})`);
+  }
+}
+
+/** The newest line of `channel`, over the history endpoint (the page's session cookie
+ * authorizes it like a subscription); 0 when it has none yet. */
+export function newestLine(page: Page, channel: string): Promise<number> {
+  return page.evaluate(async (c) => {
+    const res = await fetch(`/v1/channels/${encodeURIComponent(c)}/history?limit=1`);
+    const body = (await res.json()) as { events: { data: { seq: number } }[] };
+    return body.events[0]?.data.seq ?? 0;
+  }, channel);
+}
+
 /** Lines must be consecutive: none missing, none twice, in order. */
 export function expectConsecutive(list: number[], what: string): void {
   const bad = list.findIndex((s, i) => i > 0 && s !== list[i - 1]! + 1);

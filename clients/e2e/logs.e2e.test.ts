@@ -1,7 +1,7 @@
 // (a) Live pipeline logs, and the gateway's access control seen from the browser.
 import { describe, expect, it } from "vitest";
 import type { Page } from "playwright-core";
-import { artifacts, expectConsecutive, pageErrors, seqs, signIn, until } from "./harness";
+import { artifacts, expectConsecutive, expectStats, newestLine, pageErrors, seqs, signIn, until } from "./harness";
 import { withDemo } from "./with-demo";
 
 const F1 = "logs:w1:f1";
@@ -75,12 +75,7 @@ describe("pipeline logs", () => {
 
     // Workflow 1 is running meanwhile: its newest line, over the history endpoint (the
     // session cookie authorizes it like a subscription).
-    const newest = () =>
-      page.evaluate(async (c) => {
-        const res = await fetch(`/v1/channels/${encodeURIComponent(c)}/history?limit=1`);
-        const body = (await res.json()) as { events: { data: { seq: number } }[] };
-        return body.events[0]?.data.seq ?? 0;
-      }, F1);
+    const newest = () => newestLine(page, F1);
     const before = await until(newest, (n) => n >= 20, "workflow 1 has written 20 lines");
 
     // Opened for the first time: its earlier lines at once (from #1, or the start of the
@@ -135,19 +130,6 @@ describe("pipeline logs", () => {
 
 /** How many earlier lines the demo's viewer asks for (demo/src/LogViewer.tsx). */
 const HISTORY_LINES = 500;
-
-/** The viewer's own count of its lines: none missing, none twice. */
-async function expectStats(page: Page, channel: string): Promise<void> {
-  const stats = page.locator(`[data-channel="${channel}"] [data-testid="continuity"]`);
-  const read = async () => ({
-    missing: await stats.getAttribute("data-missing"),
-    duplicates: await stats.getAttribute("data-duplicates"),
-    text: await stats.textContent(),
-  });
-  const s = await read();
-  expect(s, `${channel}: ${s.text}`).toMatchObject({ missing: "0", duplicates: "0" });
-  expect(s.text).toMatch(/ 0 missing · 0 duplicated/);
-}
 
 /** Exactly one viewer in the DOM (the one shown), none hidden. */
 async function expectOneViewer(page: Page, channel: string): Promise<void> {
