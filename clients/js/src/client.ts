@@ -50,6 +50,9 @@ const MAX_PAGES = 20;
 const VERDICT_GRACE_MS = 3_000;
 /** Events held for one subscription while it catches up, at most; past it: a gap, then live. */
 const MAX_HELD = 10_000;
+/** A `history()` request with no whole answer within this long fails with `timeout` (a
+ * subscription's REST catch-up then goes live with a gap). */
+const HISTORY_TIMEOUT_MS = 15_000;
 
 interface Subscription {
   channel: string;
@@ -392,6 +395,26 @@ class Client implements RealtimeClient {
       cfg.url.replace(/\/+$/, "") +
       `/v1/channels/${encodeURIComponent(channel)}/history` +
       (query ? "?" + query : "");
+    // One deadline for the whole request (both tries and the body), and the caller's signal.
+    const ctrl = new AbortController();
+    const timeoutMs = options.timeoutMs ?? HISTORY_TIMEOUT_MS;
+    let timedOut = false;
+    const guard = setTimeout(() => {
+      timedOut = true;
+      ctrl.abort();
+    }, timeoutMs);
+    const outer = options.signal;
+    const cancel = () => ctrl.abort();
+    if (outer?.aborted) ctrl.abort();
+    else outer?.addEventListener("abort", cancel, { once: true });
+    const failure = (e: unknown): RealtimeError => {
+      if (ctrl.signal.aborted) {
+        return timedOut
+          ? new RealtimeError("timeout", `history: no answer within ${timeoutMs} ms`, 0)
+          : new RealtimeError("aborted", "history: the request was aborted", 0);
+      }
+      return e instanceof RealtimeError ? e : new RealtimeError("network", e instanceof Error ? e.message : String(e), 0);
+    };
     const get = async (reason: "connect" | "unauthorized"): Promise<Response> => {
       let token: string | null = null;
       try {
@@ -399,24 +422,34 @@ class Client implements RealtimeClient {
       } catch (e) {
         throw new RealtimeError("token_error", e instanceof Error ? e.message : String(e), 0);
       }
+      if (ctrl.signal.aborted) throw failure(null);
       const headers: Record<string, string> = { ...cfg.headers, Accept: "application/json" };
       if (token) headers["Authorization"] = "Bearer " + token;
-      try {
-        return await cfg.fetch(url, { method: "GET", headers, credentials: cfg.credentials, cache: "no-store" });
-      } catch (e) {
-        throw new RealtimeError("network", e instanceof Error ? e.message : String(e), 0);
-      }
+      return await cfg.fetch(url, {
+        method: "GET",
+        headers,
+        credentials: cfg.credentials,
+        cache: "no-store",
+        signal: ctrl.signal,
+      });
     };
-    let response = await get("connect");
-    // Like the stream: a 401 gets one fresh token and one more try.
-    if (response.status === 401 && cfg.getToken) response = await get("unauthorized");
-    if (!response.ok) throw await readError(response);
-    const body = (await response.json().catch(() => null)) as {
-      events?: unknown;
-      more?: unknown;
-      next_before?: unknown;
-      last_event_id?: unknown;
-    } | null;
+    let response: Response;
+    let body: { events?: unknown; more?: unknown; next_before?: unknown; last_event_id?: unknown } | null;
+    try {
+      response = await get("connect");
+      // Like the stream: a 401 gets one fresh token and one more try.
+      if (response.status === 401 && cfg.getToken) response = await get("unauthorized");
+      if (!response.ok) throw await readError(response);
+      body = (await response.json().catch((e: unknown) => {
+        if (ctrl.signal.aborted) throw e;
+        return null;
+      })) as typeof body;
+    } catch (e) {
+      throw failure(e);
+    } finally {
+      clearTimeout(guard);
+      outer?.removeEventListener("abort", cancel);
+    }
     if (!body || !Array.isArray(body.events)) {
       throw new RealtimeError("bad_response", "history: not a history answer", response.status);
     }

@@ -231,6 +231,13 @@ export interface HistoryOptions {
   limit?: number;
   /** Only events before this id (the first event's id of the previous page, to page back). */
   before?: string;
+  /**
+   * Fail with a `RealtimeError` `timeout` when the whole answer has not come within this long
+   * (default 15000 ms).
+   */
+  timeoutMs?: number;
+  /** Aborting it fails the request with a `RealtimeError` `aborted`. */
+  signal?: AbortSignal;
 }
 
 /** One page of a channel's history (`GET /v1/channels/{channel}/history`). */

@@ -121,6 +121,68 @@ describe("client.history", () => {
   });
 });
 
+describe("client.history: a request that gets no answer", () => {
+  it("fails with `timeout` after 15 s (or timeoutMs), aborting the request; a signal aborts it with `aborted`", async () => {
+    gw.server.auto = false;
+    const c = client();
+    gw.server.historyReplies.push("hang");
+    const late = c.history("a").catch((e: unknown) => e);
+    await advance(14_000);
+    const call = gw.server.historyCalls()[0]!;
+    expect(call.signal?.aborted).toBe(false);
+    await advance(1_000);
+    const err = (await late) as RealtimeError;
+    expect(err).toBeInstanceOf(RealtimeError);
+    expect([err.code, err.status, err.message]).toEqual(["timeout", 0, "history: no answer within 15000 ms"]);
+    expect(call.signal?.aborted).toBe(true);
+
+    gw.server.historyReplies.push("hang");
+    const short = c.history("a", { timeoutMs: 500 }).catch((e: unknown) => e);
+    await advance(500);
+    expect(((await short) as RealtimeError).code).toBe("timeout");
+
+    const ctrl = new AbortController();
+    gw.server.historyReplies.push("hang");
+    const stopped = c.history("a", { signal: ctrl.signal }).catch((e: unknown) => e);
+    await settle();
+    ctrl.abort();
+    expect(((await stopped) as RealtimeError).code).toBe("aborted");
+    expect(gw.server.historyCalls()[2]!.signal?.aborted).toBe(true);
+    // Aborted before it starts: no request at all.
+    const before = await c.history("a", { signal: ctrl.signal }).catch((e: unknown) => e);
+    expect((before as RealtimeError).code).toBe("aborted");
+    expect(gw.server.historyCalls()).toHaveLength(3);
+
+    // An answer in time clears the deadline: nothing fails later.
+    gw.server.historyReplies.push(response(200, { events: [], more: false, last_event_id: "0" }));
+    expect((await c.history("a")).lastEventId).toBe("0");
+    await advance(20_000);
+  });
+
+  it("a subscription whose REST catch-up hangs goes live after the timeout, with onError and a gap; what was held comes", async () => {
+    const c = await streamingX(3);
+    gw.server.historyReplies.push("hang");
+    const errors: string[] = [];
+    const gaps: GapInfo[] = [];
+    const second = collect(c, "x", {
+      history: 5,
+      onError: (e) => errors.push(e.code),
+      onGap: (g) => gaps.push(g),
+    });
+    await settle();
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual([]); // held while the history loads
+    await advance(15_000);
+    expect(errors).toEqual(["timeout"]);
+    expect(gaps).toEqual([{ lastEventId: "", oldestId: null, channel: "x" }]);
+    expect(second).toEqual(["4"]);
+    publish("x", 1);
+    await settle();
+    expect(second).toEqual(["4", "5"]);
+  });
+});
+
 describe("a second subscriber in the same tab", () => {
   it("gets the channel's last N over REST, alone, then live; the first subscriber is untouched", async () => {
     const c = client();
